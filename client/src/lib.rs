@@ -1,0 +1,4 @@
+//! The Callosum client, on ordinary tokio: the handshake reader, the rover that samples
+//! servers' slots, the dual-heap pool that keeps the lowest ones, and the roving client that
+//! wires them together. Built out in the client issue.
+#![deny(missing_docs)]

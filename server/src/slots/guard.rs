@@ -1,0 +1,67 @@
+//! The RAII guard that holds one slot and gives it back exactly once, on drop.
+//!
+//! The guard is generic over how it reaches its source (`&Slots`, `Arc<Slots>`, a shard's
+//! `Rc<..>`), so a shard can hold one per connection without touching a shared reference
+//! count on every accept.
+
+use std::fmt;
+use std::ops::Deref;
+
+use super::SlotSource;
+
+/// One held slot; dropping the guard releases it to the source it came from.
+pub struct SlotGuard<H>
+where
+    H: Deref,
+    H::Target: SlotSource,
+{
+    source: H,
+    slot: u32,
+}
+
+impl<H> SlotGuard<H>
+where
+    H: Deref,
+    H::Target: SlotSource,
+{
+    /// Acquires a slot from `source` and guards it; `None` when no slot is free.
+    pub fn acquire(source: H) -> Option<Self> {
+        let slot = source.acquire()?;
+        Some(Self { source, slot })
+    }
+
+    /// The slot number held.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The source the slot will be released to.
+    pub fn source(&self) -> &H::Target {
+        &self.source
+    }
+}
+
+impl<H> Drop for SlotGuard<H>
+where
+    H: Deref,
+    H::Target: SlotSource,
+{
+    fn drop(&mut self) {
+        // The slot came from this very source and the guard is its only holder, so the release
+        // can only fail if a custom source breaks its own contract; a drop cannot report that.
+        let released = self.source.release(self.slot);
+        debug_assert!(released.is_ok(), "slot guard release failed: {released:?}");
+    }
+}
+
+impl<H> fmt::Debug for SlotGuard<H>
+where
+    H: Deref,
+    H::Target: SlotSource,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SlotGuard")
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
