@@ -35,7 +35,7 @@ const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Backoff after a resource-exhaustion accept error, doubling up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Runs shard `index` on the calling thread until the server stops and the drain is over.
 /// Reports on `ready` once whether its runtime could start.
