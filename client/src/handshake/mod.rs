@@ -1,6 +1,6 @@
 //! The Callosum handshake: the slot line a server writes on every new connection.
 //!
-//! - [`line`]: the grammar, as a parser without I/O shared by the client and the load
+//! - [`line`](mod@line): the grammar, as a parser without I/O shared by the client and the load
 //!   generator.
 //! - [`reader`]: reads the line off an async stream under a deadline.
 //! - [`prefixed`]: the stream handed back, which yields the bytes read past the line first.

@@ -1,7 +1,7 @@
 //! Reads the slot line off a freshly connected stream, under a deadline, keeping whatever
 //! the server sent after it.
 //!
-//! Built on [`parse_slot_line`](super::parse_slot_line) so the grammar lives in one place.
+//! Built on [`parse_slot_line`] so the grammar lives in one place.
 //! Reads go into a small stack buffer and the parser runs over everything received so far,
 //! so a line split into any number of segments (down to one byte each) parses the same, and
 //! bytes that arrived behind the CRLF are handed back inside [`Handshake::stream`].

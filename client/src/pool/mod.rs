@@ -2,7 +2,7 @@
 //! connections, leases the idle one with the lowest slot, and lets a lower-slot newcomer
 //! replace the highest-slot one.
 //!
-//! One `Mutex` guards the state: a slab of entries plus two [`heap::IndexedHeap`]s of entry
+//! One `Mutex` guards the state: a slab of entries plus two `heap::IndexedHeap`s of entry
 //! ids, a min-heap of idle connections (lease the lowest) and a max-heap of every held
 //! connection, leased ones included (find the worst). Both heaps support removal by id, so
 //! offer, lease and return are O(log n) with no stale entries. A leased connection lives in
