@@ -1,10 +1,10 @@
 //! The roving client: a [`Rover`] feeding a [`Pool`], the everyday entry point.
 //!
 //! A background task takes the rover's events: each new connection is offered to the pool
-//! (after a prune of idle connections the servers closed), and the outcome is counted. The
-//! user only calls [`RovingClient::acquire`] and gets a lease on the lowest-slot idle
-//! connection. Dropping the client stops the rover and the task; connections still leased
-//! are closed when their leases end.
+//! (after a prune of idle connections the servers closed, when the pool is full), and the
+//! outcome is counted. The user only calls [`RovingClient::acquire`] and gets a lease on the
+//! lowest-slot idle connection. Dropping the client stops the rover and the task;
+//! connections still leased are closed when their leases end.
 
 use std::io;
 use std::pin::Pin;
@@ -264,6 +264,11 @@ impl RovingClient {
         self.rover.drop_server(id)
     }
 
+    /// The server ids, sorted.
+    pub fn servers(&self) -> Vec<ServerId> {
+        self.rover.servers()
+    }
+
     /// The pool (sizes, held slots).
     pub fn pool(&self) -> &Pool<Connection> {
         &self.pool
@@ -296,9 +301,12 @@ async fn feed(
                 stream,
                 ..
             } => {
-                let pruned = pool.prune();
-                if pruned > 0 {
-                    tracing::debug!(pruned, "dropped idle connections the servers closed");
+                // Dead idle connections must not make a full pool refuse a live one.
+                if pool.len() >= pool.max_slots() {
+                    let pruned = pool.prune();
+                    if pruned > 0 {
+                        tracing::debug!(pruned, "dropped idle connections the servers closed");
+                    }
                 }
                 let conn = Connection {
                     server,

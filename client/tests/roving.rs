@@ -117,3 +117,21 @@ async fn unreachable_and_protocol_errors_are_counted() {
     assert!(client.pool().is_empty());
     assert!(RovingClient::builder().max_slots(0).build().is_err());
 }
+
+#[tokio::test]
+async fn the_builder_configures_the_servers_and_the_pool() {
+    let (a, b) = (support::refusing_addr(), support::refusing_addr());
+    let client = RovingClient::builder()
+        .servers([a.to_string(), b.to_string()])
+        .max_slots(5000)
+        .build()
+        .expect("valid settings");
+    let mut expected = vec![a.to_string(), b.to_string()];
+    expected.sort();
+    let got: Vec<String> = client.servers().iter().map(ToString::to_string).collect();
+    assert_eq!(got, expected);
+    assert_eq!(client.pool().max_slots(), 5000);
+    assert!(client.drop_server(&a.to_string()));
+    assert_eq!(client.servers().len(), 1);
+    assert!(RovingClient::builder().server("no-port").build().is_err());
+}

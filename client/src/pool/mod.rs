@@ -105,7 +105,8 @@ struct Inner<C> {
     idle: IndexedHeap,
     /// Held connections (idle and leased, evicted ones excluded), highest key on top.
     held: IndexedHeap,
-    /// Arrival counter: the deterministic tie-break.
+    /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
+    /// only swap the order of two connections with the same slot once.
     arrivals: u32,
     /// Present when the policy asks for random tie-breaks.
     rng: Option<SmallRng>,
@@ -255,34 +256,43 @@ impl<C: Liveness> Pool<C> {
     }
 
     /// Checks every idle connection and drops the closed or broken ones, so they stop
-    /// counting toward `max_slots`; returns how many were dropped. O(n) liveness checks
-    /// under the lock: call it now and then (the roving client does before each offer).
+    /// counting toward `max_slots`; returns how many were dropped. O(n) liveness checks, in
+    /// chunks of [`PRUNE_CHUNK`] under the lock so `get` and `offer` are never held up for
+    /// long. The roving client calls it before offering to a full pool.
     pub fn prune(&self) -> usize {
-        let dead: Vec<C> = {
-            let mut inner = self.shared.lock();
-            let ids: Vec<u32> = inner
-                .idle
-                .keys()
-                .filter(|&(_, id)| {
-                    inner.entries[id as usize]
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| !c.is_alive())
-                })
-                .map(|(_, id)| id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| {
-                    inner.idle.remove(id);
-                    let conn = inner.entries[id as usize].conn.take();
-                    inner.release(id);
-                    conn
-                })
-                .collect()
-        };
-        dead.len()
+        let mut dropped = 0;
+        let mut cursor = 0;
+        loop {
+            let (dead, done) = {
+                let mut inner = self.shared.lock();
+                let end = (cursor + PRUNE_CHUNK).min(inner.entries.len());
+                let mut dead = Vec::new();
+                for id in cursor as u32..end as u32 {
+                    if inner.idle.contains(id)
+                        && inner.entries[id as usize]
+                            .conn
+                            .as_ref()
+                            .is_some_and(|c| !c.is_alive())
+                    {
+                        inner.idle.remove(id);
+                        dead.extend(inner.entries[id as usize].conn.take());
+                        inner.release(id);
+                    }
+                }
+                cursor = end;
+                (dead, end >= inner.entries.len())
+            };
+            dropped += dead.len();
+            drop(dead); // closed outside the lock
+            if done {
+                return dropped;
+            }
+        }
     }
 }
+
+/// Idle connections [`Pool::prune`] checks per lock acquisition.
+pub const PRUNE_CHUNK: usize = 64;
 
 impl<C: Liveness> fmt::Debug for Pool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -357,3 +357,51 @@ proptest! {
         }
     }
 }
+
+// --- sharing ---
+
+#[test]
+fn pool_and_lease_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Pool<Fake>>();
+    send_sync::<Lease<Fake>>();
+}
+
+/// Threads offering, leasing, returning and discarding at once: no panic, never more than
+/// `max_slots` held, and no lease left outstanding.
+#[test]
+fn concurrent_use_keeps_the_invariants() {
+    let pool = Pool::new(8).expect("valid");
+    let made = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let pool = pool.clone();
+                scope.spawn(move || {
+                    let mut made = 0;
+                    for i in 0..2_000u32 {
+                        match (i + t) % 4 {
+                            0 | 1 => {
+                                made += 1;
+                                drop(pool.offer((i * 7 + t) % 32, Fake::new(i)));
+                            }
+                            2 => drop(pool.get()),
+                            _ => {
+                                if let Some(lease) = pool.get() {
+                                    lease.discard();
+                                }
+                            }
+                        }
+                        assert!(pool.len() <= 8);
+                    }
+                    made
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .sum::<u32>()
+    });
+    assert!(made > 0 && pool.len() <= 8);
+    assert_eq!(pool.len(), pool.idle_len(), "no lease outstanding");
+}
