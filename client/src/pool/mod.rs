@@ -12,7 +12,7 @@
 //!
 //! - [`policy`]: the options (`max_slots`, tie-break), default = the original rules.
 //! - [`liveness`]: the "still open?" check of idle connections.
-//! - `heap`: the indexed binary heap.
+//! - `heap`: the indexed 4-ary heap.
 
 mod heap;
 pub mod liveness;
