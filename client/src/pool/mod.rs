@@ -12,24 +12,24 @@
 //!
 //! - [`policy`]: the options (`max_slots`, tie-break), default = the original rules.
 //! - [`liveness`]: the "still open?" check of idle connections.
+//! - `state`: the slab and the two heaps, under the lock.
 //! - `heap`: the indexed 4-ary heap.
 
 mod heap;
 pub mod liveness;
 pub mod policy;
+mod state;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
 use tokio::sync::Notify;
 
-use heap::{IndexedHeap, Order};
 pub use liveness::Liveness;
 pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy};
+use state::{Inner, slot_of};
 
 /// Why a pool could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,36 +97,6 @@ struct Shared<C> {
     policy: PoolPolicy,
 }
 
-struct Inner<C> {
-    entries: Vec<Entry<C>>,
-    /// Ids of unused entries.
-    free: Vec<u32>,
-    /// Idle connections, lowest key on top.
-    idle: IndexedHeap,
-    /// Held connections (idle and leased, evicted ones excluded), highest key on top.
-    held: IndexedHeap,
-    /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
-    /// only swap the order of two connections with the same slot once.
-    arrivals: u32,
-    /// Present when the policy asks for random tie-breaks.
-    rng: Option<SmallRng>,
-}
-
-struct Entry<C> {
-    slot: u32,
-    key: u64,
-    /// The connection while idle; `None` while leased or unused.
-    conn: Option<C>,
-    /// Replaced while leased: close it when the lease ends.
-    evicted: bool,
-}
-
-/// The slot in a heap key's high half.
-#[inline]
-fn slot_of(key: u64) -> u32 {
-    (key >> 32) as u32
-}
-
 impl<C: Liveness> Pool<C> {
     /// A pool holding at most `max_slots` connections, with the original rules otherwise.
     pub fn new(max_slots: usize) -> Result<Self, PoolError> {
@@ -136,15 +106,7 @@ impl<C: Liveness> Pool<C> {
     /// A pool with the given policy.
     pub fn with_policy(policy: PoolPolicy) -> Result<Self, PoolError> {
         policy.validate()?;
-        let rng = policy.random_tie_break.then(SmallRng::from_os_rng);
-        let inner = Inner {
-            entries: Vec::new(),
-            free: Vec::new(),
-            idle: IndexedHeap::new(Order::Min),
-            held: IndexedHeap::new(Order::Max),
-            arrivals: 0,
-            rng,
-        };
+        let inner = Inner::new(policy.random_tie_break);
         Ok(Self {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
@@ -310,89 +272,6 @@ impl<C> Shared<C> {
         // No code path panics while holding the lock, and the state stays consistent at
         // every unlock, so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl<C> Inner<C> {
-    fn key(&mut self, slot: u32) -> u64 {
-        let tie = match self.rng.as_mut() {
-            Some(rng) => rng.next_u32(),
-            None => {
-                self.arrivals = self.arrivals.wrapping_add(1);
-                self.arrivals
-            }
-        };
-        (u64::from(slot) << 32) | u64::from(tie)
-    }
-
-    fn insert(&mut self, slot: u32, conn: C) {
-        let key = self.key(slot);
-        let entry = Entry {
-            slot,
-            key,
-            conn: Some(conn),
-            evicted: false,
-        };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.entries[id as usize] = entry;
-                id
-            }
-            None => {
-                // `validate` bounds max_slots below u32::MAX and entries never exceed
-                // max_slots plus the evicted leases, so ids fit.
-                let id = self.entries.len() as u32;
-                self.entries.push(entry);
-                id
-            }
-        };
-        self.idle.push(key, id);
-        self.held.push(key, id);
-    }
-
-    /// Takes the held connection `id` out of the pool for a newcomer: its connection if
-    /// idle, or `None` if leased (flagged to close on return).
-    fn evict(&mut self, id: u32) -> Option<C> {
-        self.held.remove(id);
-        if self.idle.remove(id) {
-            let conn = self.entries[id as usize].conn.take();
-            self.free.push(id);
-            conn
-        } else {
-            self.entries[id as usize].evicted = true;
-            None
-        }
-    }
-
-    /// Pops the lowest idle connection, leaving its entry held but empty.
-    fn take_lowest(&mut self) -> Option<(u32, u32, C)> {
-        let (_, id) = self.idle.pop()?;
-        let entry = &mut self.entries[id as usize];
-        let conn = entry.conn.take()?;
-        Some((id, entry.slot, conn))
-    }
-
-    /// Forgets entry `id` (its connection is gone): it stops counting and is reused.
-    fn release(&mut self, id: u32) {
-        self.held.remove(id);
-        let entry = &mut self.entries[id as usize];
-        entry.conn = None;
-        entry.evicted = false;
-        self.free.push(id);
-    }
-
-    /// Takes back a leased connection. Hands it back to the caller (to close outside the
-    /// lock) when it was evicted meanwhile.
-    fn restore(&mut self, id: u32, conn: C) -> Result<(), C> {
-        let entry = &mut self.entries[id as usize];
-        if entry.evicted {
-            self.release(id);
-            return Err(conn);
-        }
-        entry.conn = Some(conn);
-        let key = entry.key;
-        self.idle.push(key, id);
-        Ok(())
     }
 }
 
