@@ -7,6 +7,9 @@
 //! own task (in a `JoinSet` it owns), so a slow connect never delays the next tick and
 //! stopping the rover aborts everything. The task holds only a `Weak` to the rover's state
 //! and ends when the rover is dropped or stopped, or when the event receiver is dropped.
+//! Each attempt reserves room in the event channel before it starts, so a consumer that
+//! stalls pauses the schedule (no pile of open sockets), and a stall longer than an interval
+//! reschedules from its end rather than firing the missed attempts in a burst.
 //!
 //! Scheduling, with backoff on (the default): an unreachable server is left out of the pick
 //! for [`Backoff::delay`] after each consecutive failure; a success or an `add_server` of
@@ -97,7 +100,8 @@ impl RoverOptions {
         self
     }
 
-    /// Events buffered before attempts wait for the receiver. Default 64; at least 1.
+    /// Events buffered or in flight before the rover waits for the receiver (each attempt
+    /// reserves room for its event first). Default 64; at least 1.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);
         self
@@ -307,6 +311,11 @@ async fn run<K: Connector>(
             _ = tokio::time::sleep_until(next) => {}
             _ = tx.closed() => return,
         }
+        // Room for this attempt's event first: a consumer that stalls pauses the schedule
+        // instead of piling up attempts that each hold an open socket.
+        let Ok(permit) = tx.clone().reserve_owned().await else {
+            return;
+        };
         let mut at = next;
         let pick = loop {
             let notified = changed.notified();
@@ -328,28 +337,28 @@ async fn run<K: Connector>(
         };
         match pick {
             Pick::Server(server, generation) => {
-                attempts.spawn(attempt(rover.clone(), tx.clone(), server, generation));
+                attempts.spawn(attempt(rover.clone(), permit, server, generation));
             }
             _ => {
-                if tx
-                    .send(RoverEvent::Error(RoverError::NoServers))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                permit.send(RoverEvent::Error(RoverError::NoServers));
             }
         }
         // Reap finished attempts so the set stays small.
         while attempts.try_join_next().is_some() {}
         next = at.max(next) + options.roving_interval;
+        // A stall longer than an interval (a full event channel, a suspended process)
+        // reschedules from now instead of firing the missed attempts in a burst.
+        let now = Instant::now();
+        if next < now {
+            next = now + options.roving_interval;
+        }
     }
 }
 
 /// One connection attempt: connect, read the slot line, report.
 async fn attempt<K: Connector>(
     rover: Weak<Shared<K>>,
-    tx: mpsc::Sender<RoverEvent<K::Stream>>,
+    permit: mpsc::OwnedPermit<RoverEvent<K::Stream>>,
     server: ServerId,
     generation: u64,
 ) {
@@ -397,8 +406,9 @@ async fn attempt<K: Connector>(
             }
         }
     };
-    // A closed receiver means nobody listens: the event (and its stream) is dropped.
-    let _ = tx.send(event).await;
+    // Room was reserved before the attempt; if the receiver is gone meanwhile, the event
+    // (and its stream) is dropped.
+    permit.send(event);
 }
 
 #[cfg(test)]

@@ -338,3 +338,27 @@ async fn stop_ends_the_events_and_start_resumes() {
         RoverEvent::Unreachable { .. }
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_consumer_pauses_the_schedule_without_a_burst_after() {
+    let options = RoverOptions::default()
+        .roving_interval(Duration::from_secs(1))
+        .backoff(None)
+        .event_capacity(1);
+    let (mock, rover) = setup(&[("a:1", Behaviour::Refuse)], options);
+    let start = Instant::now();
+    let mut events = rover.start();
+    // Nobody reads for 10 s: one event waits in the channel, and no other attempt starts.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(offsets(&mock, start), vec![Duration::ZERO]);
+    for _ in 0..4 {
+        next(&mut events).await;
+    }
+    // Then one attempt at once, and one per interval after it: no catching up.
+    let at = offsets(&mock, start);
+    assert_eq!(
+        at,
+        [0, 10, 11, 12].map(Duration::from_secs).to_vec(),
+        "attempts at {at:?}"
+    );
+}
