@@ -22,6 +22,7 @@ mod state;
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -94,6 +95,9 @@ struct Shared<C> {
     inner: Mutex<Inner<C>>,
     /// Woken when a connection becomes idle, for [`Pool::acquire`].
     available: Notify,
+    /// Tasks inside `acquire`: offers and returns skip the notification when there are
+    /// none, which keeps an atomic read-modify-write off the lease/return path.
+    waiters: AtomicUsize,
     policy: PoolPolicy,
 }
 
@@ -111,6 +115,7 @@ impl<C: Liveness> Pool<C> {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
                 available: Notify::new(),
+                waiters: AtomicUsize::new(0),
                 policy,
             }),
         })
@@ -178,7 +183,7 @@ impl<C: Liveness> Pool<C> {
             }
         };
         if !matches!(outcome, Offer::Rejected(_)) {
-            self.shared.available.notify_one();
+            self.shared.wake_one();
         }
         outcome
     }
@@ -206,6 +211,7 @@ impl<C: Liveness> Pool<C> {
     /// Like [`get`](Self::get), waiting up to `timeout` for a connection to become idle.
     pub async fn acquire(&self, timeout: Duration) -> Result<Lease<C>, AcquireError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let _waiting = Waiting::register(&self.shared.waiters);
         loop {
             let notified = self.shared.available.notified();
             if let Some(lease) = self.get() {
@@ -253,6 +259,24 @@ impl<C: Liveness> Pool<C> {
     }
 }
 
+/// Counts a task in `acquire` for as long as it waits (cancellation included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn register(waiters: &'a AtomicUsize) -> Self {
+        // Relaxed: ordered before the waiter's `get()` by the pool mutex (see `wake_one`).
+        waiters.fetch_add(1, Ordering::Relaxed);
+        Self(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Relaxed: a late decrement only costs a spurious notification.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Idle connections [`Pool::prune`] checks per lock acquisition.
 pub const PRUNE_CHUNK: usize = 64;
 
@@ -268,6 +292,17 @@ impl<C: Liveness> fmt::Debug for Pool<C> {
 }
 
 impl<C> Shared<C> {
+    /// Wakes one task in `acquire`, if any, after a connection became idle (called with the
+    /// lock released).
+    fn wake_one(&self) {
+        // Relaxed: a waiter's increment is sequenced before its `get()` takes the lock; if
+        // that `get()` missed the connection made idle here, it took the lock before us, so
+        // the increment happens-before this load (through the mutex) and is seen.
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.available.notify_one();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner<C>> {
         // No code path panics while holding the lock, and the state stays consistent at
         // every unlock, so a poisoned lock is still usable.
@@ -335,7 +370,7 @@ impl<C: Liveness> Drop for Lease<C> {
             Some(conn) if conn.is_alive() => {
                 let restored = self.shared.lock().restore(self.entry, conn);
                 match restored {
-                    Ok(()) => self.shared.available.notify_one(),
+                    Ok(()) => self.shared.wake_one(),
                     Err(evicted) => drop(evicted),
                 }
             }
