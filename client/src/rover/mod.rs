@@ -14,9 +14,9 @@
 //! Scheduling, with backoff on (the default): an unreachable server is left out of the pick
 //! for [`Backoff::delay`] after each consecutive failure; a success or an `add_server` of
 //! that id resets it, and `drop_server` forgets it. When every server is backing off, the
-//! rover does not skip ticks forever: it tries the server whose backoff ends first, as soon
-//! as it ends. Attempts are never closer than the roving interval. With backoff off, the
-//! pick is always uniform over the whole set, as in the original.
+//! rover does not sit idle: on each tick it tries the server whose backoff ends first.
+//! Attempts are never closer than the roving interval. With backoff off, the pick is always
+//! uniform over the whole set, as in the original.
 //!
 //! - [`backoff`]: the backoff schedule.
 //! - [`connect`]: the connector trait and the TCP connector.
@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -190,8 +190,6 @@ pub struct Rover<K: Connector = TcpConnector> {
 
 struct Shared<K> {
     servers: Mutex<Servers>,
-    /// Woken on `add_server` / `drop_server`, for a task waiting out a backoff.
-    changed: Arc<Notify>,
     connector: Arc<K>,
     options: RoverOptions,
 }
@@ -216,7 +214,6 @@ impl<K: Connector> Rover<K> {
         Self {
             shared: Arc::new(Shared {
                 servers: Mutex::new(Servers::new(SmallRng::from_os_rng())),
-                changed: Arc::new(Notify::new()),
                 connector: Arc::new(connector),
                 options,
             }),
@@ -234,7 +231,6 @@ impl<K: Connector> Rover<K> {
     pub fn add_server(&self, id: &str) -> Result<ServerId, InvalidServerId> {
         let id = ServerId::new(id)?;
         self.shared.servers().add(id.clone());
-        self.shared.changed.notify_waiters();
         Ok(id)
     }
 
@@ -243,9 +239,7 @@ impl<K: Connector> Rover<K> {
         let Ok(id) = ServerId::new(id) else {
             return false;
         };
-        let removed = self.shared.servers().remove(&id);
-        self.shared.changed.notify_waiters();
-        removed
+        self.shared.servers().remove(&id)
     }
 
     /// The server ids, sorted.
@@ -260,7 +254,6 @@ impl<K: Connector> Rover<K> {
         let (tx, rx) = mpsc::channel(self.shared.options.event_capacity);
         let task = tokio::spawn(run(
             Arc::downgrade(&self.shared),
-            self.shared.changed.clone(),
             self.shared.options.clone(),
             tx,
         ));
@@ -300,7 +293,6 @@ impl<K: Connector> std::fmt::Debug for Rover<K> {
 /// The rover's schedule. Ends when the rover is gone or the receiver is dropped.
 async fn run<K: Connector>(
     rover: Weak<Shared<K>>,
-    changed: Arc<Notify>,
     options: RoverOptions,
     tx: mpsc::Sender<RoverEvent<K::Stream>>,
 ) {
@@ -316,25 +308,11 @@ async fn run<K: Connector>(
         let Ok(permit) = tx.clone().reserve_owned().await else {
             return;
         };
-        let mut at = next;
-        let pick = loop {
-            let notified = changed.notified();
-            let Some(shared) = rover.upgrade() else {
-                return;
-            };
-            let pick = shared.servers().pick(Instant::now());
-            match pick {
-                Pick::Wait(until) => {
-                    drop(shared);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => at = until,
-                        _ = notified => at = Instant::now(),
-                        _ = tx.closed() => return,
-                    }
-                }
-                pick => break pick,
-            }
+        let Some(shared) = rover.upgrade() else {
+            return;
         };
+        let pick = shared.servers().pick(Instant::now());
+        drop(shared);
         match pick {
             Pick::Server(server, generation) => {
                 attempts.spawn(attempt(rover.clone(), permit, server, generation));
@@ -345,7 +323,7 @@ async fn run<K: Connector>(
         }
         // Reap finished attempts so the set stays small.
         while attempts.try_join_next().is_some() {}
-        next = at.max(next) + options.roving_interval;
+        next += options.roving_interval;
         // A stall longer than an interval (a full event channel, a suspended process)
         // reschedules from now instead of firing the missed attempts in a burst.
         let now = Instant::now();

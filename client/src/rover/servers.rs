@@ -69,8 +69,6 @@ pub(crate) enum Pick {
     Empty,
     /// Try this server (with the generation of its entry).
     Server(ServerId, u64),
-    /// Every server is backing off; the first backoff ends then.
-    Wait(Instant),
 }
 
 /// The server set.
@@ -113,7 +111,8 @@ impl Servers {
         ids
     }
 
-    /// A uniformly random server not backing off at `now`.
+    /// A uniformly random server not backing off at `now`; when every server is backing
+    /// off, the one whose backoff ends first (the rover never sits idle).
     pub(crate) fn pick(&mut self, now: Instant) -> Pick {
         if self.map.is_empty() {
             return Pick::Empty;
@@ -126,10 +125,13 @@ impl Servers {
         if let Some((id, state)) = ready {
             return Pick::Server(id.clone(), state.generation);
         }
-        match self.map.values().filter_map(|s| s.backoff_until).min() {
-            Some(first) => Pick::Wait(first),
-            None => Pick::Empty,
-        }
+        // Ties (equal backoff ends) break by id, so the pick is deterministic.
+        self.map
+            .iter()
+            .min_by(|(a_id, a), (b_id, b)| (a.backoff_until, a_id).cmp(&(b.backoff_until, b_id)))
+            .map_or(Pick::Empty, |(id, state)| {
+                Pick::Server(id.clone(), state.generation)
+            })
     }
 
     /// A connect to `id` failed: one more consecutive failure, and a backoff if enabled.
@@ -213,8 +215,8 @@ mod tests {
         let gen_b = servers.map[&b].generation;
         servers.failed(&b, gen_b, now, Some(&backoff));
         servers.failed(&b, gen_b, now, Some(&backoff));
-        // Both backing off: a's (1 s) ends before b's (1.6 s).
-        assert_eq!(servers.pick(now), Pick::Wait(now + Duration::from_secs(1)));
+        // Both backing off: a's (1 s) ends before b's (1.6 s), so a is tried rather than none.
+        assert!(matches!(servers.pick(now), Pick::Server(ref s, _) if *s == a));
         assert!(
             matches!(servers.pick(now + Duration::from_secs(1)), Pick::Server(ref s, _) if *s == a)
         );
@@ -228,6 +230,26 @@ mod tests {
         let gen_a = servers.map[&a].generation;
         servers.failed(&a, gen_a, now, None);
         assert!(servers.map[&a].backoff_until.is_none());
+    }
+
+    #[test]
+    fn adding_a_server_again_ends_its_backoff_at_once() {
+        let mut servers = Servers::new(SmallRng::seed_from_u64(1));
+        let now = Instant::now();
+        let (down, up) = (id("down:1"), id("up:1"));
+        servers.add(down.clone());
+        servers.add(up.clone());
+        let backoff = Backoff::default().jitter(0.0);
+        let generation = servers.map[&down].generation;
+        for _ in 0..4 {
+            servers.failed(&down, generation, now, Some(&backoff));
+        }
+        assert!(servers.map[&down].backoff_until.is_some());
+        servers.add(down.clone());
+        assert!(servers.map[&down].backoff_until.is_none());
+        let picked_down =
+            (0..100).any(|_| matches!(servers.pick(now), Pick::Server(ref s, _) if *s == down));
+        assert!(picked_down, "eligible again at once");
     }
 
     #[test]

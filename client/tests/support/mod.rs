@@ -1,61 +1,43 @@
 //! Test servers for the client's behaviour tests, on loopback ports chosen by the OS.
 //!
-//! `start_server` is a tiny lowest-first Callosum server on tokio using the real allocator
-//! (`callosum_server::Slots`): one accept loop, the slot line on connect, the connection
-//! held until EOF, then the slot released. It stands in for the io_uring server until the
-//! lead switches these tests to it. `start_replying` answers every connection with fixed
-//! bytes, for handshake and protocol-error cases.
+//! `start_server` runs the real `callosum-server` (io_uring shards) with the allocator
+//! handed in, so a test can look at the slots in use. `start_replying` answers every
+//! connection with fixed bytes, for handshake and protocol-error cases.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use callosum_server::{SlotGuard, Slots};
+use callosum_server::{RunningServer, Server, Slots};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A running test server; dropping it stops accepting (held connections stay open until
-/// their clients close them).
+/// A running `callosum-server`; dropping it stops the server.
 pub struct ServerHandle {
-    accept: JoinHandle<()>,
+    _server: RunningServer,
     /// The server's allocator, to look at the slots in use.
     pub slots: Arc<Slots>,
 }
 
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// Starts a lowest-first Callosum server on `127.0.0.1:0`.
+/// Starts a `callosum-server` (one unpinned shard, hold mode) on `127.0.0.1:0`.
 pub async fn start_server() -> (SocketAddr, ServerHandle) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
     let slots = Arc::new(Slots::new(1 << 16));
-    let source = slots.clone();
-    let accept = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let Some(guard) = SlotGuard::acquire(source.clone()) else {
-                continue; // full: close without a slot line
-            };
-            tokio::spawn(hold(stream, guard));
-        }
-    });
-    (addr, ServerHandle { accept, slots })
-}
-
-/// Writes the slot line, then discards input until EOF; the guard releases the slot.
-async fn hold(mut stream: TcpStream, guard: SlotGuard<Arc<Slots>>) {
-    let line = format!("{}\r\n", guard.slot());
-    if stream.write_all(line.as_bytes()).await.is_err() {
-        return;
-    }
-    let mut sink = [0u8; 256];
-    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    let server = Server::builder()
+        .host(Ipv4Addr::LOCALHOST.into())
+        .port(0)
+        .shards(1)
+        .pin(false)
+        .slot_source(slots.clone())
+        .start()
+        .expect("callosum-server starts");
+    (
+        server.local_addr(),
+        ServerHandle {
+            _server: server,
+            slots,
+        },
+    )
 }
 
 /// Starts a server on `127.0.0.1:0` that writes `bytes` on every connection, then keeps
