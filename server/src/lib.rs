@@ -1,14 +1,74 @@
 //! The Callosum server: a thread-per-core io_uring server of the Callosum (Boxcar) protocol.
 //!
 //! On connect, the server hands the connection the lowest free slot number and writes it as
-//! `"<slot>\r\n"`; the connection then belongs to the application, and its slot is freed
-//! exactly once when it closes.
+//! `"<slot>\r\n"`; the connection then belongs to the application's [`Handler`], and its slot
+//! is freed exactly once, after the connection is shut down.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use callosum_server::{Connection, Server, handler_fn};
+//!
+//! # fn main() -> Result<(), callosum_server::ServerError> {
+//! let server = Server::builder()
+//!     .port(4040)
+//!     .start_with(handler_fn(async |conn: &mut Connection| {
+//!         tracing::info!(slot = conn.slot(), peer = %conn.peer_addr(), "connected");
+//!         let _ = callosum_server::discard_until_closed(conn).await;
+//!     }))?;
+//! let stats = server.shutdown(Duration::from_secs(5))?;
+//! println!("accepted {}", stats.accepted);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Layout
 //! - [`slots`]: the global, lock-free, lowest-first slot allocator, the [`SlotSource`] trait
 //!   for custom policies, and the [`SlotGuard`] that releases a slot once.
+//! - `server`: [`Server`] builder, [`RunningServer`], [`ServerHandle`].
+//! - `config`: [`ServerConfig`] and [`Keepalive`], the settings as plain data.
+//! - `shard`: one pinned thread with its own io_uring and `SO_REUSEPORT` listener.
+//! - `listener`: binding the shards' listeners (and refusing a port in use).
+//! - `connection`: [`Connection`], which shuts its socket down before freeing its slot.
+//! - `handler`: the [`Handler`] trait, [`Hold`] and [`Echo`].
+//! - `discard`: the shard-wide buffer idle connections read into.
+//! - `slot_line`: formatting and sending the slot line without allocating.
+//! - `limits`: raising `RLIMIT_NOFILE` and growing the descriptor table up front.
+//! - `stats`: per-shard counters and the [`Stats`] snapshot.
+//! - `log_limit`: rate-limited logging for floods of errors.
+//! - [`prometheus`]: the optional Prometheus endpoint, on a thread of its own.
 #![deny(missing_docs)]
 
 pub mod slots;
 
 pub use slots::{SlotError, SlotGuard, SlotSource, Slots};
+
+/// Everything but the allocator is left out of loom builds (`--cfg loom`), which model-check
+/// the allocator alone.
+macro_rules! not_loom {
+    ($($item:item)*) => { $(#[cfg(not(loom))] $item)* };
+}
+
+not_loom! {
+    mod config;
+    mod connection;
+    mod discard;
+    mod error;
+    mod handler;
+    mod limits;
+    mod listener;
+    mod log_limit;
+    pub mod prometheus;
+    mod server;
+    mod shard;
+    mod slot_line;
+    mod stats;
+    pub use config::{Keepalive, ServerConfig};
+    pub use connection::Connection;
+    pub use discard::DiscardBuf;
+    pub use error::ServerError;
+    pub use handler::{Echo, FnHandler, Handler, Hold, discard_until_closed, handler_fn};
+    pub use limits::{grow_fd_table, raise_nofile_limit};
+    pub use server::{RunningServer, Server, ServerBuilder, ServerHandle};
+    pub use slot_line::{MAX_SLOT_LINE, SlotLine};
+    pub use stats::Stats;
+}

@@ -1,6 +1,154 @@
-//! `callosum-server`: runs a Callosum server (see the crate docs and the README).
+//! `callosum-server`: runs a Callosum server until SIGINT/SIGTERM, then drains and prints
+//! its final counters. A second signal exits at once.
+//!
+//! `cargo run --release -p callosum-server -- --port 4040 --mode hold`
 
-fn main() {
-    eprintln!("callosum-server: the server binary lands with the thread-per-core server");
-    std::process::exit(2);
+#[cfg(not(loom))]
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
+
+#[cfg(loom)]
+fn main() {}
+
+#[cfg(not(loom))]
+mod cli {
+    use std::net::{IpAddr, SocketAddr};
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use callosum_server::{Echo, Hold, RunningServer, Server, ServerBuilder, Stats};
+    use clap::{Parser, ValueEnum};
+    use tokio::signal::unix::{SignalKind, signal};
+
+    /// A thread-per-core io_uring server of the Callosum (Boxcar) protocol: every connection
+    /// is sent the lowest free slot number, then served.
+    #[derive(Debug, Parser)]
+    #[command(version)]
+    struct Args {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: IpAddr,
+        /// Port to listen on (0: any free port).
+        #[arg(long, default_value_t = 4040)]
+        port: u16,
+        /// Shards (threads with one io_uring each). Default: the available cores.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Connections beyond this many are refused (closed without a slot line).
+        #[arg(long, default_value_t = 1_000_000)]
+        max_slots: u32,
+        /// Listen backlog of each shard.
+        #[arg(long, default_value_t = 4096)]
+        backlog: u32,
+        /// Do not pin shards to cores.
+        #[arg(long)]
+        no_pin: bool,
+        /// Seconds open connections get to finish after a shutdown signal.
+        #[arg(long, default_value_t = 10.0)]
+        drain_timeout: f64,
+        /// What to do with a connection after its slot line.
+        #[arg(long, value_enum, default_value_t = Mode::Hold)]
+        mode: Mode,
+        /// Serve the counters in the Prometheus text format on this address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Turn TCP keepalive of accepted connections off.
+        #[arg(long)]
+        no_keepalive: bool,
+    }
+
+    #[derive(Debug, Clone, Copy, ValueEnum)]
+    enum Mode {
+        /// Keep each connection open, discarding its input, until the peer closes it.
+        Hold,
+        /// Echo input back (an example service).
+        Echo,
+    }
+
+    pub(crate) fn main() -> ExitCode {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+        match run(Args::parse()) {
+            Ok(stats) => {
+                println!(
+                    "accepted {} refused {} active {} high-water {} accept-errors {} \
+                     handshake-errors {} handler-panics {}",
+                    stats.accepted,
+                    stats.refused,
+                    stats.active,
+                    stats.high_water,
+                    stats.accept_errors,
+                    stats.handshake_errors,
+                    stats.handler_panics
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("callosum-server: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    fn run(args: Args) -> anyhow::Result<Stats> {
+        let drain = Duration::try_from_secs_f64(args.drain_timeout)
+            .context("--drain-timeout must be a non-negative number of seconds")?;
+        let mut builder: ServerBuilder = Server::builder()
+            .host(args.host)
+            .port(args.port)
+            .max_slots(args.max_slots)
+            .backlog(args.backlog)
+            .pin(!args.no_pin);
+        if let Some(shards) = args.shards {
+            builder = builder.shards(shards);
+        }
+        if args.no_keepalive {
+            builder = builder.keepalive(None);
+        }
+        let addr = SocketAddr::new(args.host, args.port);
+        let server: RunningServer = match args.mode {
+            Mode::Hold => builder.start_with(Hold),
+            Mode::Echo => builder.start_with(Echo),
+        }
+        .with_context(|| format!("starting the server on {addr}"))?;
+        eprintln!("callosum-server: listening on {}", server.local_addr());
+        if let Some(metrics) = args.metrics {
+            callosum_server::prometheus::serve(metrics, server.handle())?;
+        }
+        wait_for_signal().context("waiting for signals")?;
+        tracing::info!(?drain, "shutting down: draining open connections");
+        let handle = server.handle();
+        handle.shutdown(drain);
+        // A second signal while draining exits at once.
+        std::thread::spawn(|| {
+            if wait_for_signal().is_ok() {
+                eprintln!("callosum-server: second signal, exiting now");
+                std::process::exit(130);
+            }
+        });
+        server.wait().context("stopping the server")
+    }
+
+    /// Blocks until SIGINT or SIGTERM.
+    fn wait_for_signal() -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        runtime.block_on(async {
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            Ok(())
+        })
+    }
 }

@@ -43,9 +43,10 @@ pub enum SlotError {
 /// original JavaScript server let its users answer its `slot request` and `slot free`
 /// events. [`Slots`] is the default: the lowest free slot, lock-free.
 ///
-/// Implementations are shared by every shard (every core), so both methods take `&self` and
-/// must be cheap and thread-safe.
-pub trait SlotSource: Send + Sync + 'static {
+/// A source given to the server is shared by every shard (every core), so the server's
+/// builder asks for `SlotSource + Send + Sync`; both methods take `&self` and must be cheap.
+/// The trait itself does not demand `Sync`, so a shard-local view (an `Rc`) can be a source.
+pub trait SlotSource {
     /// Takes a free slot for a new connection, or `None` when none is free; the server then
     /// closes the connection without a slot line.
     fn acquire(&self) -> Option<u32>;

@@ -1,0 +1,70 @@
+//! The errors a server can report: all at start-up, each saying what to do about it. Once
+//! running, a server never fails as a whole; per-connection trouble is counted and logged.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Why a server could not start (or a shard could not run).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A builder setting is out of range.
+    #[error("invalid server configuration: {0}")]
+    Config(&'static str),
+    /// Something else listens on the address already.
+    #[error("address {addr} is already in use (is another server running on that port?)")]
+    AddrInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The process may not bind the address.
+    #[error(
+        "permission denied binding {addr} (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    )]
+    PermissionDenied {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Creating, configuring, binding or listening on a socket failed otherwise.
+    #[error("setting up the listener on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused to set up io_uring.
+    #[error(
+        "io_uring is unavailable: {source}. The server needs Linux 5.11 or later with io_uring \
+         enabled: check `sysctl kernel.io_uring_disabled` (must be 0, or 1 with the process in \
+         the io_uring group), and that no seccomp profile blocks io_uring_setup (Docker's \
+         default does: run with --security-opt seccomp=unconfined or a profile allowing it)"
+    )]
+    IoUringUnavailable {
+        /// The OS error from `io_uring_setup`.
+        #[source]
+        source: io::Error,
+    },
+    /// A shard thread could not be started.
+    #[error("starting shard thread {shard}: {source}")]
+    Spawn {
+        /// The shard's index.
+        shard: usize,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A shard thread panicked (a bug: connection handlers' panics are caught per task).
+    #[error("shard {shard} panicked")]
+    ShardPanicked {
+        /// The shard's index.
+        shard: usize,
+    },
+}

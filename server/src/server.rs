@@ -1,0 +1,333 @@
+//! The server as a whole: the builder that starts it, the running server that owns its shard
+//! threads, and the cloneable handle that stops it and reads its counters.
+//!
+//! Start-up does everything that can fail before any shard runs (configuration, descriptor
+//! limits, binding every listener, each shard's io_uring), so `start` either returns a server
+//! that serves or a clear error, and no thread is left behind.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Keepalive, ServerConfig};
+use crate::error::ServerError;
+use crate::handler::{Handler, Hold};
+use crate::limits;
+use crate::listener::bind_shard_listeners;
+use crate::shard;
+use crate::slots::{SlotSource, Slots};
+use crate::stats::{Counters, Stats};
+
+/// Entry point: `Server::builder().port(4040).start()?`.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults of [`ServerConfig`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+/// Collects a server's settings; [`start`](Self::start) binds and runs it.
+#[derive(Default)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    slot_source: Option<Arc<dyn SlotSource + Send + Sync>>,
+}
+
+impl ServerBuilder {
+    /// Address to listen on. Default: `0.0.0.0`.
+    pub fn host(mut self, host: IpAddr) -> Self {
+        self.config.host = host;
+        self
+    }
+
+    /// Port to listen on; 0 picks a free one. Default: 4040.
+    pub fn port(mut self, port: u16) -> Self {
+        self.config.port = port;
+        self
+    }
+
+    /// Number of shards (threads). Default: the available cores.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.config.shards = shards;
+        self
+    }
+
+    /// Slots of the default allocator (connections beyond are refused). Default: 1,000,000.
+    pub fn max_slots(mut self, max_slots: u32) -> Self {
+        self.config.max_slots = max_slots;
+        self
+    }
+
+    /// Listen backlog per shard. Default: 4096.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.config.backlog = backlog;
+        self
+    }
+
+    /// Pin each shard to a core. Default: on.
+    pub fn pin(mut self, pin: bool) -> Self {
+        self.config.pin = pin;
+        self
+    }
+
+    /// TCP keepalive of accepted connections; `None` turns it off. Default: 120 s idle, then
+    /// a probe every 30 s, dropped after 4 unanswered.
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.config.keepalive = keepalive;
+        self
+    }
+
+    /// Submission queue entries of each shard's io_uring (a power of two). Default: 2048.
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        self.config.ring_entries = entries;
+        self
+    }
+
+    /// Takes slots from `source` instead of the default lowest-first allocator (which
+    /// `max_slots` sizes). The server calls `release` exactly once per acquired slot, after
+    /// the connection is shut down.
+    pub fn slot_source<S: SlotSource + Send + Sync + 'static>(mut self, source: S) -> Self {
+        self.slot_source = Some(Arc::new(source));
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts a server that holds each connection open, discarding input, until its peer
+    /// closes it (the plain Callosum server).
+    pub fn start(self) -> Result<RunningServer, ServerError> {
+        self.start_with(Hold)
+    }
+
+    /// Starts a server that gives every connection to `handler` after its slot line.
+    pub fn start_with<H: Handler>(self, handler: H) -> Result<RunningServer, ServerError> {
+        let config = self.config;
+        config.validate()?;
+        match limits::raise_nofile_limit() {
+            Ok(limit) => {
+                if let Err(err) = limits::grow_fd_table(limit) {
+                    tracing::warn!(error = %err, "could not grow the descriptor table up front");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "could not raise RLIMIT_NOFILE"),
+        }
+        let slots = self
+            .slot_source
+            .unwrap_or_else(|| Arc::new(Slots::new(config.max_slots)));
+        let listeners = bind_shard_listeners(&config)?;
+        let local_addr = listeners[0]
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.addr(),
+                source,
+            })?;
+        let shard_listeners = listeners
+            .iter()
+            .map(TcpListener::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ServerError::Listen {
+                addr: local_addr,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            counters: Counters::new(config.shards),
+            config,
+            slots,
+            stopping: AtomicBool::new(false),
+            drain_ms: AtomicU64::new(0),
+            listeners,
+            local_addr,
+        });
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(shared.config.shards);
+        let mut failure = None;
+        for (index, listener) in shard_listeners.into_iter().enumerate() {
+            let (shared, handler, ready) = (shared.clone(), handler.clone(), ready_tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("callosum-shard-{index}"))
+                .spawn(move || shard::run(index, listener, shared, handler, ready));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(source) => {
+                    failure = Some(ServerError::Spawn {
+                        shard: index,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        drop(ready_tx);
+        for index in 0..threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    failure.get_or_insert(err);
+                }
+                Err(_) => {
+                    failure.get_or_insert(ServerError::ShardPanicked { shard: index });
+                }
+            }
+        }
+        let running = RunningServer {
+            handle: ServerHandle { shared },
+            threads,
+        };
+        if let Some(err) = failure {
+            let _ = running.shutdown(Duration::ZERO);
+            return Err(err);
+        }
+        tracing::info!(
+            addr = %local_addr,
+            shards = running.threads.len(),
+            "callosum server listening"
+        );
+        Ok(running)
+    }
+}
+
+/// What every shard shares.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) slots: Arc<dyn SlotSource + Send + Sync>,
+    pub(crate) counters: Counters,
+    stopping: AtomicBool,
+    drain_ms: AtomicU64,
+    /// The listening sockets (shards own duplicates): shutting one down stops its shard's
+    /// pending accept.
+    listeners: Vec<TcpListener>,
+    local_addr: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn is_stopping(&self) -> bool {
+        // Acquire: pairs with the Release in `stop`, so the drain timeout set before is seen.
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        // Relaxed: ordered by the Acquire load of `stopping` that precedes every call.
+        Duration::from_millis(self.drain_ms.load(Ordering::Relaxed))
+    }
+
+    fn stop(&self, drain: Duration) {
+        // Relaxed: published by the Release swap below.
+        self.drain_ms.store(
+            drain.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        // Release: publishes the drain timeout to shards that see `stopping`.
+        if self.stopping.swap(true, Ordering::Release) {
+            return;
+        }
+        for listener in &self.listeners {
+            // SAFETY: `listener` is an open socket owned by `self`. SHUT_RD on a listening
+            // socket makes its pending accepts fail and refuses new connections.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+        }
+    }
+}
+
+/// A cloneable handle on a running server: stop it, read its counters. `Send + Sync`.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Stops accepting at once, lets open connections finish for up to `drain`, then shuts
+    /// the rest down. Returns immediately; [`RunningServer::wait`] waits for the end.
+    pub fn shutdown(&self, drain: Duration) {
+        self.shared.stop(drain);
+    }
+
+    /// Whether a shutdown was asked for.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.is_stopping()
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The address the server listens on (with the port resolved when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.shared.local_addr)
+            .field("stopping", &self.is_stopping())
+            .finish()
+    }
+}
+
+/// A started server. Dropping it stops it without a drain and waits for its shards.
+#[derive(Debug)]
+pub struct RunningServer {
+    handle: ServerHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> Stats {
+        self.handle.stats()
+    }
+
+    /// A handle to stop the server or read its counters from elsewhere.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the server (see [`ServerHandle::shutdown`]) and waits until every shard is done.
+    pub fn shutdown(self, drain: Duration) -> Result<Stats, ServerError> {
+        self.handle.shutdown(drain);
+        self.wait()
+    }
+
+    /// Waits until the server has been stopped (through a handle) and every shard is done;
+    /// returns the final counters.
+    pub fn wait(mut self) -> Result<Stats, ServerError> {
+        let mut result = Ok(());
+        for (shard, thread) in self.threads.drain(..).enumerate() {
+            if thread.join().is_err() {
+                result = Err(ServerError::ShardPanicked { shard });
+            }
+        }
+        result.map(|()| self.handle.stats())
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.handle.shutdown(Duration::ZERO);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! A shard: one OS thread, pinned to a core, running its own tokio-uring runtime, accepting
+//! on its own `SO_REUSEPORT` listener and serving every connection it accepts as a task on
+//! the same thread. Shards share nothing but the slot source and their counters' memory.
+//!
+//! The accept loop never drops a pending `accept` (the accepted descriptor would leak in the
+//! ring); it is stopped by shutting the listening socket down (`SHUT_RD`), which makes the
+//! pending accept fail. Accept errors never stop it and never make it spin: resource
+//! exhaustion backs off (after refusing the waiting clients promptly with a spare
+//! descriptor), anything else is counted and retried.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use crate::connection::{Connection, ShardCtx};
+use crate::error::ServerError;
+use crate::handler::Handler;
+use crate::log_limit::LogLimit;
+use crate::server::Shared;
+use crate::slot_line::{self, Sent, SlotLine};
+use crate::slots::SlotGuard;
+use crate::stats::ShardCounters;
+
+/// After a drain times out and the remaining connections are shut down, how long their
+/// handlers get to notice before the shard drops them.
+const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Backoff after a resource-exhaustion accept error, doubling up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// Runs shard `index` on the calling thread until the server stops and the drain is over.
+/// Reports on `ready` once whether its runtime could start.
+pub(crate) fn run<H: Handler>(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    handler: H,
+    ready: Sender<Result<(), ServerError>>,
+) {
+    if shared.config.pin {
+        pin(index);
+    }
+    let runtime =
+        match tokio_uring::Runtime::new(tokio_uring::builder().entries(shared.config.ring_entries))
+        {
+            Ok(runtime) => runtime,
+            Err(source) => {
+                let _ = ready.send(Err(ServerError::IoUringUnavailable { source }));
+                return;
+            }
+        };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    runtime.block_on(async move {
+        let ctx = Rc::new(ShardCtx::new(index, shared));
+        let listener = TcpListener::from_std(listener);
+        accept_loop(&ctx, &listener, Rc::new(handler)).await;
+        drain(&ctx).await;
+    });
+    tracing::debug!(shard = index, "shard stopped");
+}
+
+fn pin(index: usize) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if cores.is_empty() {
+        tracing::warn!(shard = index, "cannot list cores: shard not pinned");
+        return;
+    }
+    let core = cores[index % cores.len()];
+    if !core_affinity::set_for_current(core) {
+        tracing::warn!(
+            shard = index,
+            core = core.id,
+            "pinning failed: shard not pinned"
+        );
+    }
+}
+
+async fn accept_loop<H: Handler>(ctx: &Rc<ShardCtx>, listener: &TcpListener, handler: Rc<H>) {
+    let mut spare = open_spare();
+    let mut backoff = BACKOFF_MIN;
+    let mut error_log = LogLimit::new(Duration::from_secs(1));
+    let mut refused_log = LogLimit::new(Duration::from_secs(1));
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = BACKOFF_MIN;
+                admit(ctx, &handler, stream, peer, &mut refused_log);
+            }
+            Err(err) => {
+                if ctx.shared.is_stopping() {
+                    return;
+                }
+                ShardCounters::bump(&ctx.counters().accept_errors);
+                let exhausted = is_resource_exhaustion(&err);
+                if let Some(suppressed) = error_log.allow() {
+                    tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
+                }
+                if exhausted {
+                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        shed_with_spare(ctx, listener, &mut spare);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Gives a slot to a freshly accepted connection, sends its slot line and starts its handler;
+/// or, with no slot free, closes it without a line.
+fn admit<H: Handler>(
+    ctx: &Rc<ShardCtx>,
+    handler: &Rc<H>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    refused_log: &mut LogLimit,
+) {
+    let Some(slot) = SlotGuard::acquire(ctx.clone()) else {
+        ShardCounters::bump(&ctx.counters().refused);
+        if let Some(suppressed) = refused_log.allow() {
+            tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
+        }
+        return; // `stream` drops here: closed without a slot line
+    };
+    ShardCounters::bump(&ctx.counters().accepted);
+    let line = SlotLine::new(slot.slot());
+    let unsent = match slot_line::send_now(stream.as_raw_fd(), &line) {
+        Ok(Sent::All) => 0,
+        Ok(Sent::Partly(n)) => line.as_bytes().len() - n,
+        Err(_) => {
+            ShardCounters::bump(&ctx.counters().handshake_errors);
+            // Counted as opened then closed at once: the connection frees its slot on drop.
+            drop(Connection::new(stream, peer, slot));
+            return;
+        }
+    };
+    let conn = Connection::new(stream, peer, slot);
+    tokio_uring::spawn(serve(handler.clone(), conn, line, unsent));
+}
+
+async fn serve<H: Handler>(handler: Rc<H>, mut conn: Connection, line: SlotLine, unsent: usize) {
+    if unsent > 0 {
+        let bytes = line.as_bytes();
+        let rest = bytes[bytes.len() - unsent..].to_vec();
+        if conn.stream().write_all(rest).await.0.is_err() {
+            ShardCounters::bump(&conn_counters(&conn).handshake_errors);
+            return;
+        }
+    }
+    let served = AssertUnwindSafe(handler.handle(&mut conn))
+        .catch_unwind()
+        .await;
+    if let Err(panic) = served {
+        ShardCounters::bump(&conn_counters(&conn).handler_panics);
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(slot = conn.slot(), peer = %conn.peer_addr(), %message, "handler panicked; connection closed");
+    }
+    // `conn` drops: shut down, closed, slot freed.
+}
+
+fn conn_counters(conn: &Connection) -> &ShardCounters {
+    conn.shard_ctx().counters()
+}
+
+/// A descriptor held in reserve so that, when the process is out of descriptors, the shard
+/// can still accept the clients waiting in its backlog and close them at once (they see a
+/// prompt close instead of hanging until their connect times out).
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
+    let Some(fd) = spare.take() else {
+        *spare = open_spare();
+        return;
+    };
+    drop(fd);
+    let mut shed = 0u32;
+    while shed < 64 {
+        // SAFETY: a non-blocking accept on our own listening socket; the peer address is not
+        // asked for (null pointers are allowed).
+        let conn = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            )
+        };
+        if conn < 0 {
+            break;
+        }
+        // SAFETY: `conn` was just returned by accept4 and is ours alone.
+        unsafe { libc::close(conn) };
+        ShardCounters::bump(&ctx.counters().refused);
+        shed += 1;
+    }
+    if shed > 0 {
+        tracing::debug!(
+            shard = ctx.index,
+            shed,
+            "out of descriptors: closed waiting clients"
+        );
+    }
+    *spare = open_spare();
+}
+
+/// After the accept loop stopped: let open connections finish for the drain timeout, then
+/// shut the rest down and give their handlers a moment to see it.
+async fn drain(ctx: &ShardCtx) {
+    let timeout = ctx.shared.drain_timeout();
+    if !wait_all_closed(ctx, timeout).await {
+        tracing::info!(
+            shard = ctx.index,
+            open = ctx.open_count(),
+            "drain timeout: shutting down the remaining connections"
+        );
+        ctx.shut_down_all();
+        wait_all_closed(ctx, FORCE_CLOSE_GRACE).await;
+    }
+}
+
+async fn wait_all_closed(ctx: &ShardCtx, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while ctx.open_count() > 0 {
+        let notified = ctx.all_closed.notified();
+        if ctx.open_count() == 0 {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return ctx.open_count() == 0;
+        }
+    }
+    true
+}

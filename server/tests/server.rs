@@ -1,0 +1,328 @@
+//! The server's behaviour over real sockets on loopback: the original server's test cases,
+//! then slot reuse, exhaustion, closing on every path, and shutdown.
+
+#![cfg(not(loom))]
+
+mod support;
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use callosum_server::{
+    Connection, ServerError, SlotError, SlotSource, Slots, discard_until_closed, handler_fn,
+};
+use support::*;
+
+// --- The original server's cases ------------------------------------------------------------
+
+#[test]
+fn listens_on_the_configured_host_and_port() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = builder().port(port).start().unwrap();
+    assert_eq!(
+        server.local_addr(),
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    );
+    let (_c, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+}
+
+/// Answers a fixed slot and counts every call.
+#[derive(Default)]
+struct FixedSource {
+    acquires: AtomicU64,
+    releases: AtomicU64,
+}
+
+impl SlotSource for FixedSource {
+    fn acquire(&self) -> Option<u32> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        Some(13)
+    }
+
+    fn release(&self, slot: u32) -> Result<(), SlotError> {
+        assert_eq!(slot, 13);
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn client_receives_exactly_the_slot_the_source_answers() {
+    let source = Arc::new(FixedSource::default());
+    let server = builder().slot_source(source.clone()).start().unwrap();
+    let mut client = connect(server.local_addr());
+    assert_eq!(read_line(&mut client).unwrap(), b"13\r\n");
+    client.set_nonblocking(true).unwrap();
+    let mut extra = [0u8; 8];
+    assert!(
+        client.read(&mut extra).is_err(),
+        "nothing follows the slot line"
+    );
+}
+
+#[test]
+fn custom_source_sees_one_release_per_acquire() {
+    let source = Arc::new(FixedSource::default());
+    let server = builder().slot_source(source.clone()).start().unwrap();
+    for _ in 0..3 {
+        let (client, slot) = connect_slot(server.local_addr());
+        assert_eq!(slot, 13);
+        drop(client);
+    }
+    let mut reset = connect(server.local_addr());
+    read_slot(&mut reset);
+    socket2::SockRef::from(&reset)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(reset);
+    assert!(eventually(|| source.releases.load(Ordering::SeqCst) == 4));
+    server.shutdown(Duration::from_secs(1)).unwrap();
+    assert_eq!(source.acquires.load(Ordering::SeqCst), 4);
+    assert_eq!(source.releases.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn handler_sees_the_connection_with_its_slot() {
+    let (tx, rx) = mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let server = start_server_with(handler_fn(async move |conn: &mut Connection| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send((conn.slot(), conn.peer_addr(), conn.shard()));
+        let _ = discard_until_closed(conn).await;
+    }));
+    let (client, slot) = connect_slot(server.local_addr());
+    let (seen_slot, peer, shard) = rx.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(seen_slot, slot);
+    assert_eq!(peer, client.local_addr().unwrap());
+    assert!(shard < 2);
+}
+
+#[test]
+fn slot_is_freed_after_the_client_ends_the_connection() {
+    let server = start_server();
+    let (a, slot_a) = connect_slot(server.local_addr());
+    let (_b, slot_b) = connect_slot(server.local_addr());
+    assert_eq!((slot_a, slot_b), (0, 1));
+    drop(a);
+    assert!(eventually(|| server.stats().active == 1));
+    let (_c, slot_c) = connect_slot(server.local_addr());
+    assert_eq!(slot_c, 0);
+}
+
+#[test]
+fn slot_is_freed_after_the_connection_errors() {
+    let server = start_server();
+    let (a, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    // SO_LINGER 0: close sends a reset, the server's read fails with ECONNRESET.
+    socket2::SockRef::from(&a)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(a);
+    assert!(eventually(|| server.stats().active == 0));
+    let (_b, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+}
+
+// --- Slots over sockets -------------------------------------------------------------------
+
+#[test]
+fn first_connection_reads_zero() {
+    let server = start_server();
+    let mut client = connect(server.local_addr());
+    assert_eq!(read_line(&mut client).unwrap(), b"0\r\n");
+}
+
+#[test]
+fn a_thousand_concurrent_connections_get_slots_0_to_999_each_once() {
+    let server = start_server();
+    let addr = server.local_addr();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || (0..125).map(|_| connect_slot(addr)).collect::<Vec<_>>())
+        })
+        .collect();
+    let held: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let mut slots: Vec<u32> = held.iter().map(|(_, s)| *s).collect();
+    slots.sort_unstable();
+    assert_eq!(slots, (0..1000).collect::<Vec<_>>());
+    assert_eq!(server.stats().high_water, 1000);
+    assert_eq!(server.stats().active, 1000);
+}
+
+#[test]
+fn after_closing_slot_5_the_next_connection_gets_5() {
+    let server = start_server();
+    let mut held: Vec<_> = (0..10).map(|_| connect_slot(server.local_addr())).collect();
+    let index = held.iter().position(|(_, s)| *s == 5).unwrap();
+    drop(held.remove(index));
+    assert!(eventually(|| server.stats().active == 9));
+    let (_c, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 5);
+}
+
+#[test]
+fn max_slots_two_refuses_the_third_until_one_closes() {
+    let server = builder().max_slots(2).start().unwrap();
+    let (a, slot_a) = connect_slot(server.local_addr());
+    let (_b, _) = connect_slot(server.local_addr());
+    let mut third = connect(server.local_addr());
+    assert_eq!(
+        read_line(&mut third).unwrap(),
+        b"",
+        "closed without a slot line"
+    );
+    assert!(eventually(|| server.stats().refused == 1));
+    drop(a);
+    assert!(eventually(|| server.stats().active == 1));
+    let (_d, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, slot_a);
+}
+
+// --- Every way a handler can end frees the slot only after the socket is shut -----------------
+
+/// Connects probes until one gets `slot`; asserts the first client was closed by then.
+fn slot_is_reissued_only_after(first: &std::net::TcpStream, addr: SocketAddr, slot: u32) {
+    let reissued = eventually(|| {
+        let (probe, got) = connect_slot(addr);
+        if got == slot {
+            assert!(
+                is_closed_now(first),
+                "slot {slot} was reissued while its first connection was still open"
+            );
+            std::mem::forget(probe); // keep it held until the test ends
+            return true;
+        }
+        false
+    });
+    assert!(reissued, "slot {slot} was never reissued");
+}
+
+#[test]
+fn a_handler_aborted_mid_read_closes_its_client_and_then_frees_the_slot() {
+    // The timeout drops a read whose io_uring operation is still in flight: the operation
+    // keeps the socket open unless the server shuts it down.
+    let server = start_server_with(handler_fn(async |conn: &mut Connection| {
+        let read = conn.stream().read(vec![0u8; 16]);
+        let _ = tokio::time::timeout(Duration::from_millis(100), read).await;
+    }));
+    let (mut first, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    assert!(sees_close(&mut first), "client not closed after abort");
+    slot_is_reissued_only_after(&first, server.local_addr(), 0);
+}
+
+#[test]
+fn a_handler_panicking_mid_read_closes_its_client_and_then_frees_the_slot() {
+    let server = start_server_with(handler_fn(async |conn: &mut Connection| {
+        tokio::select! {
+            _ = conn.stream().read(vec![0u8; 16]) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => panic!("handler fails mid-read"),
+        }
+    }));
+    let (mut first, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    assert!(sees_close(&mut first), "client not closed after panic");
+    slot_is_reissued_only_after(&first, server.local_addr(), 0);
+    assert!(eventually(|| server.stats().handler_panics == 1));
+}
+
+// --- Shutdown and start-up errors --------------------------------------------------------------
+
+#[test]
+fn shutdown_drains_open_connections_then_returns_with_no_slot_in_use() {
+    let slots = Arc::new(Slots::new(1000));
+    let server = builder().slot_source(slots.clone()).start().unwrap();
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..20).map(|_| connect_slot(addr)).collect();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(clients); // the connections finish during the drain
+    });
+    let stats = server.shutdown(Duration::from_secs(5)).unwrap();
+    closer.join().unwrap();
+    assert_eq!(stats.accepted, 20);
+    assert_eq!(stats.active, 0);
+    assert_eq!(slots.in_use(), 0);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn drain_timeout_shuts_the_remaining_connections_down() {
+    let slots = Arc::new(Slots::new(1000));
+    let server = builder().slot_source(slots.clone()).start().unwrap();
+    let (mut client, _) = connect_slot(server.local_addr());
+    let stats = server.shutdown(Duration::from_millis(100)).unwrap();
+    assert!(
+        sees_close(&mut client),
+        "held connection closed by the drain"
+    );
+    assert_eq!(stats.active, 0);
+    assert_eq!(slots.in_use(), 0);
+}
+
+#[test]
+fn binding_a_port_in_use_is_an_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    match builder().port(port).start() {
+        Err(ServerError::AddrInUse { .. }) => {}
+        other => panic!("expected AddrInUse, got {other:?}"),
+    }
+    // A second Callosum server (whose listeners use SO_REUSEPORT) is refused too.
+    let first = start_server();
+    match builder().port(first.local_addr().port()).start() {
+        Err(ServerError::AddrInUse { .. }) => {}
+        other => panic!("expected AddrInUse, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_settings_are_errors() {
+    assert!(matches!(
+        builder().shards(0).start(),
+        Err(ServerError::Config(_))
+    ));
+    assert!(matches!(
+        builder().ring_entries(1000).start(),
+        Err(ServerError::Config(_))
+    ));
+}
+
+#[test]
+fn accepted_sockets_inherit_keepalive() {
+    let (tx, rx) = mpsc::channel();
+    let tx = Arc::new(Mutex::new(tx));
+    let server = start_server_with(handler_fn(async move |conn: &mut Connection| {
+        let fd = conn.stream().as_raw_fd();
+        // SAFETY: `fd` is the connection's open socket for the duration of this borrow.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&sock);
+        let _ = tx.lock().unwrap().send((
+            sock.keepalive().unwrap(),
+            sock.tcp_keepalive_time().unwrap(),
+        ));
+        let _ = discard_until_closed(conn).await;
+    }));
+    let (_client, _) = connect_slot(server.local_addr());
+    let (on, idle) = rx.recv_timeout(PATIENCE).unwrap();
+    assert!(on);
+    assert_eq!(idle, Duration::from_secs(120));
+}
