@@ -1,5 +1,6 @@
 //! The limits a run must fit in, checked before anything starts: file descriptors
-//! (`RLIMIT_NOFILE`, raised to its hard limit first) and ephemeral ports per address pair.
+//! (`RLIMIT_NOFILE`, raised to its hard limit first, with the descriptor table grown to it once)
+//! and ephemeral ports per address pair.
 //!
 //! A run that would die half-way with `EMFILE` or `EADDRNOTAVAIL` wastes the reader's time and
 //! produces misleading numbers, so the tool refuses it up front and says what to change.
@@ -57,30 +58,6 @@ pub enum LimitError {
     },
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
-pub fn raise_nofile() -> std::io::Result<u64> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if rl.rlim_cur < rl.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: rl.rlim_max,
-            rlim_max: rl.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one is
-        // always permitted.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            rl.rlim_cur = rl.rlim_max;
-        }
-    }
-    Ok(rl.rlim_cur)
-}
-
 /// Descriptors this process has open now (0 if `/proc/self/fd` cannot be read).
 pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
@@ -115,7 +92,13 @@ pub fn fds_needed(config: &Config, kind: &PhaseKind, in_flight: usize) -> u64 {
 /// anything starts.
 pub fn check(config: &Config) -> Result<(), LimitError> {
     validate(config)?;
-    let limit = raise_nofile().map_err(|e| LimitError::Invalid(format!("getrlimit: {e}")))?;
+    let limit = callosum_server::raise_nofile_limit()
+        .map_err(|e| LimitError::Invalid(format!("getrlimit: {e}")))?;
+    // Grow the descriptor table once, now: growing it while connections pile up stalls every
+    // thread of the process for an RCU grace period, which would show up as client latency.
+    if let Err(e) = callosum_server::grow_fd_table(limit) {
+        tracing::warn!(error = %e, "could not grow the descriptor table up front");
+    }
     let open = open_fds();
     let available = limit.saturating_sub(open);
     let ports = ephemeral_ports();
