@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use callosum_loadgen::limits::LimitError;
 use callosum_loadgen::{Config, LoadgenError, Pacing, Phase, PhaseKind, Shutdown};
-use support::within;
+use support::{hold, within};
 
 fn embedded(phases: Vec<Phase>) -> Config {
     let mut config = Config {
@@ -18,17 +18,6 @@ fn embedded(phases: Vec<Phase>) -> Config {
     };
     config.embedded.shards = 2;
     config
-}
-
-fn hold(connections: u64) -> Phase {
-    Phase {
-        kind: PhaseKind::Hold {
-            connections,
-            hold_for: Duration::ZERO,
-        },
-        pacing: Pacing::Closed { concurrency: 64 },
-        warmup: Duration::ZERO,
-    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use callosum_loadgen::{Config, Pacing, Phase, PhaseKind, Report, Shutdown};
-use support::{Misbehaviour, c_server, misbehaving, within};
+use support::{Misbehaviour, c_server, hold, misbehaving, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -19,17 +19,6 @@ fn config(targets: Vec<SocketAddr>, phase: Phase) -> Config {
         workers: 2,
         progress: false,
         ..Config::default()
-    }
-}
-
-fn hold(connections: u64) -> Phase {
-    Phase {
-        kind: PhaseKind::Hold {
-            connections,
-            hold_for: Duration::ZERO,
-        },
-        pacing: Pacing::Closed { concurrency: 64 },
-        warmup: Duration::ZERO,
     }
 }
 

@@ -137,3 +137,15 @@ pub fn misbehaving(how: Misbehaviour) -> SocketAddr {
     });
     addr
 }
+
+/// A hold of `connections`, 64 opening at a time, no warmup.
+pub fn hold(connections: u64) -> callosum_loadgen::Phase {
+    callosum_loadgen::Phase {
+        kind: callosum_loadgen::PhaseKind::Hold {
+            connections,
+            hold_for: Duration::ZERO,
+        },
+        pacing: callosum_loadgen::Pacing::Closed { concurrency: 64 },
+        warmup: Duration::ZERO,
+    }
+}
