@@ -28,7 +28,7 @@ use crate::limits::{self, LimitError};
 use crate::progress::Progress;
 use crate::registry::SlotRegistry;
 use crate::report::{Report, RunReport};
-use crate::stats::{LATE_START, Recorder};
+use crate::stats::{LATE_START, Recorder, micros};
 use crate::sysinfo;
 
 /// Why a run failed (as opposed to handshakes failing, which are counted in the report).
@@ -128,6 +128,8 @@ struct Shared {
     sources: Vec<IpAddr>,
     timeout: Duration,
     hold: bool,
+    /// Hold: connections asked for (the held-count quarters are of this).
+    hold_total: u64,
     start: Instant,
     warmup_end: Instant,
     deadline: Option<Instant>,
@@ -232,6 +234,7 @@ fn run_phase(
         sources: config.source_addrs().into_iter().map(IpAddr::V4).collect(),
         timeout: config.timeout,
         hold,
+        hold_total: if hold { budget } else { 0 },
         start,
         warmup_end: start + phase.warmup,
         deadline: duration.map(|d| start + d),
@@ -250,6 +253,7 @@ fn run_phase(
     let (tx, rx) = mpsc::channel::<Event>();
 
     let mut snapshot = None;
+    let mut opened_at = None;
     let outs = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -293,6 +297,7 @@ fn run_phase(
         }
         progress.finish();
         if hold {
+            opened_at = Some(Instant::now());
             if let PhaseKind::Hold { hold_for, .. } = phase.kind {
                 let until = Instant::now() + hold_for;
                 while Instant::now() < until && !shutdown.is_triggered() {
@@ -317,7 +322,7 @@ fn run_phase(
         outs.into_iter().collect::<Result<Vec<_>, _>>()
     })?;
 
-    let end = Instant::now();
+    let end = opened_at.unwrap_or_else(Instant::now);
     let mut rec = Recorder::default();
     let mut loadgen_cpu = Duration::ZERO;
     let mut held_slots = vec![Vec::new(); targets.len()];
@@ -496,12 +501,18 @@ async fn one(shared: &Shared, state: &Local, intended: Instant) {
     let (addr, registry) = &shared.targets[target];
     match handshake(*addr, source, shared.timeout, intended).await {
         Ok(c) => {
-            state
-                .rec
-                .borrow_mut()
-                .success(c.connect, c.handshake, intended >= shared.warmup_end);
-            // Relaxed: progress display only.
-            shared.ok.fetch_add(1, Ordering::Relaxed);
+            // Relaxed: a counter; its value only places this success among the others.
+            let index = shared.ok.fetch_add(1, Ordering::Relaxed);
+            let mut rec = state.rec.borrow_mut();
+            let recorded = intended >= shared.warmup_end;
+            rec.success(c.connect, c.handshake, recorded);
+            if shared.hold && recorded {
+                // The quarter of the hold this connection was opened in: its latency was
+                // measured with about `index` connections already held.
+                let quarter = (index.saturating_mul(4) / shared.hold_total.max(1)).min(3) as usize;
+                rec.by_held_quarter[quarter].saturating_record(micros(c.handshake));
+            }
+            drop(rec);
             let registered = registry.acquire(c.slot);
             if shared.hold {
                 state.held.borrow_mut().push(Held {

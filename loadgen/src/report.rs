@@ -181,6 +181,9 @@ pub struct HoldReport {
     pub held: u64,
     /// Connections the server closed during the hold.
     pub closed_by_server: u64,
+    /// Handshake latency (µs) as the held count grew: four summaries, for the connections
+    /// opened while 0–25 %, 25–50 %, 50–75 % and 75–100 % of `requested` were already held.
+    pub latency_by_held_quarter: Vec<LatencySummary>,
     /// The slot distribution per target.
     pub per_target: Vec<TargetSlots>,
     /// (RSS at full hold − RSS before) / held, bytes: of this process for the embedded server
@@ -299,6 +302,11 @@ impl RunReport {
                     requested: connections,
                     held: per_target.iter().map(|t| t.held).sum(),
                     closed_by_server: r.closed_by_server,
+                    latency_by_held_quarter: rec
+                        .by_held_quarter
+                        .iter()
+                        .map(LatencySummary::of)
+                        .collect(),
                     per_target,
                     rss_per_held_connection_bytes: r.rss_per_held,
                 })
@@ -477,6 +485,17 @@ impl RunReport {
                 group(h.requested),
                 group(h.closed_by_server)
             );
+            let q = &h.latency_by_held_quarter;
+            if q.len() == 4 {
+                let _ = writeln!(
+                    t,
+                    "  handshake p99 µs as the held count grew: 0-25% {} · 25-50% {} · 50-75% {} · 75-100% {}",
+                    group(q[0].p99),
+                    group(q[1].p99),
+                    group(q[2].p99),
+                    group(q[3].p99)
+                );
+            }
             for ts in &h.per_target {
                 let range = match (ts.lowest, ts.highest) {
                     (Some(l), Some(h)) => format!("slots {l}..={h}"),

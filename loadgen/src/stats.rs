@@ -83,6 +83,9 @@ pub struct Recorder {
     pub late_starts: u64,
     /// Open loop: handshakes started.
     pub started: u64,
+    /// Hold: handshake latency (µs) by the quarter of the hold the connection was opened in
+    /// (first quarter: 0 to 25 % of the connections already held, …).
+    pub by_held_quarter: [Histogram<u64>; 4],
 }
 
 /// An open-loop start this much behind schedule counts as late.
@@ -98,6 +101,7 @@ impl Default for Recorder {
             last_completion: None,
             late_starts: 0,
             started: 0,
+            by_held_quarter: std::array::from_fn(|_| new_histogram()),
         }
     }
 }
@@ -122,6 +126,9 @@ impl Recorder {
         self.errors.merge(&other.errors);
         self.last_completion = self.last_completion.max(other.last_completion);
         self.late_starts += other.late_starts;
+        for (a, b) in self.by_held_quarter.iter_mut().zip(&other.by_held_quarter) {
+            let _ = a.add(b);
+        }
         self.started += other.started;
     }
 }

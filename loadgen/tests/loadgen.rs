@@ -198,6 +198,7 @@ fn the_json_output_parses_and_has_the_documented_fields() {
             "requested",
             "held",
             "closed_by_server",
+            "latency_by_held_quarter",
             "per_target",
             "rss_per_held_connection_bytes"
         ])
@@ -219,6 +220,26 @@ fn the_json_output_parses_and_has_the_documented_fields() {
         serde_json::json!([[0, 99]])
     );
     assert_eq!(hold["held"], 100);
+    let quarters = hold["latency_by_held_quarter"]
+        .as_array()
+        .expect("quarters");
+    assert_eq!(quarters.len(), 4);
+    let counted: u64 = quarters
+        .iter()
+        .map(|q| q["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(counted, 100);
+    assert_eq!(keys(&quarters[0]), latency);
+    let quarters = hold["latency_by_held_quarter"]
+        .as_array()
+        .expect("quarters");
+    assert_eq!(quarters.len(), 4);
+    let counted: u64 = quarters
+        .iter()
+        .map(|q| q["count"].as_u64().expect("count"))
+        .sum();
+    assert_eq!(counted, 100);
+    assert_eq!(keys(&quarters[0]), latency);
 }
 
 #[test]
