@@ -8,7 +8,10 @@
 //! in practice, go to a mutex-protected set. A slot is marked from the moment its line is read
 //! until just before its socket closes: while marked, the server cannot have freed it, so a
 //! second holder is a real violation (the check can miss one in the instant between unmark and
-//! close, but never reports a false one).
+//! close, but never reports a false one). In a hold every slot stays marked until the end, so
+//! every duplicate among held connections is seen; in a churn a slot is marked only from its
+//! line being read to its close, a short window, so the check there catches only overlaps that
+//! happen to fall in it.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
