@@ -205,7 +205,9 @@ impl Outputs {
     /// Writes the requested files.
     pub fn write(&self, report: &Report) -> std::io::Result<()> {
         if let Some(path) = &self.json {
-            std::fs::write(path, report.to_json() + "\n")?;
+            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            report.write_json(&mut file)?;
+            std::io::Write::flush(&mut file)?;
         }
         if let Some(path) = &self.hgrm {
             for run in &report.runs {

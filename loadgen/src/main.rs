@@ -16,7 +16,9 @@ fn main() -> anyhow::Result<()> {
     let shutdown = callosum_loadgen::Shutdown::new();
     on_ctrl_c(shutdown.clone());
     let report = callosum_loadgen::run(&config, &shutdown).context("load generator run")?;
-    print!("{}", report.table());
+    report
+        .write_table(&mut std::io::stdout().lock())
+        .context("writing the table")?;
     outputs.write(&report).context("writing the output files")?;
     Ok(())
 }

@@ -24,9 +24,10 @@ impl Progress {
                 by_time: false,
             };
         }
+        // A duration is the bound that usually ends a churn; a hold has only its count.
         let (len, by_time) = match (count, duration) {
-            (Some(n), _) => (n, false),
-            (None, Some(d)) => (d.as_millis() as u64, true),
+            (_, Some(d)) => (d.as_millis() as u64, true),
+            (Some(n), None) => (n, false),
             (None, None) => (0, false),
         };
         let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
@@ -43,12 +44,14 @@ impl Progress {
     /// Shows the counts so far.
     pub fn update(&self, ok: u64, failed: u64) {
         if let Some(bar) = &self.bar {
+            let elapsed = bar.elapsed();
             if self.by_time {
-                bar.set_position(bar.elapsed().as_millis() as u64);
+                bar.set_position(elapsed.as_millis() as u64);
             } else {
                 bar.set_position(ok + failed);
             }
-            bar.set_message(format!("{ok} ok, {failed} errors"));
+            let rate = ok as f64 / elapsed.as_secs_f64().max(1e-3);
+            bar.set_message(format!("{ok} ok, {failed} errors, {rate:.0}/s"));
         }
     }
 

@@ -536,6 +536,16 @@ impl Report {
             .join("\n")
     }
 
+    /// Writes the readable tables of every phase to `out`.
+    pub fn write_table(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(self.table().as_bytes())
+    }
+
+    /// Writes the JSON document (and a newline) to `out`.
+    pub fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "{}", self.to_json())
+    }
+
     /// The JSON document.
     pub fn to_json(&self) -> String {
         // Plain data with string keys and finite numbers serialises without error; fall back
