@@ -297,3 +297,78 @@ fn a_duration_bounded_run_against_a_silent_server_ends() {
     assert!(r.errors.timeout >= 8, "{:?}", r.errors);
     assert_eq!(r.errors.total, r.errors.timeout);
 }
+
+#[test]
+fn an_open_loop_run_that_cannot_keep_its_rate_says_so_and_ends() {
+    let target = misbehaving(Misbehaviour::NeverAnswer);
+    let phase = Phase {
+        kind: PhaseKind::Churn {
+            duration: Some(Duration::from_millis(500)),
+            count: None,
+        },
+        // Four in flight, each stuck until its 200 ms timeout: at most ~20 starts a second.
+        pacing: Pacing::Open {
+            rate: 1_000.0,
+            max_in_flight: 4,
+        },
+        warmup: Duration::ZERO,
+    };
+    let mut config = config(vec![target], phase);
+    config.timeout = Duration::from_millis(200);
+    let report = run(config);
+    let r = &report.runs[0];
+    let rate = r.rate.as_ref().expect("rate report");
+    assert!(!rate.achieved);
+    assert!(rate.late_starts > 0);
+    assert!(
+        report.table().contains("NOT ACHIEVED"),
+        "{}",
+        report.table()
+    );
+    assert_eq!(r.errors.total, r.errors.timeout);
+}
+
+#[test]
+fn an_open_loop_hold_keeps_every_connection() {
+    let server = c_server();
+    let mut phase = hold(300);
+    phase.pacing = Pacing::Open {
+        rate: 3_000.0,
+        max_in_flight: 64,
+    };
+    let report = run(config(vec![server.addr], phase));
+    let h = report.runs[0].hold.as_ref().expect("hold");
+    assert_eq!(h.per_target[0].slot_ranges, vec![[0, 299]]);
+    assert!(report.runs[0].rate.is_some());
+}
+
+#[test]
+fn shutdown_stops_a_long_run_early() {
+    // A server that answers one connection, then asks the run to stop.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = Shutdown::new();
+    let trigger = shutdown.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (i, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = std::io::Write::write_all(&mut conn, format!("{i}\r\n").as_bytes());
+            held.push(conn);
+            trigger.trigger();
+        }
+    });
+    let phase = Phase {
+        kind: PhaseKind::Churn {
+            duration: Some(Duration::from_secs(600)),
+            count: None,
+        },
+        pacing: Pacing::Closed { concurrency: 1 },
+        warmup: Duration::ZERO,
+    };
+    let config = config(vec![addr], phase);
+    let report = within(LIMIT, move || {
+        callosum_loadgen::run(&config, &shutdown).expect("run")
+    });
+    assert!(report.runs[0].succeeded >= 1);
+}
