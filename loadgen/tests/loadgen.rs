@@ -33,6 +33,18 @@ fn churn(count: u64, concurrency: usize) -> Phase {
     }
 }
 
+/// A churn bounded by time only.
+fn churn_for(duration: Duration, pacing: Pacing) -> Phase {
+    Phase {
+        kind: PhaseKind::Churn {
+            duration: Some(duration),
+            count: None,
+        },
+        pacing,
+        warmup: Duration::ZERO,
+    }
+}
+
 fn run(config: Config) -> Report {
     within(LIMIT, move || {
         callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
@@ -281,14 +293,10 @@ fn misbehaving_servers_are_counted_by_kind_and_the_run_ends() {
 #[test]
 fn a_duration_bounded_run_against_a_silent_server_ends() {
     let target = misbehaving(Misbehaviour::NeverAnswer);
-    let phase = Phase {
-        kind: PhaseKind::Churn {
-            duration: Some(Duration::from_millis(500)),
-            count: None,
-        },
-        pacing: Pacing::Closed { concurrency: 8 },
-        warmup: Duration::ZERO,
-    };
+    let phase = churn_for(
+        Duration::from_millis(500),
+        Pacing::Closed { concurrency: 8 },
+    );
     let mut config = config(vec![target], phase);
     config.timeout = Duration::from_millis(200);
     let report = run(config);
@@ -301,18 +309,14 @@ fn a_duration_bounded_run_against_a_silent_server_ends() {
 #[test]
 fn an_open_loop_run_that_cannot_keep_its_rate_says_so_and_ends() {
     let target = misbehaving(Misbehaviour::NeverAnswer);
-    let phase = Phase {
-        kind: PhaseKind::Churn {
-            duration: Some(Duration::from_millis(500)),
-            count: None,
-        },
+    let phase = churn_for(
+        Duration::from_millis(500),
         // Four in flight, each stuck until its 200 ms timeout: at most ~20 starts a second.
-        pacing: Pacing::Open {
+        Pacing::Open {
             rate: 1_000.0,
             max_in_flight: 4,
         },
-        warmup: Duration::ZERO,
-    };
+    );
     let mut config = config(vec![target], phase);
     config.timeout = Duration::from_millis(200);
     let report = run(config);
@@ -358,14 +362,7 @@ fn shutdown_stops_a_long_run_early() {
             trigger.trigger();
         }
     });
-    let phase = Phase {
-        kind: PhaseKind::Churn {
-            duration: Some(Duration::from_secs(600)),
-            count: None,
-        },
-        pacing: Pacing::Closed { concurrency: 1 },
-        warmup: Duration::ZERO,
-    };
+    let phase = churn_for(Duration::from_secs(600), Pacing::Closed { concurrency: 1 });
     let config = config(vec![addr], phase);
     let report = within(LIMIT, move || {
         callosum_loadgen::run(&config, &shutdown).expect("run")
