@@ -13,8 +13,9 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use callosum_client::handshake::{LineError, parse_slot_line};
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 /// The kinds of failure the load generator counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -149,16 +150,28 @@ async fn connect_and_read(
     start: Instant,
 ) -> Result<Connected, HandshakeError> {
     let io = |step| move |source| HandshakeError::Io { step, source };
-    let socket = match target {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
     .map_err(io("socket"))?;
     if let Some(ip) = source {
         bind_no_port(&socket).map_err(io("bind"))?;
-        socket.bind(SocketAddr::new(ip, 0)).map_err(io("bind"))?;
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .map_err(io("bind"))?;
     }
-    let mut stream = socket.connect(target).await.map_err(io("connect"))?;
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(io("connect")(e)),
+    }
+    let mut stream =
+        TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(io("connect"))?;
+    // Writable means connected, or failed: a failure shows in the read below (ECONNREFUSED,
+    // ECONNRESET), which spares the `getsockopt(SO_ERROR)` a connect future would make.
+    stream.writable().await.map_err(io("connect"))?;
     let connect = start.elapsed();
     let mut buf = [0u8; 16];
     let mut filled = 0;
@@ -190,7 +203,7 @@ async fn connect_and_read(
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`: the source port is chosen at `connect`, per destination, so
 /// one source address serves a full port range towards every target.
-fn bind_no_port(socket: &TcpSocket) -> io::Result<()> {
+fn bind_no_port(socket: &Socket) -> io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: the descriptor is open for the duration of the call and `one` is a valid c_int
     // whose size is passed.
