@@ -179,7 +179,7 @@ impl Cli {
                 warmup: a.pacing.warmup,
             }],
         };
-        let config = Config {
+        let mut config = Config {
             targets: c.targets.clone(),
             embedded: EmbeddedConfig {
                 shards: c.shards.unwrap_or_else(default_workers),
@@ -192,6 +192,16 @@ impl Cli {
             server_pid: c.server_pid,
             progress: !c.no_progress,
         };
+        if self.command.is_none() {
+            // The default job must run anywhere: shrink its hold to what the descriptor limit
+            // allows (an embedded hold needs two descriptors per connection).
+            let fit = crate::limits::max_hold(&config);
+            for phase in &mut config.phases {
+                if let (PhaseKind::Hold { connections, .. }, Some(fit)) = (&mut phase.kind, fit) {
+                    *connections = (*connections).min(fit);
+                }
+            }
+        }
         let outputs = Outputs {
             json: c.json.clone(),
             hgrm: c.hgrm.clone(),

@@ -13,6 +13,8 @@ use crate::config::{Config, PhaseKind};
 /// and io_uring instances, eventfds, files, plus this many per thread.
 const RESERVE_FDS: u64 = 128;
 const RESERVE_FDS_PER_THREAD: u64 = 8;
+/// Descriptors [`max_hold`] keeps free beyond the reserve.
+const ESTIMATE_MARGIN: u64 = 32;
 
 /// Why a run was refused before it started.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,22 @@ pub fn fds_needed(config: &Config, kind: &PhaseKind, in_flight: usize) -> u64 {
             0
         };
     conns * sides + RESERVE_FDS + RESERVE_FDS_PER_THREAD * threads
+}
+
+/// The most connections a hold can keep under `config` (its targets, workers and embedded
+/// server) within the descriptor limit, after raising it; `None` if the limit cannot be read.
+pub fn max_hold(config: &Config) -> Option<u64> {
+    let limit = callosum_server::raise_nofile_limit().ok()?;
+    let available = limit.saturating_sub(open_fds());
+    let probe = PhaseKind::Hold {
+        connections: 0,
+        hold_for: std::time::Duration::ZERO,
+    };
+    let reserve = fds_needed(config, &probe, 0);
+    let sides = if config.is_embedded() { 2 } else { 1 };
+    // Leave room for what opens between this estimate and the run (the signal thread's
+    // runtime, log files).
+    Some(available.saturating_sub(reserve + ESTIMATE_MARGIN) / sides)
 }
 
 /// Raises `RLIMIT_NOFILE` and checks every phase of `config` against the limits, before
@@ -210,6 +228,23 @@ mod tests {
         let err = check(&config).unwrap_err();
         assert!(matches!(err, LimitError::TooManyFds { .. }), "{err}");
         assert!(err.to_string().contains("--target"), "{err}");
+    }
+
+    #[test]
+    fn the_largest_hold_that_fits_passes_the_check_and_more_does_not() {
+        let mut config = hold(0);
+        // Tests run in parallel and open files: stay clear of the exact edge.
+        let max = max_hold(&config).unwrap();
+        config.phases[0].kind = PhaseKind::Hold {
+            connections: max,
+            hold_for: std::time::Duration::ZERO,
+        };
+        check(&config).unwrap();
+        config.phases[0].kind = PhaseKind::Hold {
+            connections: max + 1_000,
+            hold_for: std::time::Duration::ZERO,
+        };
+        assert!(matches!(check(&config), Err(LimitError::TooManyFds { .. })));
     }
 
     #[test]
