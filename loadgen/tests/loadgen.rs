@@ -369,3 +369,15 @@ fn shutdown_stops_a_long_run_early() {
     });
     assert!(report.runs[0].succeeded >= 1);
 }
+
+#[test]
+fn a_hold_over_two_targets_reports_each_targets_slots() {
+    let (a, b) = (c_server(), c_server());
+    let report = run(config(vec![a.addr, b.addr], hold(600)));
+    let h = report.runs[0].hold.as_ref().expect("hold");
+    assert_eq!(h.per_target.len(), 2);
+    for t in &h.per_target {
+        assert_eq!(t.slot_ranges, vec![[0, 299]], "{}", t.target);
+    }
+    assert_eq!(report.runs[0].invariant.violations, 0);
+}
