@@ -12,6 +12,10 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    // ---- `simulate` (the balance simulator) is wired here when it is merged:
+    // if let Some(Command::Simulate(args)) = &cli.command {
+    //     return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock());
+    // }
     let (config, outputs) = cli.config();
     let shutdown = callosum_loadgen::Shutdown::new();
     on_ctrl_c(shutdown.clone());
