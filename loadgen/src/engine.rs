@@ -16,7 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -130,9 +130,11 @@ struct Shared {
     hold: bool,
     /// Hold: connections asked for (the held-count quarters are of this).
     hold_total: u64,
-    start: Instant,
-    warmup_end: Instant,
-    deadline: Option<Instant>,
+    /// When the phase started, set by the main thread just before it opens `go`.
+    timing: OnceLock<Timing>,
+    /// Opened once every worker is ready (runtime built) and the "before" readings are taken,
+    /// so neither thread start-up nor set-up memory is in the figures.
+    go: Gate,
     /// Handshakes left to start; negative once exhausted.
     remaining: AtomicI64,
     shutdown: Shutdown,
@@ -141,13 +143,31 @@ struct Shared {
     release: Gate,
 }
 
+/// The phase's clock.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    start: Instant,
+    warmup_end: Instant,
+    deadline: Option<Instant>,
+}
+
 impl Shared {
+    /// The phase's clock; only read by workers after `go` opened.
+    fn timing(&self) -> &Timing {
+        self.timing
+            .get()
+            .expect("the timing is set before the start gate opens")
+    }
+
     /// Claims the right to start one more handshake meant to start `at`.
     fn may_start(&self, at: Instant) -> bool {
         // An open-loop schedule that fell behind stops at the deadline too: the run ends on
         // time, and the shortfall shows as a rate not achieved.
         !self.shutdown.is_triggered()
-            && self.deadline.is_none_or(|d| at < d && Instant::now() < d)
+            && self
+                .timing()
+                .deadline
+                .is_none_or(|d| at < d && Instant::now() < d)
             // Relaxed: a budget counter; each claim only needs to be unique.
             && self.remaining.fetch_sub(1, Ordering::Relaxed) > 0
     }
@@ -209,6 +229,9 @@ pub(crate) struct PhaseResult {
 }
 
 enum Event {
+    /// A worker has built its runtime and waits for `go`.
+    Ready,
+    /// Hold: a worker has opened its share and waits for `release`.
     Opened,
 }
 
@@ -225,21 +248,14 @@ fn run_phase(
     };
     let workers = config.workers;
     let rss_pid = config.server_pid;
-    let rss_before = (hold && (embedded.is_some() || rss_pid.is_some()))
-        .then(|| sysinfo::rss(rss_pid).ok())
-        .flatten();
-    let server_cpu_before = config.server_pid.and_then(|p| sysinfo::pid_cpu(p).ok());
-    let process_cpu_before = sysinfo::process_cpu();
-    let start = Instant::now();
     let shared = Arc::new(Shared {
         targets: targets.iter().map(|t| (*t, SlotRegistry::new())).collect(),
         sources: config.source_addrs().into_iter().map(IpAddr::V4).collect(),
         timeout: config.timeout,
         hold,
         hold_total: if hold { budget } else { 0 },
-        start,
-        warmup_end: start + phase.warmup,
-        deadline: duration.map(|d| start + d),
+        timing: OnceLock::new(),
+        go: Gate::default(),
         remaining: AtomicI64::new(i64::try_from(budget).unwrap_or(i64::MAX)),
         shutdown: shutdown.clone(),
         ok: AtomicU64::new(0),
@@ -256,6 +272,7 @@ fn run_phase(
 
     let mut snapshot = None;
     let mut opened_at = None;
+    let mut before = None;
     let outs = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -270,12 +287,30 @@ fn run_phase(
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     shared.shutdown.trigger();
+                    let _ = shared.timing.set(timing(Instant::now(), phase, duration));
+                    shared.go.open();
                     shared.release.open();
                     return Err(e);
                 }
             }
         }
         drop(tx);
+        // Wait until every worker is ready (or one failed), take the "before" readings, start.
+        let mut ready = 0;
+        while ready < workers && !handles.iter().any(|h| h.is_finished()) {
+            if let Ok(Event::Ready) = rx.recv_timeout(Duration::from_millis(100)) {
+                ready += 1;
+            }
+        }
+        before = Some((
+            (hold && (embedded.is_some() || rss_pid.is_some()))
+                .then(|| sysinfo::rss(rss_pid).ok())
+                .flatten(),
+            config.server_pid.and_then(|p| sysinfo::pid_cpu(p).ok()),
+            sysinfo::process_cpu(),
+        ));
+        let _ = shared.timing.set(timing(Instant::now(), phase, duration));
+        shared.go.open();
         // Wait for the workers (for a hold: until every one has opened its share), updating
         // the progress bar.
         let mut opened = 0;
@@ -287,10 +322,12 @@ fn run_phase(
             );
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(Event::Opened) => opened += 1,
+                Ok(Event::Ready) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            if hold && opened == workers {
+            // A worker that finished during a hold has failed: stop waiting for it.
+            if hold && (opened == workers || handles.iter().any(|h| h.is_finished())) {
                 break;
             }
             if !hold && handles.iter().all(|h| h.is_finished()) {
@@ -309,7 +346,8 @@ fn run_phase(
             let held = shared.ok.load(Ordering::Relaxed);
             let rss_now = sysinfo::rss(rss_pid).ok();
             snapshot = Some((
-                rss_before
+                before
+                    .and_then(|b| b.0)
                     .zip(rss_now)
                     .filter(|_| held > 0)
                     .map(|(b, n)| (n as f64 - b as f64) / held as f64),
@@ -325,6 +363,10 @@ fn run_phase(
     })?;
 
     let end = opened_at.unwrap_or_else(Instant::now);
+    let (_, server_cpu_before, process_cpu_before) = before.unwrap_or((None, None, Duration::ZERO));
+    let Timing {
+        start, warmup_end, ..
+    } = *shared.timing();
     let mut rec = Recorder::default();
     let mut loadgen_cpu = Duration::ZERO;
     let mut held_slots = vec![Vec::new(); targets.len()];
@@ -346,7 +388,7 @@ fn run_phase(
         _ if embedded.is_some() => Some(process_cpu.saturating_sub(loadgen_cpu)),
         _ => None,
     };
-    let window_start = shared.warmup_end;
+    let window_start = warmup_end;
     let window = rec.last_completion.map_or(Duration::ZERO, |last| {
         last.saturating_duration_since(window_start)
     });
@@ -380,6 +422,15 @@ fn run_phase(
     ))
 }
 
+/// The clock of a phase starting at `start`.
+fn timing(start: Instant, phase: &Phase, duration: Option<Duration>) -> Timing {
+    Timing {
+        start,
+        warmup_end: start + phase.warmup,
+        deadline: duration.map(|d| start + d),
+    }
+}
+
 /// One worker thread: its runtime, its lanes or schedule, and for a hold its connections.
 fn worker(
     w: usize,
@@ -395,6 +446,9 @@ fn worker(
     let local = tokio::task::LocalSet::new();
     let state = Rc::new(Local::default());
     state.next.set(w);
+    // The receiver lives until the phase is over.
+    let _ = events.send(Event::Ready);
+    shared.go.wait();
     let cpu_before = sysinfo::thread_cpu();
     local.block_on(&rt, async {
         match pacing {
@@ -466,7 +520,7 @@ async fn open_loop(
     let permits = max_in_flight.div_ceil(workers).max(1);
     let limiter = Arc::new(tokio::sync::Semaphore::new(permits));
     for k in 0u64.. {
-        let intended = shared.start + Duration::from_secs_f64(offset + k as f64 * period);
+        let intended = shared.timing().start + Duration::from_secs_f64(offset + k as f64 * period);
         if !shared.may_start(intended) {
             break;
         }
@@ -506,7 +560,7 @@ async fn one(shared: &Shared, state: &Local, intended: Instant) {
             // Relaxed: a counter; its value only places this success among the others.
             let index = shared.ok.fetch_add(1, Ordering::Relaxed);
             let mut rec = state.rec.borrow_mut();
-            let recorded = intended >= shared.warmup_end;
+            let recorded = intended >= shared.timing().warmup_end;
             rec.success(c.connect, c.handshake, recorded);
             if shared.hold && recorded {
                 // The quarter of the hold this connection was opened in: its latency was
