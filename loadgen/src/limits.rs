@@ -23,8 +23,8 @@ pub enum LimitError {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
-    /// `--src-ips` binds to 127.0.0.x, which can only reach loopback targets.
-    #[error("--src-ips binds to 127.0.0.x and needs loopback targets; {0} is not one")]
+    /// `--src-ips` binds to 127.0.0.x, which can only reach IPv4 loopback targets.
+    #[error("--src-ips binds to 127.0.0.x and needs IPv4 loopback targets; {0} is not one")]
     SrcIpsNeedLoopback(SocketAddr),
     /// More descriptors would be open at once than the process may have.
     #[error(
@@ -161,7 +161,11 @@ fn validate(config: &Config) -> Result<(), LimitError> {
         return bad("no phase to run");
     }
     if config.src_ips > 1 {
-        if let Some(t) = config.targets.iter().find(|t| !t.ip().is_loopback()) {
+        if let Some(t) = config
+            .targets
+            .iter()
+            .find(|t| !(t.is_ipv4() && t.ip().is_loopback()))
+        {
             return Err(LimitError::SrcIpsNeedLoopback(*t));
         }
     }
