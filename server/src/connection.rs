@@ -10,13 +10,12 @@
 //! last field, release the slot. Every exit path (return, panic, abort, shard shutdown) goes
 //! through this one `Drop`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
 use crate::server::Shared;
@@ -89,9 +88,6 @@ pub(crate) struct ShardCtx {
     pub(crate) index: usize,
     pub(crate) shared: Arc<Shared>,
     open: RefCell<FdSet>,
-    open_count: Cell<usize>,
-    /// Signalled when the last open connection closes (the drain waits on it).
-    pub(crate) all_closed: Notify,
 }
 
 impl ShardCtx {
@@ -100,8 +96,6 @@ impl ShardCtx {
             index,
             shared,
             open: RefCell::default(),
-            open_count: Cell::new(0),
-            all_closed: Notify::new(),
         }
     }
 
@@ -109,23 +103,13 @@ impl ShardCtx {
         &self.shared.counters.shards[self.index]
     }
 
-    pub(crate) fn open_count(&self) -> usize {
-        self.open_count.get()
-    }
-
     fn open(&self, fd: RawFd) {
         self.open.borrow_mut().insert(fd);
-        self.open_count.set(self.open_count.get() + 1);
     }
 
     fn close(&self, fd: RawFd) {
         self.open.borrow_mut().remove(fd);
-        let left = self.open_count.get() - 1;
-        self.open_count.set(left);
         ShardCounters::bump(&self.counters().closed);
-        if left == 0 {
-            self.all_closed.notify_waiters();
-        }
     }
 
     /// Shuts down every open connection of this shard: their handlers see EOF or an error and

@@ -1,6 +1,11 @@
 //! A shard: one OS thread, pinned to a core, running its own tokio-uring runtime, accepting
-//! on its own `SO_REUSEPORT` listener and serving every connection it accepts as a task on
-//! the same thread. Shards share nothing but the slot source and their counters' memory.
+//! on its own `SO_REUSEPORT` listener and serving every connection it accepts on the same
+//! thread. Shards share nothing but the slot source and their counters' memory.
+//!
+//! A shard's connections are futures in one `FuturesUnordered`, polled by the shard's single
+//! task together with its accept: each is a task of the shard in all but name (woken and
+//! polled alone, panics caught alone), without the 128-byte-aligned cell a tokio task costs,
+//! because a held connection's memory is mostly that cell.
 //!
 //! The accept loop never drops a pending `accept` (the accepted descriptor would leak in the
 //! ring); it is stopped by shutting the listening socket down (`SHUT_RD`), which makes the
@@ -17,6 +22,11 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::pin;
+
+use futures::future::{Fuse, FusedFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio_uring::net::{TcpListener, TcpStream};
 
@@ -35,7 +45,7 @@ const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Backoff after a resource-exhaustion accept error, doubling up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Runs shard `index` on the calling thread until the server stops and the drain is over.
 /// Reports on `ready` once whether its runtime could start.
@@ -63,8 +73,7 @@ pub(crate) fn run<H: Handler>(
     runtime.block_on(async move {
         let ctx = Rc::new(ShardCtx::new(index, shared));
         let listener = TcpListener::from_std(listener);
-        accept_loop(&ctx, &listener, Rc::new(handler)).await;
-        drain(&ctx).await;
+        serve(&ctx, &listener, &Rc::new(handler)).await;
     });
     tracing::debug!(shard = index, "shard stopped");
 }
@@ -85,36 +94,54 @@ fn pin(index: usize) {
     }
 }
 
-async fn accept_loop<H: Handler>(ctx: &Rc<ShardCtx>, listener: &TcpListener, handler: Rc<H>) {
+/// Accepts and serves until the server stops, then drains. The pending accept and every
+/// connection are polled by this one loop; during an accept-error backoff no accept is
+/// pending, and the connections keep being served.
+async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: &TcpListener, handler: &Rc<H>) {
+    let mut conns = FuturesUnordered::new();
     let mut spare = open_spare();
     let mut backoff = BACKOFF_MIN;
     let mut error_log = LogLimit::new(Duration::from_secs(1));
     let mut refused_log = LogLimit::new(Duration::from_secs(1));
+    let mut accept = pin!(listener.accept().fuse());
+    let mut resume = pin!(Fuse::terminated());
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                backoff = BACKOFF_MIN;
-                admit(ctx, &handler, stream, peer, &mut refused_log);
-            }
-            Err(err) => {
-                if ctx.shared.is_stopping() {
-                    return;
-                }
-                ShardCounters::bump(&ctx.counters().accept_errors);
-                let exhausted = is_resource_exhaustion(&err);
-                if let Some(suppressed) = error_log.allow() {
-                    tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
-                }
-                if exhausted {
-                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                        shed_with_spare(ctx, listener, &mut spare);
+        tokio::select! {
+            biased;
+            accepted = &mut accept, if !accept.is_terminated() => match accepted {
+                Ok((stream, peer)) => {
+                    accept.set(listener.accept().fuse());
+                    backoff = BACKOFF_MIN;
+                    if let Some(conn) = admit(ctx, handler, stream, peer, &mut refused_log) {
+                        conns.push(conn);
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
+                Err(err) => {
+                    if ctx.shared.is_stopping() {
+                        break;
+                    }
+                    ShardCounters::bump(&ctx.counters().accept_errors);
+                    if let Some(suppressed) = error_log.allow() {
+                        tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
+                    }
+                    if is_resource_exhaustion(&err) {
+                        if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                            shed_with_spare(ctx, listener, &mut spare);
+                        }
+                        resume.set(tokio::time::sleep(backoff).fuse());
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    } else {
+                        accept.set(listener.accept().fuse());
+                    }
+                }
+            },
+            () = &mut resume, if !resume.is_terminated() => {
+                accept.set(listener.accept().fuse());
             }
+            Some(()) = conns.next(), if !conns.is_empty() => {}
         }
     }
+    drain(ctx, &mut conns).await;
 }
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {
@@ -124,21 +151,21 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
     )
 }
 
-/// Gives a slot to a freshly accepted connection, sends its slot line and starts its handler;
-/// or, with no slot free, closes it without a line.
+/// Gives a slot to a freshly accepted connection and sends its slot line; returns the future
+/// that serves it. With no slot free, closes it without a line.
 fn admit<H: Handler>(
     ctx: &Rc<ShardCtx>,
     handler: &Rc<H>,
     stream: TcpStream,
     peer: SocketAddr,
     refused_log: &mut LogLimit,
-) {
+) -> Option<impl Future<Output = ()> + use<H>> {
     let Some(slot) = SlotGuard::acquire(ctx.clone()) else {
         ShardCounters::bump(&ctx.counters().refused);
         if let Some(suppressed) = refused_log.allow() {
             tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
         }
-        return; // `stream` drops here: closed without a slot line
+        return None; // `stream` drops here: closed without a slot line
     };
     ShardCounters::bump(&ctx.counters().accepted);
     let line = SlotLine::new(slot.slot());
@@ -149,18 +176,22 @@ fn admit<H: Handler>(
             ShardCounters::bump(&ctx.counters().handshake_errors);
             // Counted as opened then closed at once: the connection frees its slot on drop.
             drop(Connection::new(stream, peer, slot));
-            return;
+            return None;
         }
     };
     let conn = Connection::new(stream, peer, slot);
-    tokio_uring::spawn(serve(handler.clone(), conn, line, unsent));
+    Some(serve_connection(handler.clone(), conn, unsent as u8))
 }
 
-async fn serve<H: Handler>(handler: Rc<H>, mut conn: Connection, line: SlotLine, unsent: usize) {
+/// A connection's task: finish the slot line if the first send fell short, run the handler,
+/// then close. Its size is every held connection's memory, so it keeps little: the rare
+/// write is boxed (allocating only when it happens) and the line is rebuilt from the slot.
+async fn serve_connection<H: Handler>(handler: Rc<H>, mut conn: Connection, unsent: u8) {
     if unsent > 0 {
+        let line = SlotLine::new(conn.slot());
         let bytes = line.as_bytes();
-        let rest = bytes[bytes.len() - unsent..].to_vec();
-        if conn.stream().write_all(rest).await.0.is_err() {
+        let rest = bytes[bytes.len() - unsent as usize..].to_vec();
+        if Box::pin(conn.stream().write_all(rest)).await.0.is_err() {
             ShardCounters::bump(&conn_counters(&conn).handshake_errors);
             return;
         }
@@ -228,30 +259,18 @@ fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<Ow
 }
 
 /// After the accept loop stopped: let open connections finish for the drain timeout, then
-/// shut the rest down and give their handlers a moment to see it.
-async fn drain(ctx: &ShardCtx) {
+/// shut the rest down and give their handlers a moment to see it; whatever is left is
+/// dropped (which shuts it down and frees its slot too).
+async fn drain<F: Future<Output = ()>>(ctx: &ShardCtx, conns: &mut FuturesUnordered<F>) {
+    let finish_all = async |conns: &mut FuturesUnordered<F>| while conns.next().await.is_some() {};
     let timeout = ctx.shared.drain_timeout();
-    if !wait_all_closed(ctx, timeout).await {
+    if tokio::time::timeout(timeout, finish_all(conns)).await.is_err() {
         tracing::info!(
             shard = ctx.index,
-            open = ctx.open_count(),
+            open = conns.len(),
             "drain timeout: shutting down the remaining connections"
         );
         ctx.shut_down_all();
-        wait_all_closed(ctx, FORCE_CLOSE_GRACE).await;
+        let _ = tokio::time::timeout(FORCE_CLOSE_GRACE, finish_all(conns)).await;
     }
-}
-
-async fn wait_all_closed(ctx: &ShardCtx, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while ctx.open_count() > 0 {
-        let notified = ctx.all_closed.notified();
-        if ctx.open_count() == 0 {
-            break;
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return ctx.open_count() == 0;
-        }
-    }
-    true
 }

@@ -1,0 +1,217 @@
+//! Start-up and resource limits, each in a child process (this test binary run again with
+//! `CALLOSUM_TEST_CHILD` set), because they change process-wide state: the descriptor limit,
+//! or a seccomp filter.
+#![cfg(not(loom))]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use callosum_server::ServerError;
+use support::*;
+
+const CHILD_ENV: &str = "CALLOSUM_TEST_CHILD";
+
+/// Runs this test binary again, only `test`, as a child with `role`.
+fn spawn_child(test: &str, role: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child test process")
+}
+
+/// The rest of the child's next line that holds `prefix` (libtest prints its own text too,
+/// and its `test name ... ` has no newline, so a child's line may not start the line).
+fn child_line(out: &mut impl BufRead, prefix: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "child ended before saying {prefix:?}"
+        );
+        if let Some(at) = line.find(prefix) {
+            return line[at + prefix.len()..].trim_end().to_string();
+        }
+    }
+}
+
+/// Child to parent: one line on stdout, flushed at once (a pipe is not line-buffered).
+fn say(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn set_nofile(limit: u64) {
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: a valid rlimit; lowering both limits is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) }, 0);
+}
+
+/// Child: a server under a hard limit of 64 descriptors. Prints its port, then its stats
+/// whenever the parent writes a line; stops at EOF on stdin.
+fn low_limit_server() {
+    set_nofile(64);
+    let server = builder()
+        .shards(1)
+        .start()
+        .expect("server starts under the low limit");
+    say(format_args!("@port {}", server.local_addr().port()));
+    for line in std::io::stdin().lines() {
+        if line.is_err() {
+            break;
+        }
+        let s = server.stats();
+        say(format_args!(
+            "@stats {} {} {}",
+            s.accepted, s.accept_errors, s.active
+        ));
+    }
+    server.shutdown(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok("low-limit") {
+        return low_limit_server();
+    }
+    let mut child = spawn_child(
+        "server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again",
+        "low-limit",
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let port: u16 = child_line(&mut out, "@port ").parse().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // 150 connections against ~50 free descriptors: the rest must be refused promptly
+    // (closed without a slot line), not left hanging.
+    let burst: Vec<TcpStream> = (0..150)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for mut c in burst {
+        c.set_read_timeout(Some(PATIENCE)).unwrap();
+        match read_line(&mut c) {
+            Ok(line) if line.ends_with(b"\r\n") => served.push(c),
+            Ok(_) => refused += 1,
+            Err(e) => match e.kind() {
+                std::io::ErrorKind::ConnectionReset => refused += 1,
+                _ => panic!("a client was left hanging: {e}"),
+            },
+        }
+    }
+    assert!(
+        !served.is_empty() && refused > 0,
+        "served {} refused {refused}",
+        served.len()
+    );
+
+    writeln!(stdin, "stats").unwrap();
+    let stats = child_line(&mut out, "@stats ");
+    let errors: u64 = stats.split(' ').nth(1).unwrap().parse().unwrap();
+    // Not spinning: a failed accept backs off instead of retrying at once (a spinning loop
+    // counts tens of thousands of failures per 100 ms).
+    assert!((1..5_000).contains(&errors), "accept errors: {errors}");
+
+    drop(served);
+    assert!(
+        eventually(|| {
+            writeln!(stdin, "stats").unwrap();
+            child_line(&mut out, "@stats ").split(' ').nth(2) == Some("0")
+        }),
+        "connections not released"
+    );
+    let (_c, slot) = connect_slot(addr);
+    assert_eq!(slot, 0, "serves again once descriptors free");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+/// Child: io_uring_setup forbidden by a seccomp filter (as Docker's default profile does).
+fn server_without_io_uring() {
+    forbid_io_uring_setup();
+    match builder().start() {
+        Err(ServerError::IoUringUnavailable { source }) => {
+            say(format_args!("@refused {source}"));
+            let message = ServerError::IoUringUnavailable { source }.to_string();
+            assert!(message.contains("seccomp") && message.contains("io_uring_disabled"));
+        }
+        Err(other) => panic!("expected IoUringUnavailable, got {other}"),
+        Ok(_) => panic!("server started without io_uring"),
+    }
+}
+
+#[test]
+fn io_uring_blocked_by_seccomp_is_a_clear_error() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok("no-uring") {
+        return server_without_io_uring();
+    }
+    let mut child = spawn_child("io_uring_blocked_by_seccomp_is_a_clear_error", "no-uring");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let reason = child_line(&mut out, "@refused ");
+    assert!(!reason.is_empty());
+    assert!(child.wait().unwrap().success());
+}
+
+/// Installs a seccomp filter that fails `io_uring_setup` with EPERM (x86_64 and aarch64).
+fn forbid_io_uring_setup() {
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let mut program = [
+        stmt(load, 4), // seccomp_data.arch
+        jeq(ARCH, 1, 0),
+        stmt(ret, RET_ALLOW),
+        stmt(load, 0), // seccomp_data.nr
+        jeq(libc::SYS_io_uring_setup as u32, 0, 1),
+        stmt(ret, RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers; the filter program outlives the
+    // prctl call, which copies it into the kernel.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0
+        );
+    }
+}
