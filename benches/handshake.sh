@@ -138,5 +138,20 @@ for name in $SERVERS; do
     "| \($name) | \($c.handshakes_per_s | round) | \($c.handshake_us.p50 | ms) | \($c.handshake_us.p99 | ms) | \($c.handshake_us.p999 | ms) | \($c.cpu.server_us_per_handshake | us) | \($c.cpu.loadgen_us_per_handshake | us) | \($c.errors.total) | \($h.handshake_us.p50 | ms) | \($h.handshake_us.p99 | ms) | \($h.handshake_us.max | ms) | \($h.hold.held) | \(if $h.hold.rss_per_held_connection_bytes == null then "?" else ($h.hold.rss_per_held_connection_bytes | round | tostring) + " B" end) |"
   ' "$c"
 done
+if [[ " $SERVERS " == *" c "* ]]; then
+  echo
+  echo "Ratios to the C epoll server, measured in this run (hs/s: higher is better; the rest: lower is better):"
+  echo
+  echo "| server | churn hs/s | churn p99 | server CPU/hs | hold p99 |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  for name in $SERVERS; do
+    jq -r -n --arg name "$name" \
+      --slurpfile c "$OUT/$name-churn.json" --slurpfile h "$OUT/$name-hold.json" \
+      --slurpfile cc "$OUT/c-churn.json" --slurpfile ch "$OUT/c-hold.json" '
+      def r(a; b): if a == null or b == null or b == 0 then "?" else ((a / b * 100 | round) / 100 | tostring) + "×" end;
+      $c[0].runs[0] as $c | $h[0].runs[0] as $h | $cc[0].runs[0] as $cc | $ch[0].runs[0] as $ch |
+      "| \($name) | \(r($c.handshakes_per_s; $cc.handshakes_per_s)) | \(r($c.handshake_us.p99; $cc.handshake_us.p99)) | \(r($c.cpu.server_us_per_handshake; $cc.cpu.server_us_per_handshake)) | \(r($h.handshake_us.p99; $ch.handshake_us.p99)) |"'
+  done
+fi
 echo
 echo "Raw results: $OUT/<server>-{churn,hold}.{json,hgrm,txt}"
