@@ -17,7 +17,7 @@
 # Usage: bash benches/handshake.sh            (about 4-5 minutes, most of it TIME_WAIT drains)
 # Knobs (environment): SERVERS="callosum c tokio node", CHURN_COUNT=200000, CONCURRENCY=64,
 #   HOLD=19000, SRC_IPS=16, SHARDS=<cores>, CALLOSUM_ARGS="--no-pin", OUT=target/handshake-bench,
-#   TW_MAX=1000 (TIME_WAIT sockets tolerated before a churn), TW_WAIT=75 (most seconds to wait).
+#   TW_MAX=1000 (TIME_WAIT sockets tolerated before a churn), TW_WAIT=65 (most seconds to wait; TIME_WAIT lasts 60 s).
 # Needs: cargo, cc, node, jq, ss. Loopback only. Every run is bounded: a count, a handshake
 # timeout, and bounded waits.
 set -euo pipefail
@@ -32,7 +32,7 @@ SHARDS=${SHARDS:-$(nproc)}
 CALLOSUM_ARGS=${CALLOSUM_ARGS:---no-pin}
 OUT=${OUT:-target/handshake-bench}
 TW_MAX=${TW_MAX:-1000}
-TW_WAIT=${TW_WAIT:-75}
+TW_WAIT=${TW_WAIT:-65}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 for tool in cargo cc node jq ss; do
