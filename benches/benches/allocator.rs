@@ -49,7 +49,7 @@ fn uncontended(c: &mut Criterion) {
 }
 
 /// Runs `iters` pairs on each of two threads at once; returns the wall time.
-fn two_threads<S: SlotSource>(source: &Arc<S>, iters: u64) -> Duration {
+fn two_threads<S: SlotSource + Send + Sync + 'static>(source: &Arc<S>, iters: u64) -> Duration {
     let barrier = Arc::new(Barrier::new(3));
     let workers: Vec<_> = (0..2)
         .map(|_| {

@@ -28,12 +28,27 @@ pub struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
     slot: SlotGuard<Rc<ShardCtx>>,
+    /// Set only by the server's own handlers, at a point where they know no operation on the
+    /// socket is in flight: then closing the descriptor closes the socket, and the shutdown
+    /// system call can be skipped.
+    io_settled: bool,
 }
 
 impl Connection {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, slot: SlotGuard<Rc<ShardCtx>>) -> Self {
         slot.source().open(stream.as_raw_fd());
-        Self { stream, peer, slot }
+        Self {
+            stream,
+            peer,
+            slot,
+            io_settled: false,
+        }
+    }
+
+    /// Records that every operation on the socket has completed (the caller awaited each one
+    /// to the end), so dropping the stream closes the socket at once.
+    pub(crate) fn settle_io(&mut self) {
+        self.io_settled = true;
     }
 
     /// The socket (tokio-uring: reads and writes take owned buffers).
@@ -64,9 +79,11 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let fd = self.stream.as_raw_fd();
-        // SAFETY: `fd` is the open socket owned by `self.stream`, which is still alive. An
-        // error (the peer reset it already, ENOTCONN) leaves nothing to shut down.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        if !self.io_settled {
+            // SAFETY: `fd` is the open socket owned by `self.stream`, which is still alive. An
+            // error (the peer reset it already, ENOTCONN) leaves nothing to shut down.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
         self.slot.source().close(fd);
         // Then `stream` drops (closing the descriptor) and `slot` releases the slot.
     }

@@ -27,6 +27,8 @@ pub struct Hold;
 impl Handler for Hold {
     async fn handle(&self, conn: &mut Connection) {
         let _ = discard_until_closed(conn).await;
+        // Every read above was awaited to its completion: none is in flight.
+        conn.settle_io();
     }
 }
 

@@ -20,7 +20,7 @@ mod cli {
     use anyhow::Context;
     use callosum_server::{Echo, Hold, RunningServer, Server, ServerBuilder, Stats};
     use clap::{Parser, ValueEnum};
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::{Signal, SignalKind, signal};
 
     /// A thread-per-core io_uring server of the Callosum (Boxcar) protocol: every connection
     /// is sent the lowest free slot number, then served.
@@ -112,6 +112,9 @@ mod cli {
         if args.no_keepalive {
             builder = builder.keepalive(None);
         }
+        // Handlers first: a signal that arrives once the server is up must drain it, never
+        // kill the process with the default action.
+        let mut signals = Signals::install().context("installing signal handlers")?;
         let addr = SocketAddr::new(args.host, args.port);
         let server: RunningServer = match args.mode {
             Mode::Hold => builder.start_with(Hold),
@@ -122,33 +125,46 @@ mod cli {
         if let Some(metrics) = args.metrics {
             callosum_server::prometheus::serve(metrics, server.handle())?;
         }
-        wait_for_signal().context("waiting for signals")?;
+        signals.wait();
         tracing::info!(?drain, "shutting down: draining open connections");
-        let handle = server.handle();
-        handle.shutdown(drain);
+        server.handle().shutdown(drain);
         // A second signal while draining exits at once.
-        std::thread::spawn(|| {
-            if wait_for_signal().is_ok() {
-                eprintln!("callosum-server: second signal, exiting now");
-                std::process::exit(130);
-            }
+        std::thread::spawn(move || {
+            signals.wait();
+            eprintln!("callosum-server: second signal, exiting now");
+            std::process::exit(130);
         });
         server.wait().context("stopping the server")
     }
 
-    /// Blocks until SIGINT or SIGTERM.
-    fn wait_for_signal() -> std::io::Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()?;
-        runtime.block_on(async {
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            Ok(())
-        })
+    /// SIGINT and SIGTERM, caught from the moment `install` returns.
+    struct Signals {
+        runtime: tokio::runtime::Runtime,
+        term: Signal,
+        int: Signal,
+    }
+
+    impl Signals {
+        fn install() -> std::io::Result<Self> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()?;
+            let _context = runtime.enter();
+            let term = signal(SignalKind::terminate())?;
+            let int = signal(SignalKind::interrupt())?;
+            drop(_context);
+            Ok(Self { runtime, term, int })
+        }
+
+        /// Blocks until the next SIGINT or SIGTERM.
+        fn wait(&mut self) {
+            let Self { runtime, term, int } = self;
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            });
+        }
     }
 }

@@ -1,0 +1,91 @@
+//! "Is this connection still open?", asked of an idle connection before the pool hands it
+//! out or takes it back.
+//!
+//! A server may close a pooled connection at any time (restart, idle timeout); handing it
+//! out would give the user a dead socket. For a TCP socket the check is a non-blocking
+//! `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte on the file descriptor: `0` means the peer
+//! closed, an error other than "would block" means the socket is broken, and pending data
+//! or "would block" mean it is open. It consumes nothing and needs no `&mut`, so it works on
+//! a tokio `TcpStream` shared by the pool without touching tokio's readiness state.
+//! Limitation: a peer that sent data and then closed still reads as alive until the data is
+//! consumed; the user sees the end of stream on use and discards the lease.
+
+use std::mem::MaybeUninit;
+
+use tokio::net::TcpStream;
+
+use crate::handshake::Prefixed;
+
+/// A connection the pool can check for liveness without consuming any byte.
+pub trait Liveness {
+    /// `false` when the peer closed the connection or it is broken. Must be cheap and must
+    /// not block; called with no pool lock held.
+    fn is_alive(&self) -> bool;
+}
+
+impl Liveness for TcpStream {
+    fn is_alive(&self) -> bool {
+        let socket = socket2::SockRef::from(self);
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ),
+        }
+    }
+}
+
+impl<S: Liveness> Liveness for Prefixed<S> {
+    fn is_alive(&self) -> bool {
+        self.get_ref().is_alive()
+    }
+}
+
+impl<T: Liveness + ?Sized> Liveness for Box<T> {
+    fn is_alive(&self) -> bool {
+        (**self).is_alive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), accepted.expect("accept").0)
+    }
+
+    /// Waits (bounded) for the check to turn false: the FIN takes a moment to arrive.
+    async fn becomes_dead(stream: &TcpStream) -> bool {
+        for _ in 0..200 {
+            if !stream.is_alive() {
+                return true;
+            }
+            stream.readable().await.expect("readable");
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn open_idle_and_pending_data_are_alive_closed_is_not() {
+        let (client, mut server) = pair().await;
+        assert!(client.is_alive(), "open and idle");
+        server.write_all(b"x").await.expect("write");
+        client.readable().await.expect("readable");
+        assert!(client.is_alive(), "data pending");
+        let (client2, server2) = pair().await;
+        drop(server2);
+        assert!(becomes_dead(&client2).await, "peer closed");
+        drop(server);
+        drop(client);
+    }
+}

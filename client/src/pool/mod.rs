@@ -1,0 +1,395 @@
+//! The dual-heap pool (the original `callosum-client-tcp`): keeps at most `max_slots`
+//! connections, leases the idle one with the lowest slot, and lets a lower-slot newcomer
+//! replace the highest-slot one.
+//!
+//! One `Mutex` guards the state: a slab of entries plus two `heap::IndexedHeap`s of entry
+//! ids, a min-heap of idle connections (lease the lowest) and a max-heap of every held
+//! connection, leased ones included (find the worst). Both heaps support removal by id, so
+//! offer, lease and return are O(log n) with no stale entries. A leased connection lives in
+//! its [`Lease`], not in the slab, so using it takes no lock, and the liveness check (a
+//! syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
+//! its entry and closed when the lease ends (the original's "deadpool").
+//!
+//! - [`policy`]: the options (`max_slots`, tie-break), default = the original rules.
+//! - [`liveness`]: the "still open?" check of idle connections.
+//! - `state`: the slab and the two heaps, under the lock.
+//! - `heap`: the indexed 4-ary heap.
+
+mod heap;
+pub mod liveness;
+pub mod policy;
+mod state;
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+pub use liveness::Liveness;
+pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy};
+use state::{Inner, slot_of};
+
+/// Why a pool could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// `max_slots` is 0: the pool could hold nothing.
+    #[error("max_slots must be at least 1")]
+    ZeroMaxSlots,
+    /// `max_slots` does not fit the pool's 32-bit entry ids.
+    #[error("max_slots {max_slots} is too large (at most 4294967294)")]
+    TooManySlots {
+        /// The value asked for.
+        max_slots: usize,
+    },
+}
+
+/// Why [`Pool::acquire`] returned without a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// No connection became idle within the timeout.
+    #[error("no idle connection within {timeout:?}")]
+    Timeout {
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+}
+
+/// What the pool did with an offered connection.
+#[derive(Debug)]
+#[must_use = "a rejected or evicted connection is handed back; dropping it closes it"]
+pub enum Offer<C> {
+    /// Kept: the pool was under `max_slots`.
+    Kept,
+    /// Kept in place of the highest-slot connection, which left the pool.
+    Replaced {
+        /// The evicted connection's slot.
+        evicted_slot: u32,
+        /// The evicted connection if it was idle (drop it to close it now); `None` if it
+        /// is leased: it is closed when its lease ends and never re-enters the pool.
+        evicted: Option<C>,
+    },
+    /// Refused: the pool is full and the slot is not lower than the highest held one.
+    /// The connection is handed back; dropping it closes it.
+    Rejected(C),
+}
+
+/// A connection pool keeping the lowest-slot connections; cheap to clone (shared state).
+pub struct Pool<C: Liveness> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: Liveness> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<C> {
+    inner: Mutex<Inner<C>>,
+    /// Woken when a connection becomes idle, for [`Pool::acquire`].
+    available: Notify,
+    /// Tasks inside `acquire`: offers and returns skip the notification when there are
+    /// none, which keeps an atomic read-modify-write off the lease/return path.
+    waiters: AtomicUsize,
+    policy: PoolPolicy,
+}
+
+impl<C: Liveness> Pool<C> {
+    /// A pool holding at most `max_slots` connections, with the original rules otherwise.
+    pub fn new(max_slots: usize) -> Result<Self, PoolError> {
+        Self::with_policy(PoolPolicy::default().max_slots(max_slots))
+    }
+
+    /// A pool with the given policy.
+    pub fn with_policy(policy: PoolPolicy) -> Result<Self, PoolError> {
+        policy.validate()?;
+        let inner = Inner::new(policy.random_tie_break);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                available: Notify::new(),
+                waiters: AtomicUsize::new(0),
+                policy,
+            }),
+        })
+    }
+
+    /// The policy the pool was built with.
+    pub fn policy(&self) -> &PoolPolicy {
+        &self.shared.policy
+    }
+
+    /// Most connections held at once.
+    pub fn max_slots(&self) -> usize {
+        self.shared.policy.max_slots
+    }
+
+    /// Connections held and counting toward `max_slots` (idle and leased).
+    pub fn len(&self) -> usize {
+        self.shared.lock().held.len()
+    }
+
+    /// Whether the pool holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Idle connections (ready to lease).
+    pub fn idle_len(&self) -> usize {
+        self.shared.lock().idle.len()
+    }
+
+    /// The slots of the held connections, lowest first.
+    pub fn held_slots(&self) -> Vec<u32> {
+        let mut slots: Vec<u32> = self
+            .shared
+            .lock()
+            .held
+            .keys()
+            .map(|k| slot_of(k.0))
+            .collect();
+        slots.sort_unstable();
+        slots
+    }
+
+    /// Offers a new connection with its slot (the original `newConnection`): kept while
+    /// under `max_slots`; at `max_slots`, kept in place of the highest-slot connection if
+    /// its slot is lower, else handed back in [`Offer::Rejected`].
+    pub fn offer(&self, slot: u32, conn: C) -> Offer<C> {
+        let outcome = {
+            let mut inner = self.shared.lock();
+            if inner.held.len() < self.shared.policy.max_slots {
+                inner.insert(slot, conn);
+                Offer::Kept
+            } else {
+                match inner.held.peek() {
+                    Some((worst, id)) if slot < slot_of(worst) => {
+                        let evicted = inner.evict(id);
+                        inner.insert(slot, conn);
+                        Offer::Replaced {
+                            evicted_slot: slot_of(worst),
+                            evicted,
+                        }
+                    }
+                    _ => Offer::Rejected(conn),
+                }
+            }
+        };
+        if !matches!(outcome, Offer::Rejected(_)) {
+            self.shared.wake_one();
+        }
+        outcome
+    }
+
+    /// Leases the idle connection with the lowest slot (the original `getConnection`), or
+    /// `None` when nothing is idle. Idle connections found closed or broken on the way are
+    /// dropped and stop counting toward `max_slots`. The lease gives the connection back on
+    /// drop.
+    pub fn get(&self) -> Option<Lease<C>> {
+        loop {
+            let (id, slot, conn) = self.shared.lock().take_lowest()?;
+            if conn.is_alive() {
+                return Some(Lease {
+                    shared: self.shared.clone(),
+                    entry: id,
+                    slot,
+                    conn: Some(conn),
+                });
+            }
+            self.shared.lock().release(id);
+            drop(conn);
+        }
+    }
+
+    /// Like [`get`](Self::get), waiting up to `timeout` for a connection to become idle.
+    pub async fn acquire(&self, timeout: Duration) -> Result<Lease<C>, AcquireError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _waiting = Waiting::register(&self.shared.waiters);
+        loop {
+            let notified = self.shared.available.notified();
+            if let Some(lease) = self.get() {
+                return Ok(lease);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(AcquireError::Timeout { timeout });
+            }
+        }
+    }
+
+    /// Checks every idle connection and drops the closed or broken ones, so they stop
+    /// counting toward `max_slots`; returns how many were dropped. O(n) liveness checks, in
+    /// chunks of [`PRUNE_CHUNK`] under the lock so `get` and `offer` are never held up for
+    /// long. The roving client calls it before offering to a full pool.
+    pub fn prune(&self) -> usize {
+        let mut dropped = 0;
+        let mut cursor = 0;
+        loop {
+            let (dead, done) = {
+                let mut inner = self.shared.lock();
+                let end = (cursor + PRUNE_CHUNK).min(inner.entries.len());
+                let mut dead = Vec::new();
+                for id in cursor as u32..end as u32 {
+                    if inner.idle.contains(id)
+                        && inner.entries[id as usize]
+                            .conn
+                            .as_ref()
+                            .is_some_and(|c| !c.is_alive())
+                    {
+                        inner.idle.remove(id);
+                        dead.extend(inner.entries[id as usize].conn.take());
+                        inner.release(id);
+                    }
+                }
+                cursor = end;
+                (dead, end >= inner.entries.len())
+            };
+            dropped += dead.len();
+            drop(dead); // closed outside the lock
+            if done {
+                return dropped;
+            }
+        }
+    }
+}
+
+/// Counts a task in `acquire` for as long as it waits (cancellation included).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn register(waiters: &'a AtomicUsize) -> Self {
+        // Relaxed: ordered before the waiter's `get()` by the pool mutex (see `wake_one`).
+        waiters.fetch_add(1, Ordering::Relaxed);
+        Self(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Relaxed: a late decrement only costs a spurious notification.
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Idle connections [`Pool::prune`] checks per lock acquisition.
+pub const PRUNE_CHUNK: usize = 64;
+
+impl<C: Liveness> fmt::Debug for Pool<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.shared.lock();
+        f.debug_struct("Pool")
+            .field("max_slots", &self.shared.policy.max_slots)
+            .field("held", &inner.held.len())
+            .field("idle", &inner.idle.len())
+            .finish()
+    }
+}
+
+impl<C> Shared<C> {
+    /// Wakes one task in `acquire`, if any, after a connection became idle (called with the
+    /// lock released).
+    fn wake_one(&self) {
+        // Relaxed: a waiter's increment is sequenced before its `get()` takes the lock; if
+        // that `get()` missed the connection made idle here, it took the lock before us, so
+        // the increment happens-before this load (through the mutex) and is seen.
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.available.notify_one();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<C>> {
+        // No code path panics while holding the lock, and the state stays consistent at
+        // every unlock, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A leased connection: derefs to it, and gives it back to the pool on drop (the original
+/// `returnConnection`) unless it was evicted meanwhile (then it is closed) or found closed.
+pub struct Lease<C: Liveness> {
+    shared: Arc<Shared<C>>,
+    entry: u32,
+    slot: u32,
+    /// `Some` until the lease ends; `None` only inside `detach`/`drop`.
+    conn: Option<C>,
+}
+
+impl<C: Liveness> Lease<C> {
+    /// The slot the server assigned to this connection.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Takes the connection out of the pool for good: it stops counting toward
+    /// `max_slots`.
+    pub fn detach(mut self) -> C {
+        let conn = self.conn.take();
+        // `conn` is `Some` for the whole life of the lease; drop sees `None` and releases.
+        match conn {
+            Some(conn) => conn,
+            None => unreachable!("a lease holds its connection until it ends"),
+        }
+    }
+
+    /// Drops a connection that broke during use: closed now, never back in the pool, stops
+    /// counting toward `max_slots`.
+    pub fn discard(self) {
+        drop(self.detach());
+    }
+}
+
+impl<C: Liveness> Deref for Lease<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        match &self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a lease holds its connection until it ends"),
+        }
+    }
+}
+
+impl<C: Liveness> DerefMut for Lease<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        match &mut self.conn {
+            Some(conn) => conn,
+            None => unreachable!("a lease holds its connection until it ends"),
+        }
+    }
+}
+
+impl<C: Liveness> Drop for Lease<C> {
+    fn drop(&mut self) {
+        match self.conn.take() {
+            Some(conn) if conn.is_alive() => {
+                let restored = self.shared.lock().restore(self.entry, conn);
+                match restored {
+                    Ok(()) => self.shared.wake_one(),
+                    Err(evicted) => drop(evicted),
+                }
+            }
+            closed => {
+                self.shared.lock().release(self.entry);
+                drop(closed);
+            }
+        }
+    }
+}
+
+impl<C: Liveness + fmt::Debug> fmt::Debug for Lease<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("slot", &self.slot)
+            .field("conn", &self.conn)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,407 @@
+//! The original `callosum-client-tcp` test suite (new, getConnection, newConnection,
+//! returnConnection), ported case by case, plus a model check of the whole pool.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// A stand-in connection: an id, a liveness flag the test flips (the original's `end`,
+/// `error` and `close` events) and a flag set when the pool closes (drops) it.
+#[derive(Debug)]
+struct Fake {
+    id: u32,
+    alive: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Fake {
+    fn new(id: u32) -> Self {
+        Self {
+            id,
+            alive: Arc::new(AtomicBool::new(true)),
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Handles to kill it and to see whether it was closed.
+    fn probes(&self) -> (Arc<AtomicBool>, Arc<AtomicBool>) {
+        (self.alive.clone(), self.closed.clone())
+    }
+}
+
+impl Liveness for Fake {
+    fn is_alive(&self) -> bool {
+        // Relaxed: single-threaded tests, the flag carries no other data.
+        self.alive.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        // Relaxed: single-threaded tests, the flag carries no other data.
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+fn keep(pool: &Pool<Fake>, slot: u32, conn: Fake) {
+    assert!(matches!(pool.offer(slot, conn), Offer::Kept));
+}
+
+// --- new ---
+
+#[test]
+fn new_configures_max_slots() {
+    assert_eq!(Pool::<Fake>::new(5000).expect("valid").max_slots(), 5000);
+    let default = Pool::<Fake>::with_policy(PoolPolicy::default()).expect("valid");
+    assert_eq!(default.max_slots(), 100);
+    assert_eq!(Pool::<Fake>::new(0).err(), Some(PoolError::ZeroMaxSlots));
+}
+
+// --- getConnection ---
+
+#[test]
+fn get_returns_none_if_no_connections_available() {
+    let pool = Pool::<Fake>::new(100).expect("valid");
+    assert!(pool.get().is_none());
+}
+
+#[test]
+fn get_returns_the_unclaimed_connection_with_the_lowest_slot() {
+    let pool = Pool::new(100).expect("valid");
+    keep(&pool, 1, Fake::new(1));
+    keep(&pool, 2, Fake::new(2));
+    assert_eq!(pool.get().expect("idle").id, 1);
+}
+
+// --- newConnection ---
+
+#[test]
+fn offer_keeps_the_connection_if_max_slots_not_yet_reached() {
+    let pool = Pool::new(100).expect("valid");
+    keep(&pool, 0, Fake::new(7));
+    assert_eq!(pool.get().expect("idle").id, 7);
+}
+
+#[test]
+fn offer_replaces_the_highest_slot_when_max_slots_is_reached() {
+    let pool = Pool::new(2).expect("valid");
+    keep(&pool, 1, Fake::new(1));
+    let three = Fake::new(3);
+    let (_, three_closed) = three.probes();
+    keep(&pool, 3, three);
+    match pool.offer(2, Fake::new(2)) {
+        Offer::Replaced {
+            evicted_slot: 3,
+            evicted: Some(conn),
+        } => assert_eq!(conn.id, 3),
+        other => panic!("expected slot 3 evicted, got {other:?}"),
+    }
+    assert!(
+        three_closed.load(Ordering::Relaxed),
+        "evicted idle closed now"
+    );
+    let first = pool.get().expect("idle");
+    let second = pool.get().expect("idle");
+    assert_eq!((first.id, second.id), (1, 2));
+    assert!(pool.get().is_none());
+}
+
+#[test]
+fn offer_rejects_a_slot_not_lower_than_the_highest_at_max_slots() {
+    let pool = Pool::new(2).expect("valid");
+    keep(&pool, 1, Fake::new(1));
+    keep(&pool, 3, Fake::new(3));
+    for slot in [3, 4] {
+        match pool.offer(slot, Fake::new(slot)) {
+            Offer::Rejected(conn) => assert_eq!(conn.id, slot),
+            other => panic!("expected rejection, got {other:?}"),
+        }
+    }
+    assert_eq!(pool.held_slots(), vec![1, 3]);
+}
+
+// --- returnConnection ---
+
+#[test]
+fn returning_puts_the_connection_back() {
+    let pool = Pool::new(100).expect("valid");
+    keep(&pool, 1, Fake::new(1));
+    let lease = pool.get().expect("idle");
+    assert_eq!((lease.id, lease.slot()), (1, 1));
+    assert!(pool.get().is_none());
+    drop(lease);
+    assert_eq!(pool.get().expect("returned").id, 1);
+    let again = pool.get().expect("returned");
+    assert!(pool.get().is_none(), "one connection, leased");
+    drop(again);
+}
+
+#[test]
+fn returning_a_replaced_leased_connection_closes_it() {
+    let pool = Pool::new(1).expect("valid");
+    let three = Fake::new(3);
+    let (_, three_closed) = three.probes();
+    keep(&pool, 3, three);
+    let lease3 = pool.get().expect("idle");
+    assert_eq!(lease3.id, 3);
+    // Slot 3 is leased: offering slot 1 evicts it (the original's deadpool).
+    assert!(matches!(
+        pool.offer(1, Fake::new(1)),
+        Offer::Replaced {
+            evicted_slot: 3,
+            evicted: None
+        }
+    ));
+    let lease1 = pool.get().expect("idle");
+    assert_eq!(lease1.id, 1);
+    assert!(pool.get().is_none());
+    assert!(!three_closed.load(Ordering::Relaxed), "still in use");
+    drop(lease3);
+    assert!(three_closed.load(Ordering::Relaxed), "closed on return");
+    assert!(pool.get().is_none(), "returning it changes nothing");
+    drop(lease1);
+    assert_eq!(pool.get().expect("returned").id, 1);
+    assert_eq!(pool.len(), 1);
+}
+
+/// The original's `end`, `error` and `close` cases: all mean "no longer alive" here.
+#[test]
+fn a_connection_that_ended_while_leased_is_not_restored_and_stops_counting() {
+    let pool = Pool::new(1).expect("valid");
+    let conn = Fake::new(1);
+    let (alive, closed) = conn.probes();
+    keep(&pool, 1, conn);
+    let lease = pool.get().expect("idle");
+    alive.store(false, Ordering::Relaxed);
+    drop(lease);
+    assert!(closed.load(Ordering::Relaxed));
+    assert!(pool.get().is_none());
+    assert_eq!(pool.len(), 0);
+    keep(&pool, 9, Fake::new(9)); // the slot is free again, even for a worse slot
+}
+
+#[test]
+fn a_connection_that_ended_while_idle_is_never_handed_out() {
+    let pool = Pool::new(2).expect("valid");
+    let one = Fake::new(1);
+    let (alive, closed) = one.probes();
+    keep(&pool, 1, one);
+    keep(&pool, 2, Fake::new(2));
+    alive.store(false, Ordering::Relaxed);
+    assert_eq!(pool.get().expect("the live one").id, 2);
+    assert!(closed.load(Ordering::Relaxed));
+    assert_eq!(pool.len(), 1);
+    keep(&pool, 5, Fake::new(5));
+}
+
+#[test]
+fn prune_drops_dead_idle_connections() {
+    let pool = Pool::new(3).expect("valid");
+    let one = Fake::new(1);
+    let (alive, _) = one.probes();
+    keep(&pool, 1, one);
+    keep(&pool, 2, Fake::new(2));
+    alive.store(false, Ordering::Relaxed);
+    assert_eq!(pool.prune(), 1);
+    assert_eq!(pool.held_slots(), vec![2]);
+}
+
+#[test]
+fn discarding_a_lease_closes_it_and_frees_its_place() {
+    let pool = Pool::new(1).expect("valid");
+    let conn = Fake::new(4);
+    let (_, closed) = conn.probes();
+    keep(&pool, 4, conn);
+    pool.get().expect("idle").discard();
+    assert!(closed.load(Ordering::Relaxed));
+    assert_eq!(pool.len(), 0);
+    let detached = {
+        keep(&pool, 6, Fake::new(6));
+        pool.get().expect("idle").detach()
+    };
+    assert_eq!((detached.id, pool.len()), (6, 0));
+}
+
+// --- policy ---
+
+#[test]
+fn equal_slots_go_by_arrival_by_default_and_at_random_on_request() {
+    let first_leased = |random: bool| {
+        let pool =
+            Pool::with_policy(PoolPolicy::default().random_tie_break(random)).expect("valid");
+        keep(&pool, 5, Fake::new(1));
+        keep(&pool, 5, Fake::new(2));
+        pool.get().expect("idle").id
+    };
+    assert!((0..50).all(|_| first_leased(false) == 1));
+    let picks: Vec<u32> = (0..200).map(|_| first_leased(true)).collect();
+    // 2^-199 chance of a false failure.
+    assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
+}
+
+// --- acquire ---
+
+#[tokio::test(start_paused = true)]
+async fn acquire_waits_for_an_offer_or_a_return_then_times_out() {
+    let pool = Pool::new(4).expect("valid");
+    let timeout = Duration::from_secs(1);
+    assert_eq!(
+        pool.acquire(timeout).await.err(),
+        Some(AcquireError::Timeout { timeout })
+    );
+    let offering = pool.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        keep(&offering, 2, Fake::new(2));
+    });
+    let lease = pool
+        .acquire(timeout)
+        .await
+        .expect("offered within the timeout");
+    let returning = pool.clone();
+    let waiter = tokio::spawn(async move { returning.acquire(timeout).await.map(|l| l.id) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(lease);
+    assert_eq!(waiter.await.expect("task"), Ok(2));
+}
+
+// --- model check ---
+
+#[derive(Debug, Clone)]
+enum Op {
+    Offer(u32),
+    Get,
+    Return(usize),
+    Discard(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u32..20).prop_map(Op::Offer),
+        2 => Just(Op::Get),
+        2 => (0usize..8).prop_map(Op::Return),
+        1 => (0usize..8).prop_map(Op::Discard),
+    ]
+}
+
+/// The obvious model: a list of `(slot, arrival, leased)` for held connections.
+#[derive(Default)]
+struct Model {
+    held: Vec<(u32, u32, bool)>,
+    arrivals: u32,
+}
+
+proptest! {
+    #[test]
+    fn behaves_like_the_obvious_model(max in 1usize..6, ops in prop::collection::vec(op(), 0..150)) {
+        let pool = Pool::new(max).expect("valid");
+        let mut model = Model::default();
+        // Leases held by the test, with their model arrival (None: evicted in the model).
+        let mut leases: Vec<(Lease<Fake>, u32)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Offer(slot) => {
+                    let arrival = model.arrivals + 1;
+                    let outcome = pool.offer(slot, Fake::new(arrival));
+                    if model.held.len() < max {
+                        prop_assert!(matches!(outcome, Offer::Kept));
+                        model.arrivals = arrival;
+                        model.held.push((slot, arrival, false));
+                    } else {
+                        let worst = model.held.iter().copied().enumerate()
+                            .max_by_key(|&(_, (s, a, _))| (s, a));
+                        match (worst, outcome) {
+                            (Some((i, (wslot, _, leased))), Offer::Replaced { evicted_slot, evicted }) => {
+                                prop_assert!(slot < wslot);
+                                prop_assert_eq!(evicted_slot, wslot);
+                                prop_assert_eq!(evicted.is_none(), leased);
+                                model.held.remove(i);
+                                model.arrivals = arrival;
+                                model.held.push((slot, arrival, false));
+                            }
+                            (Some((_, (wslot, _, _))), Offer::Rejected(_)) => prop_assert!(slot >= wslot),
+                            (_, other) => prop_assert!(false, "unexpected {:?}", other),
+                        }
+                    }
+                }
+                Op::Get => {
+                    let lowest = model.held.iter_mut().filter(|e| !e.2).min_by_key(|e| (e.0, e.1));
+                    match (lowest, pool.get()) {
+                        (Some(e), Some(lease)) => {
+                            prop_assert_eq!((lease.slot(), lease.id), (e.0, e.1));
+                            e.2 = true;
+                            leases.push((lease, e.1));
+                        }
+                        (None, None) => {}
+                        (m, p) => prop_assert!(false, "model {:?} pool {:?}", m, p.map(|l| l.slot())),
+                    }
+                }
+                Op::Return(i) | Op::Discard(i) if i < leases.len() => {
+                    let (lease, arrival) = leases.swap_remove(i);
+                    let at = model.held.iter().position(|e| e.1 == arrival);
+                    if matches!(op, Op::Discard(_)) {
+                        lease.discard();
+                        if let Some(at) = at { model.held.remove(at); }
+                    } else {
+                        drop(lease);
+                        if let Some(at) = at { model.held[at].2 = false; }
+                    }
+                }
+                Op::Return(_) | Op::Discard(_) => {}
+            }
+            prop_assert_eq!(pool.len(), model.held.len());
+            prop_assert_eq!(pool.idle_len(), model.held.iter().filter(|e| !e.2).count());
+        }
+    }
+}
+
+// --- sharing ---
+
+#[test]
+fn pool_and_lease_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Pool<Fake>>();
+    send_sync::<Lease<Fake>>();
+}
+
+/// Threads offering, leasing, returning and discarding at once: no panic, never more than
+/// `max_slots` held, and no lease left outstanding.
+#[test]
+fn concurrent_use_keeps_the_invariants() {
+    let pool = Pool::new(8).expect("valid");
+    let made = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4u32)
+            .map(|t| {
+                let pool = pool.clone();
+                scope.spawn(move || {
+                    let mut made = 0;
+                    for i in 0..2_000u32 {
+                        match (i + t) % 4 {
+                            0 | 1 => {
+                                made += 1;
+                                drop(pool.offer((i * 7 + t) % 32, Fake::new(i)));
+                            }
+                            2 => drop(pool.get()),
+                            _ => {
+                                if let Some(lease) = pool.get() {
+                                    lease.discard();
+                                }
+                            }
+                        }
+                        assert!(pool.len() <= 8);
+                    }
+                    made
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .sum::<u32>()
+    });
+    assert!(made > 0 && pool.len() <= 8);
+    assert_eq!(pool.len(), pool.idle_len(), "no lease outstanding");
+}

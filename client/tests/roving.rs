@@ -1,0 +1,137 @@
+//! The roving client end to end on loopback: two lowest-first servers and a client with
+//! `max_slots = 4` converge to holding the lowest slots on both; connections the server
+//! closes while idle are never handed out.
+
+mod support;
+
+use std::time::Duration;
+
+use callosum_client::RovingClient;
+use callosum_client::rover::Backoff;
+use tokio::io::AsyncWriteExt;
+
+/// Upper bound on convergence; a test failing it is a bug, not slowness.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// Re-checks `done` every `every` until it holds; fails the test after `BOUND`.
+async fn until(what: &str, every: Duration, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(BOUND, async {
+        while !done() {
+            tokio::time::sleep(every).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what} within {BOUND:?}");
+}
+
+#[tokio::test]
+async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
+    let (a, _server_a) = support::start_server().await;
+    let (b, _server_b) = support::start_server().await;
+    let interval = Duration::from_millis(5);
+    let client = RovingClient::builder()
+        .servers([a.to_string(), b.to_string()])
+        .max_slots(4)
+        .roving_interval(interval)
+        .build()
+        .expect("valid settings");
+    until("slots [0, 0, 1, 1]", interval, || {
+        client.pool().held_slots() == [0, 0, 1, 1]
+    })
+    .await;
+    // Two on each server: lease all four and look.
+    let mut leases = Vec::new();
+    while let Some(lease) = client.try_acquire() {
+        leases.push(lease);
+    }
+    let mut held: Vec<(String, u32)> = leases
+        .iter()
+        .map(|l| (l.server().to_string(), l.slot()))
+        .collect();
+    held.sort();
+    let mut expected = vec![
+        (a.to_string(), 0),
+        (a.to_string(), 1),
+        (b.to_string(), 0),
+        (b.to_string(), 1),
+    ];
+    expected.sort();
+    assert_eq!(held, expected);
+    for lease in &mut leases {
+        lease.stream().write_all(b"hello").await.expect("usable");
+    }
+    let counters = client.counters();
+    assert!(counters.kept >= 4, "{counters:?}");
+    assert_eq!(counters.kept - counters.evicted, 4, "{counters:?}");
+}
+
+#[tokio::test]
+async fn acquire_returns_the_lowest_slot_lease() {
+    let (a, _server) = support::start_server().await;
+    let client = RovingClient::builder()
+        .server(a.to_string())
+        .max_slots(2)
+        .roving_interval(Duration::from_millis(5))
+        .acquire_timeout(BOUND)
+        .build()
+        .expect("valid settings");
+    let first = client.acquire().await.expect("a connection");
+    assert_eq!(first.slot(), 0);
+    let counters = client.counters();
+    assert_eq!((counters.unreachable, counters.protocol_errors), (0, 0));
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
+    let (addr, _server) = support::start_replying(b"0\r\n", true).await;
+    let client = RovingClient::builder()
+        .server(addr.to_string())
+        .max_slots(1)
+        .roving_interval(Duration::from_secs(3600))
+        .build()
+        .expect("valid settings");
+    let every = Duration::from_millis(5);
+    until("the connection kept", every, || client.counters().kept == 1).await;
+    // The server closed it at once; once the FIN is in, it is dropped, not leased.
+    until("the closed connection dropped", every, || {
+        client.try_acquire().is_none() && client.pool().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_and_protocol_errors_are_counted() {
+    let refusing = support::refusing_addr();
+    let (garbage, _server) = support::start_replying(b"foo\r\n", false).await;
+    let client = RovingClient::builder()
+        .servers([refusing.to_string(), garbage.to_string()])
+        .roving_interval(Duration::from_millis(5))
+        .backoff(Some(Backoff::default().initial(Duration::from_millis(1))))
+        .build()
+        .expect("valid settings");
+    until("both kinds counted", Duration::from_millis(5), || {
+        let c = client.counters();
+        c.unreachable > 0 && c.protocol_errors > 0
+    })
+    .await;
+    assert!(client.pool().is_empty());
+    assert!(RovingClient::builder().max_slots(0).build().is_err());
+}
+
+#[tokio::test]
+async fn the_builder_configures_the_servers_and_the_pool() {
+    let (a, b) = (support::refusing_addr(), support::refusing_addr());
+    let client = RovingClient::builder()
+        .servers([a.to_string(), b.to_string()])
+        .max_slots(5000)
+        .build()
+        .expect("valid settings");
+    let mut expected = vec![a.to_string(), b.to_string()];
+    expected.sort();
+    let got: Vec<String> = client.servers().iter().map(ToString::to_string).collect();
+    assert_eq!(got, expected);
+    assert_eq!(client.pool().max_slots(), 5000);
+    assert!(client.drop_server(&a.to_string()));
+    assert_eq!(client.servers().len(), 1);
+    assert!(RovingClient::builder().server("no-port").build().is_err());
+}
