@@ -1,6 +1,46 @@
 //! `callosum-loadgen`: benchmarks Callosum servers (see the crate docs and the README).
 
-fn main() {
-    eprintln!("callosum-loadgen: the load generator lands with the load generator issue");
-    std::process::exit(2);
+use anyhow::Context;
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = callosum_loadgen::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    // ---- `simulate` (the balance simulator) is wired here when it is merged:
+    // if let Some(Command::Simulate(args)) = &cli.command {
+    //     return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock());
+    // }
+    let (config, outputs) = cli.config();
+    let shutdown = callosum_loadgen::Shutdown::new();
+    on_ctrl_c(shutdown.clone());
+    let report = callosum_loadgen::run(&config, &shutdown).context("load generator run")?;
+    report
+        .write_table(&mut std::io::stdout().lock())
+        .context("writing the table")?;
+    outputs.write(&report).context("writing the output files")?;
+    Ok(())
+}
+
+/// Ctrl-C stops the run early: phases finish the handshakes in flight and report.
+fn on_ctrl_c(shutdown: callosum_loadgen::Shutdown) {
+    let _ = std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+                eprintln!("callosum-loadgen: stopping (Ctrl-C)");
+                shutdown.trigger();
+            }
+        });
 }

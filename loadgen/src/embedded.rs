@@ -1,0 +1,92 @@
+//! The embedded server: with no `--target`, the load generator starts a `callosum-server` in
+//! its own process on a free loopback port, so one command gives a real result on a fresh
+//! machine.
+//!
+//! It shares the process's file descriptors (two per connection: both ends live here), which
+//! [`crate::limits`] accounts for; its CPU time is the process's minus the workers'. Its shards
+//! are not pinned: the load generator's workers run on the same cores, and pinned shards would
+//! fight them for a fixed core instead of letting the scheduler balance.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use callosum_server::{RunningServer, Server, ServerError, Stats};
+
+use crate::config::EmbeddedConfig;
+
+/// How long the embedded server may take to drain when it stops.
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// Why the embedded server did not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmbeddedError {
+    /// The server could not start (or a shard failed when it stopped).
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+/// Counters of the embedded server, as the server reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServerStats {
+    /// Connections accepted that got a slot.
+    pub accepted: u64,
+    /// Connections closed without a slot line because no slot was free.
+    pub refused: u64,
+    /// Connections open.
+    pub active: u64,
+    /// One past the highest slot handed out.
+    pub high_water: u32,
+    /// Failed accepts.
+    pub accept_errors: u64,
+    /// Slot lines that could not be sent.
+    pub handshake_errors: u64,
+}
+
+impl From<Stats> for ServerStats {
+    fn from(s: Stats) -> Self {
+        Self {
+            accepted: s.accepted,
+            refused: s.refused,
+            active: s.active,
+            high_water: s.high_water,
+            accept_errors: s.accept_errors,
+            handshake_errors: s.handshake_errors,
+        }
+    }
+}
+
+/// A running embedded server.
+#[derive(Debug)]
+pub struct EmbeddedServer {
+    server: RunningServer,
+}
+
+impl EmbeddedServer {
+    /// Starts the server (hold mode) on 127.0.0.1 with a free port.
+    pub fn start(config: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        let server = Server::builder()
+            .host(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(0)
+            .shards(config.shards)
+            .max_slots(config.max_slots)
+            .pin(false)
+            .start()?;
+        Ok(Self { server })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Its counters now.
+    pub fn stats(&self) -> Option<ServerStats> {
+        Some(self.server.stats().into())
+    }
+
+    /// Stops it (draining for up to a second) and returns its last counters.
+    pub fn shutdown(self) -> Result<Option<ServerStats>, EmbeddedError> {
+        Ok(Some(self.server.shutdown(DRAIN)?.into()))
+    }
+}
