@@ -33,6 +33,8 @@ pub struct Conns {
     pub in_pool: Vec<bool>,
     /// When it retires, in simulated nanoseconds (`u64::MAX`: never).
     pub expires: Vec<u64>,
+    /// Its index in its client's pool (meaningful while `in_pool`).
+    pub pos: Vec<u8>,
     free: Vec<u32>,
 }
 
@@ -46,6 +48,7 @@ impl Conns {
             self.leased[i] = false;
             self.in_pool[i] = true;
             self.expires[i] = expires;
+            self.pos[i] = 0;
             id
         } else {
             self.server.push(server);
@@ -53,6 +56,7 @@ impl Conns {
             self.leased.push(false);
             self.in_pool.push(true);
             self.expires.push(expires);
+            self.pos.push(0);
             self.server.len() as u32 - 1
         }
     }
@@ -63,13 +67,29 @@ impl Conns {
     }
 }
 
+/// The sort key of a pool entry: slot, then server id (the original's tiebreak).
+#[inline]
+pub fn key(slot: u32, server: u32) -> u64 {
+    (slot as u64) << 32 | server as u64
+}
+
 /// Every client's pool, waiting requests and baseline state, indexed by client id.
+///
+/// A pool entry keeps its connection's sort key inline and the pool keeps a bitmask of its
+/// idle entries, so leasing reads one contiguous run of keys and never the connection slab.
 #[derive(Debug)]
 pub struct Clients {
-    /// Pool capacity (`max_slots`).
+    /// Pool capacity (`max_slots`, at most 64).
     pub max_slots: usize,
     /// Pool entries: client `c` owns `entries[c*max_slots ..][.. len[c]]` (connection ids).
     entries: Vec<u32>,
+    /// The entries' keys ([`key`]), same layout.
+    keys: Vec<u64>,
+    /// The entries' moving average of response time (ns; 0 until the first response),
+    /// same layout.
+    latency: Vec<f32>,
+    /// Per client, bit `k` set: entry `k` is idle.
+    idle: Vec<u64>,
     len: Vec<u8>,
     /// Requests waiting for an idle connection, per client (request ids).
     pub waiting: Vec<VecDeque<u32>>,
@@ -80,11 +100,16 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// `n` clients with pools of `max_slots`; `p2c_servers` > 0 allocates P2C's counters.
+    /// `n` clients with pools of `max_slots` (1..=64); `p2c_servers` > 0 allocates P2C's
+    /// counters.
     pub fn new(n: usize, max_slots: usize, p2c_servers: usize) -> Self {
+        let max_slots = max_slots.clamp(1, 64);
         Self {
             max_slots,
             entries: vec![NO_CONN; n * max_slots],
+            keys: vec![0; n * max_slots],
+            latency: vec![0.0; n * max_slots],
+            idle: vec![0; n],
             len: vec![0; n],
             waiting: (0..n).map(|_| VecDeque::new()).collect(),
             cursor: vec![0; n],
@@ -103,90 +128,158 @@ impl Clients {
         self.len[c] as usize >= self.max_slots
     }
 
-    /// Adds connection `id` to client `c`'s pool (which must not be full).
-    pub fn add(&mut self, c: usize, id: u32) {
+    /// Adds the idle connection `id` to client `c`'s pool (which must not be full).
+    pub fn add(&mut self, c: usize, id: u32, conns: &mut Conns) {
         let l = self.len[c] as usize;
         debug_assert!(l < self.max_slots);
+        let i = id as usize;
         self.entries[c * self.max_slots + l] = id;
+        self.keys[c * self.max_slots + l] = key(conns.slot[i], conns.server[i]);
+        self.latency[c * self.max_slots + l] = 0.0;
+        self.idle[c] |= 1 << l;
+        conns.pos[i] = l as u8;
         self.len[c] += 1;
     }
 
     /// Removes the entry at `index` of client `c`'s pool (order is not preserved).
-    pub fn remove_at(&mut self, c: usize, index: usize) {
+    pub fn remove_at(&mut self, c: usize, index: usize, conns: &mut Conns) {
         let base = c * self.max_slots;
         let last = self.len[c] as usize - 1;
-        self.entries[base + index] = self.entries[base + last];
+        let moved = self.entries[base + last];
+        self.entries[base + index] = moved;
+        self.keys[base + index] = self.keys[base + last];
+        self.latency[base + index] = self.latency[base + last];
+        let last_idle = self.idle[c] >> last & 1;
+        self.idle[c] = self.idle[c] & !(1 << index) & !(1 << last) | last_idle << index;
+        if moved != NO_CONN {
+            conns.pos[moved as usize] = index as u8;
+        }
         self.entries[base + last] = NO_CONN;
         self.len[c] -= 1;
     }
 
-    /// The lowest-slot idle connection of client `c`'s pool, or `None` if every one is leased.
-    /// Equal slots: lower server id first (original), or uniformly at random.
-    pub fn lowest_idle(
-        &self,
+    /// Marks the pool entry of connection `id` (in client `c`'s pool) idle again, folding
+    /// the response time `sample` (ns) into its moving average with weight `alpha`.
+    pub fn set_idle(&mut self, c: usize, id: u32, conns: &Conns, sample: f64, alpha: f32) {
+        let k = conns.pos[id as usize] as usize;
+        self.idle[c] |= 1 << k;
+        let avg = &mut self.latency[c * self.max_slots + k];
+        *avg = if *avg == 0.0 {
+            sample as f32
+        } else {
+            *avg + alpha * (sample as f32 - *avg)
+        };
+    }
+
+    /// Leases the lowest-slot idle connection of client `c`'s pool, or `None` if every one is
+    /// leased. Equal slots: lower server id first (original), or uniformly at random.
+    pub fn lease(
+        &mut self,
         c: usize,
-        conns: &Conns,
+        conns: &mut Conns,
         rules: &PoolRules,
         rng: &mut SmallRng,
     ) -> Option<u32> {
-        let mut best = NO_CONN;
-        let mut best_key = (u32::MAX, u32::MAX);
-        let mut ties = 0u32;
-        for &id in self.pool(c) {
-            let i = id as usize;
-            if conns.leased[i] {
+        let mut mask = self.idle[c];
+        if mask == 0 {
+            return None;
+        }
+        let len = self.len[c] as usize;
+        let keys = &self.keys[c * self.max_slots..c * self.max_slots + len];
+        let all = if len == 64 {
+            u64::MAX
+        } else {
+            (1u64 << len) - 1
+        };
+        let leased = !self.idle[c] & all;
+        // This client's requests in flight at the server of entry `k` (its leased entries
+        // there), when the rules rank by it; 0 otherwise.
+        let busy_at = |k: usize| -> u32 {
+            if !rules.least_outstanding && !rules.weigh_latency {
+                return 0;
+            }
+            let server = keys[k] as u32;
+            let mut m = leased;
+            let mut n = 0;
+            while m != 0 {
+                let j = m.trailing_zeros() as usize;
+                m &= m - 1;
+                n += (keys[j] as u32 == server) as u32;
+            }
+            n
+        };
+        let latency = &self.latency[c * self.max_slots..c * self.max_slots + len];
+        // What the entry costs: requests in flight at its server, weighed by its observed
+        // response time when the rules say so (a never-used entry costs nothing: explored).
+        let cost = |k: usize| -> f32 {
+            let busy = busy_at(k) as f32;
+            if rules.weigh_latency {
+                (busy + 1.0) * latency[k]
+            } else {
+                busy
+            }
+        };
+        let mut best = mask.trailing_zeros() as usize;
+        let mut best_busy = cost(best);
+        mask &= mask - 1;
+        let mut ties = 1u32;
+        while mask != 0 {
+            let k = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let busy = cost(k);
+            if busy != best_busy {
+                if busy < best_busy {
+                    best = k;
+                    best_busy = busy;
+                    ties = 1;
+                }
                 continue;
             }
-            let key = (conns.slot[i], conns.server[i]);
             if rules.random_ties {
-                if best == NO_CONN || key.0 < best_key.0 {
-                    best = id;
-                    best_key = key;
-                    ties = 1;
-                } else if key.0 == best_key.0 {
-                    ties += 1;
-                    if rng.random_range(0..ties) == 0 {
-                        best = id;
-                    }
-                }
-            } else if best == NO_CONN || key < best_key {
-                best = id;
-                best_key = key;
-            }
-        }
-        (best != NO_CONN).then_some(best)
-    }
-
-    /// The highest-slot entry of client `c`'s (non-empty) pool as `(index, connection)`.
-    /// Equal slots: higher server id first (original), or uniformly at random.
-    pub fn worst(
-        &self,
-        c: usize,
-        conns: &Conns,
-        rules: &PoolRules,
-        rng: &mut SmallRng,
-    ) -> (usize, u32) {
-        let pool = self.pool(c);
-        let mut best = 0usize;
-        let mut ties = 1u32;
-        for (k, &id) in pool.iter().enumerate().skip(1) {
-            let i = id as usize;
-            let b = pool[best] as usize;
-            if rules.random_ties {
-                if conns.slot[i] > conns.slot[b] {
+                let (slot, best_slot) = (keys[k] >> 32, keys[best] >> 32);
+                if slot < best_slot {
                     best = k;
                     ties = 1;
-                } else if conns.slot[i] == conns.slot[b] {
+                } else if slot == best_slot {
                     ties += 1;
                     if rng.random_range(0..ties) == 0 {
                         best = k;
                     }
                 }
-            } else if (conns.slot[i], conns.server[i]) > (conns.slot[b], conns.server[b]) {
+            } else if keys[k] < keys[best] {
                 best = k;
             }
         }
-        (best, pool[best])
+        self.idle[c] &= !(1 << best);
+        let id = self.entries[c * self.max_slots + best];
+        conns.leased[id as usize] = true;
+        Some(id)
+    }
+
+    /// The highest-slot entry of client `c`'s (non-empty) pool as `(index, connection)`.
+    /// Equal slots: higher server id first (original), or uniformly at random.
+    pub fn worst(&self, c: usize, rules: &PoolRules, rng: &mut SmallRng) -> (usize, u32) {
+        let base = c * self.max_slots;
+        let keys = &self.keys[base..base + self.len[c] as usize];
+        let mut best = 0usize;
+        let mut ties = 1u32;
+        for (k, &key) in keys.iter().enumerate().skip(1) {
+            if rules.random_ties {
+                let (slot, best_slot) = (key >> 32, keys[best] >> 32);
+                if slot > best_slot {
+                    best = k;
+                    ties = 1;
+                } else if slot == best_slot {
+                    ties += 1;
+                    if rng.random_range(0..ties) == 0 {
+                        best = k;
+                    }
+                }
+            } else if key > keys[best] {
+                best = k;
+            }
+        }
+        (best, self.entries[base + best])
     }
 }
 

@@ -13,13 +13,15 @@ use rand::{Rng, SeedableRng};
 
 use super::SimConfig;
 use super::client::{Clients, Conns, NO_CONN};
-use super::event::{EventQueue, Kind};
+use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::{Metrics, spread};
 use super::policy::{Policy, PoolRules};
 use super::report::{ConnSpread, JoinReport, Latency, LeaveReport, SimReport, SlowReport};
 use super::server::Servers;
 
 const NS: f64 = 1e9;
+/// Weight of a new response time in a connection's moving average.
+const LATENCY_ALPHA: f32 = 0.2;
 /// Requests plotted one line per server up to this many servers; above, min/mean/max.
 pub const PLOT_EACH_MAX: usize = 16;
 
@@ -52,6 +54,7 @@ struct Sim<'a> {
     req_conn: Vec<u32>,
     req_server: Vec<u32>,
     req_arrival: Vec<u64>,
+    req_sent: Vec<u64>,
     req_service: Vec<f64>,
     req_state: Vec<ReqState>,
     req_free: Vec<u32>,
@@ -113,7 +116,7 @@ impl<'a> Sim<'a> {
         Sim {
             cfg,
             rules,
-            q: EventQueue::with_capacity(cfg.clients + 1024),
+            q: EventQueue::default(),
             servers,
             clients: Clients::new(cfg.clients, cfg.max_slots.max(1), p2c_servers),
             conns: Conns::default(),
@@ -121,6 +124,7 @@ impl<'a> Sim<'a> {
             req_conn: Vec::new(),
             req_server: Vec::new(),
             req_arrival: Vec::new(),
+            req_sent: Vec::new(),
             req_service: Vec::new(),
             req_state: Vec::new(),
             req_free: Vec::new(),
@@ -151,25 +155,26 @@ impl<'a> Sim<'a> {
 
     fn run(mut self) -> SimReport {
         let cfg = self.cfg;
-        if self.cfg.policy.uses_pool() {
-            for c in 0..cfg.clients {
-                let phase = self.rng_rover.random_range(0..self.roving_ns);
-                self.q.push(phase, Kind::Rove, c as u32, 0);
-            }
-        }
+        let mut rovers = Periodic::new(
+            if cfg.policy.uses_pool() {
+                (0..cfg.clients as u32)
+                    .map(|c| (self.rng_rover.random_range(0..self.roving_ns), c))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            self.roving_ns,
+        );
+        let mut controls = Vec::new();
         if let Some(at) = cfg.join_at_s {
             let t = self.measure_start + (at * NS) as u64;
-            self.q.push(t, Kind::Join, (cfg.servers - 1) as u32, 0);
+            controls.push((t, Kind::Join, (cfg.servers - 1) as u32));
         }
         if let Some(at) = cfg.leave_at_s {
             let t = self.measure_start + (at * NS) as u64;
-            self.q.push(
-                t,
-                Kind::Leave,
-                cfg.leave_server.min(cfg.servers - 1) as u32,
-                0,
-            );
+            controls.push((t, Kind::Leave, cfg.leave_server.min(cfg.servers - 1) as u32));
         }
+        let mut controls = Controls::new(controls);
         let sample_ns = ((cfg.sample_ms * 1e6) as u64).max(1);
         let window_ns = ((cfg.window_s * NS) as u64).max(1);
         let mut next_arrival = exp(&mut self.rng_arrival, self.mean_interarrival) as u64;
@@ -179,7 +184,14 @@ impl<'a> Sim<'a> {
         let watch = cfg.join_at_s.map(|_| (cfg.servers - 1) as u32);
         loop {
             let t_heap = self.q.next_time();
-            let t = t_heap.min(next_arrival).min(next_sample).min(next_window);
+            let t_rove = rovers.next_time();
+            let t_control = controls.next_time();
+            let t = t_heap
+                .min(t_rove)
+                .min(t_control)
+                .min(next_arrival)
+                .min(next_sample)
+                .min(next_window);
             if t >= self.end {
                 if next_window <= self.end {
                     self.now = next_window;
@@ -196,19 +208,25 @@ impl<'a> Sim<'a> {
                 let servers = &self.servers;
                 self.m.sample(&servers.members, |s| servers.load(s));
                 next_sample += sample_ns;
-            } else if t == t_heap {
-                let Some(e) = self.q.pop() else { break };
-                match e.kind {
-                    Kind::Complete => self.complete(e.a, e.b),
-                    Kind::Rove => self.rove(e.a as usize),
-                    Kind::Join => {
-                        self.servers.activate(e.a);
+            } else if t == t_control {
+                match controls.pop() {
+                    Some((Kind::Join, server)) => {
+                        self.servers.activate(server);
                         // The first whole window the joined server is in.
                         let into = self.now.saturating_sub(self.measure_start);
                         let w = (into / window_ns) as usize;
                         self.joined_window = Some(if into % window_ns == 0 { w } else { w + 1 });
                     }
-                    Kind::Leave => self.leave(e.a),
+                    Some((Kind::Leave, server)) => self.leave(server),
+                    None => {}
+                }
+            } else if t == t_heap {
+                if let Some((_, r)) = self.q.pop() {
+                    self.complete(r);
+                }
+            } else if t == t_rove {
+                if let Some(c) = rovers.pop() {
+                    self.rove(c as usize);
                 }
             } else {
                 self.arrive();
@@ -232,6 +250,7 @@ impl<'a> Sim<'a> {
             self.req_conn.push(NO_CONN);
             self.req_server.push(0);
             self.req_arrival.push(0);
+            self.req_sent.push(0);
             self.req_service.push(0.0);
             self.req_state.push(ReqState::Free);
             self.req_client.len() as u32 - 1
@@ -323,11 +342,8 @@ impl<'a> Sim<'a> {
     }
 
     fn lease(&mut self, c: usize) -> Option<u32> {
-        let conn = self
-            .clients
-            .lowest_idle(c, &self.conns, &self.rules, &mut self.rng_route)?;
-        self.conns.leased[conn as usize] = true;
-        Some(conn)
+        self.clients
+            .lease(c, &mut self.conns, &self.rules, &mut self.rng_route)
     }
 
     fn send_on(&mut self, r: u32, conn: u32) {
@@ -339,6 +355,7 @@ impl<'a> Sim<'a> {
     fn send(&mut self, r: u32, s: u32) {
         let (ri, si) = (r as usize, s as usize);
         self.req_server[ri] = s;
+        self.req_sent[ri] = self.now;
         if self.in_window() {
             self.m.count(s);
         }
@@ -355,12 +372,13 @@ impl<'a> Sim<'a> {
     fn start(&mut self, r: u32, s: u32) {
         self.req_state[r as usize] = ReqState::InService;
         let d = self.req_service[r as usize] * self.servers.slowdown[s as usize];
-        self.q
-            .push(self.now + (d as u64).max(1), Kind::Complete, s, r);
+        self.q.push(self.now + (d as u64).max(1), r);
     }
 
-    fn complete(&mut self, s: u32, r: u32) {
-        let (ri, si) = (r as usize, s as usize);
+    fn complete(&mut self, r: u32) {
+        let ri = r as usize;
+        let s = self.req_server[ri];
+        let si = s as usize;
         if self.req_state[ri] == ReqState::Dead {
             self.free_request(r);
             return;
@@ -382,19 +400,23 @@ impl<'a> Sim<'a> {
         }
         let c = self.req_client[ri] as usize;
         let conn = self.req_conn[ri];
+        let response = (self.now - self.req_sent[ri]) as f64;
         self.free_request(r);
         if conn != NO_CONN {
-            self.give_back(c, conn);
+            self.give_back(c, conn, response);
         } else if self.cfg.policy == Policy::P2c {
             self.clients.outstanding[c * self.cfg.servers + si] -= 1;
         }
     }
 
     /// A request's connection comes back to client `c`.
-    fn give_back(&mut self, c: usize, conn: u32) {
+    fn give_back(&mut self, c: usize, conn: u32, response: f64) {
         let i = conn as usize;
         self.conns.leased[i] = false;
-        if !self.conns.in_pool[i] {
+        if self.conns.in_pool[i] {
+            self.clients
+                .set_idle(c, conn, &self.conns, response, LATENCY_ALPHA);
+        } else {
             self.close(conn);
         }
         self.serve_waiters(c);
@@ -419,7 +441,7 @@ impl<'a> Sim<'a> {
     /// Takes the entry at `index` out of client `c`'s pool: closed now if idle, when its
     /// request completes if leased.
     fn retire(&mut self, c: usize, index: usize, conn: u32) {
-        self.clients.remove_at(c, index);
+        self.clients.remove_at(c, index, &mut self.conns);
         if self.conns.leased[conn as usize] {
             self.conns.in_pool[conn as usize] = false;
         } else {
@@ -428,8 +450,6 @@ impl<'a> Sim<'a> {
     }
 
     fn rove(&mut self, c: usize) {
-        self.q
-            .push(self.now + self.roving_ns, Kind::Rove, c as u32, 0);
         if self.rules.max_age_ns.is_some() {
             let mut k = self.clients.pool(c).len();
             while k > 0 {
@@ -447,9 +467,7 @@ impl<'a> Sim<'a> {
         let s = self.servers.members[self.rng_rover.random_range(0..n)];
         let slot = self.servers.acquire_slot(s as usize);
         if self.clients.is_full(c) {
-            let (index, worst) =
-                self.clients
-                    .worst(c, &self.conns, &self.rules, &mut self.rng_rover);
+            let (index, worst) = self.clients.worst(c, &self.rules, &mut self.rng_rover);
             let worst_slot = self.conns.slot[worst as usize];
             let accept = slot < worst_slot || (self.rules.accept_equal && slot == worst_slot);
             if !accept {
@@ -467,7 +485,7 @@ impl<'a> Sim<'a> {
             None => u64::MAX,
         };
         let conn = self.conns.open(s, slot, expires);
-        self.clients.add(c, conn);
+        self.clients.add(c, conn, &mut self.conns);
         self.serve_waiters(c);
     }
 
@@ -503,7 +521,8 @@ impl<'a> Sim<'a> {
                     self.free_request(r);
                 }
                 if conn != NO_CONN {
-                    self.give_back(c, conn);
+                    // A failed request: no response time to learn from.
+                    self.give_back(c, conn, 0.0);
                 } else if self.cfg.policy == Policy::P2c {
                     self.clients.outstanding[c * self.cfg.servers + s as usize] -= 1;
                 }

@@ -47,7 +47,7 @@ pub struct SimulateArgs {
     /// Clients (C), each with a rover and a pool. Default 16.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Pool size per client (max_slots, P), connections. Default 8.
+    /// Pool size per client (max_slots, P), connections, at most 64. Default 8.
     #[arg(long, default_value_t = 8)]
     pub max_slots: usize,
     /// Workers per server (k); requests beyond k queue FIFO. Default 4.
@@ -120,6 +120,14 @@ pub struct SimulateArgs {
     /// Improved policy: break ties between equal slots at random. Default true.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub random_ties: bool,
+    /// Improved policy: lease the idle connection whose server has the fewest of this
+    /// client's requests in flight, lowest slot among those. Default true.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub least_outstanding: bool,
+    /// Improved policy: rank idle connections by (own requests in flight at the server + 1) ×
+    /// the connection's moving average response time. Default true.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub weigh_latency: bool,
     /// Print JSON (deterministic for a seed) instead of a table. Default off.
     #[arg(long)]
     pub json: bool,
@@ -206,7 +214,13 @@ impl SimConfig {
             leave_at_s: args.leave_at_s,
             leave_server: args.leave_server,
             crash: args.crash,
-            rules: PoolRules::improved(max_age, args.accept_equal, args.random_ties),
+            rules: PoolRules::improved(
+                max_age,
+                args.accept_equal,
+                args.random_ties,
+                args.least_outstanding,
+                args.weigh_latency,
+            ),
         }
     }
 
@@ -215,8 +229,8 @@ impl SimConfig {
         if self.servers == 0 || self.clients == 0 || self.max_slots == 0 || self.workers == 0 {
             bail!("servers, clients, max-slots and workers must be at least 1");
         }
-        if self.max_slots > u8::MAX as usize {
-            bail!("max-slots must be at most 255");
+        if self.max_slots > 64 {
+            bail!("max-slots must be at most 64");
         }
         if self.join_at_s.is_some() && self.servers < 2 {
             bail!("a join needs at least 2 servers");

@@ -74,6 +74,14 @@ pub struct PoolRules {
     /// retired connection closes at once, a leased one when its request completes; the
     /// freed pool place is refilled by the next rover connection, whatever its slot.
     pub max_age_ns: Option<u64>,
+    /// Lease the idle connection whose server has the fewest of this client's requests in
+    /// flight (its leased pool entries there), lowest slot among those, instead of simply
+    /// the lowest slot.
+    pub least_outstanding: bool,
+    /// Rank idle connections by (this client's requests in flight at the server + 1) × the
+    /// connection's moving average response time (a never-used connection first), then by
+    /// slot.
+    pub weigh_latency: bool,
 }
 
 impl PoolRules {
@@ -82,14 +90,24 @@ impl PoolRules {
         random_ties: false,
         accept_equal: false,
         max_age_ns: None,
+        least_outstanding: false,
+        weigh_latency: false,
     };
 
-    /// The improved rules: random ties, accept equal, and a maximum connection age.
-    pub fn improved(max_age_ns: Option<u64>, accept_equal: bool, random_ties: bool) -> Self {
+    /// The improved rules (each can be switched off for an ablation).
+    pub fn improved(
+        max_age_ns: Option<u64>,
+        accept_equal: bool,
+        random_ties: bool,
+        least_outstanding: bool,
+        weigh_latency: bool,
+    ) -> Self {
         PoolRules {
             random_ties,
             accept_equal,
             max_age_ns,
+            least_outstanding,
+            weigh_latency,
         }
     }
 }
