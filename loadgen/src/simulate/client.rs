@@ -150,7 +150,10 @@ impl Clients {
         self.keys[base + index] = self.keys[base + last];
         self.latency[base + index] = self.latency[base + last];
         let last_idle = self.idle[c] >> last & 1;
-        self.idle[c] = self.idle[c] & !(1 << index) & !(1 << last) | last_idle << index;
+        self.idle[c] &= !(1 << index) & !(1 << last);
+        if index != last {
+            self.idle[c] |= last_idle << index;
+        }
         if moved != NO_CONN {
             conns.pos[moved as usize] = index as u8;
         }
@@ -214,7 +217,7 @@ impl Clients {
         let cost = |k: usize| -> f32 {
             let busy = busy_at(k) as f32;
             if rules.weigh_latency {
-                (busy + 1.0) * latency[k]
+                (busy + 1.0) * latency[k] + busy
             } else {
                 busy
             }
@@ -296,17 +299,16 @@ mod tests {
         let rules = PoolRules::ORIGINAL;
         for (server, slot) in [(2, 5), (1, 3), (0, 3), (3, 9)] {
             let id = conns.open(server, slot, u64::MAX);
-            clients.add(0, id);
+            clients.add(0, id, &mut conns);
         }
         assert!(clients.is_full(0));
-        let first = clients.lowest_idle(0, &conns, &rules, &mut rng);
+        let first = clients.lease(0, &mut conns, &rules, &mut rng);
         assert_eq!(first.map(|id| conns.server[id as usize]), Some(0));
-        conns.leased[first.unwrap_or(0) as usize] = true;
-        let second = clients.lowest_idle(0, &conns, &rules, &mut rng);
+        let second = clients.lease(0, &mut conns, &rules, &mut rng);
         assert_eq!(second.map(|id| conns.server[id as usize]), Some(1));
-        let (index, id) = clients.worst(0, &conns, &rules, &mut rng);
+        let (index, id) = clients.worst(0, &rules, &mut rng);
         assert_eq!((conns.server[id as usize], conns.slot[id as usize]), (3, 9));
-        clients.remove_at(0, index);
+        clients.remove_at(0, index, &mut conns);
         assert_eq!(clients.pool(0).len(), 3);
         assert!(
             clients
@@ -314,5 +316,52 @@ mod tests {
                 .iter()
                 .all(|&i| conns.server[i as usize] != 3)
         );
+        // The remaining idle entry (server 2) is the only one to lease; then none.
+        let third = clients.lease(0, &mut conns, &rules, &mut rng);
+        assert_eq!(third.map(|id| conns.server[id as usize]), Some(2));
+        assert_eq!(clients.lease(0, &mut conns, &rules, &mut rng), None);
+        // Returning the first makes it leasable again, wherever the removal moved it.
+        let first = first.unwrap_or(NO_CONN);
+        conns.leased[first as usize] = false;
+        clients.set_idle(0, first, &conns, 1e6, 0.1);
+        assert_eq!(clients.lease(0, &mut conns, &rules, &mut rng), Some(first));
+    }
+
+    #[test]
+    fn improved_lease_prefers_servers_without_own_requests_then_fast_ones() {
+        let mut conns = Conns::default();
+        let mut clients = Clients::new(1, 4, 0);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let rules = PoolRules::improved(None, true, true, true, true);
+        // Two connections to server 0 (slots 0, 1), one to server 1 (slot 2), one to 2 (slot 3).
+        for (server, slot) in [(0, 0), (0, 1), (1, 2), (2, 3)] {
+            let id = conns.open(server, slot, u64::MAX);
+            clients.add(0, id, &mut conns);
+        }
+        // Never used: all cost 0, the lowest slot wins.
+        let a = clients
+            .lease(0, &mut conns, &rules, &mut rng)
+            .unwrap_or(NO_CONN);
+        assert_eq!(conns.server[a as usize], 0);
+        // Server 0 has one of our requests: its other connection now costs more.
+        let b = clients
+            .lease(0, &mut conns, &rules, &mut rng)
+            .unwrap_or(NO_CONN);
+        assert_eq!(conns.server[b as usize], 1);
+        // Fast responses on server 0, slow on server 1.
+        for (id, response) in [(a, 1e6), (b, 9e6)] {
+            conns.leased[id as usize] = false;
+            clients.set_idle(0, id, &conns, response, 0.2);
+        }
+        let lease = |clients: &mut Clients, conns: &mut Conns, rng: &mut SmallRng| {
+            let id = clients.lease(0, conns, &rules, rng).unwrap_or(NO_CONN);
+            (conns.server[id as usize], conns.slot[id as usize])
+        };
+        // Never-used connections are explored first, lowest slot first.
+        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (0, 1));
+        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (2, 3));
+        // Then the fast server, though we have a request there, before the slow one.
+        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (0, 0));
+        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (1, 2));
     }
 }
