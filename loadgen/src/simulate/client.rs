@@ -73,6 +73,34 @@ pub fn key(slot: u32, server: u32) -> u64 {
     (slot as u64) << 32 | server as u64
 }
 
+/// Whether the entry with key `candidate` beats the current pick `current` (lower wins).
+/// Original rules: the whole key, so equal slots go to the lower server id. Random ties: the
+/// slot only, and the `ties`-th equal candidate wins with probability 1/`ties` (reservoir
+/// sampling: each of the equal entries is picked with the same probability).
+#[inline]
+fn prefer(
+    candidate: u64,
+    current: u64,
+    rules: &PoolRules,
+    ties: &mut u32,
+    rng: &mut SmallRng,
+) -> bool {
+    if !rules.random_ties {
+        return candidate < current;
+    }
+    match (candidate >> 32).cmp(&(current >> 32)) {
+        std::cmp::Ordering::Less => {
+            *ties = 1;
+            true
+        }
+        std::cmp::Ordering::Equal => {
+            *ties += 1;
+            rng.random_range(0..*ties) == 0
+        }
+        std::cmp::Ordering::Greater => false,
+    }
+}
+
 /// Every client's pool, waiting requests and baseline state, indexed by client id.
 ///
 /// A pool entry keeps its connection's sort key inline and the pool keeps a bitmask of its
@@ -238,18 +266,7 @@ impl Clients {
                 }
                 continue;
             }
-            if rules.random_ties {
-                let (slot, best_slot) = (keys[k] >> 32, keys[best] >> 32);
-                if slot < best_slot {
-                    best = k;
-                    ties = 1;
-                } else if slot == best_slot {
-                    ties += 1;
-                    if rng.random_range(0..ties) == 0 {
-                        best = k;
-                    }
-                }
-            } else if keys[k] < keys[best] {
+            if prefer(keys[k], keys[best], rules, &mut ties, rng) {
                 best = k;
             }
         }
@@ -267,18 +284,8 @@ impl Clients {
         let mut best = 0usize;
         let mut ties = 1u32;
         for (k, &key) in keys.iter().enumerate().skip(1) {
-            if rules.random_ties {
-                let (slot, best_slot) = (key >> 32, keys[best] >> 32);
-                if slot > best_slot {
-                    best = k;
-                    ties = 1;
-                } else if slot == best_slot {
-                    ties += 1;
-                    if rng.random_range(0..ties) == 0 {
-                        best = k;
-                    }
-                }
-            } else if key > keys[best] {
+            // Inverted keys: the highest becomes the lowest.
+            if prefer(!key, !keys[best], rules, &mut ties, rng) {
                 best = k;
             }
         }
