@@ -226,7 +226,7 @@ impl Clients {
         // This client's requests in flight at the server of entry `k` (its leased entries
         // there), when the rules rank by it; 0 otherwise.
         let busy_at = |k: usize| -> u32 {
-            if !rules.least_outstanding && !rules.weigh_latency {
+            if !rules.least_outstanding {
                 return 0;
             }
             let server = keys[k] as u32;
@@ -240,16 +240,21 @@ impl Clients {
             n
         };
         let latency = &self.latency[c * self.max_slots..c * self.max_slots + len];
-        // What the entry costs: requests in flight at its server, weighed by its observed
-        // response time when the rules say so (a never-used entry costs nothing: explored).
-        let cost = |k: usize| -> f32 {
-            let busy = busy_at(k) as f32;
-            if rules.weigh_latency {
-                (busy + 1.0) * latency[k] + busy
+        // A connection whose response-time average is `threshold` × the pool's mean or more
+        // counts as one more request in flight (two at twice that, ...); never-used ones
+        // (average 0) count nothing, so they are tried.
+        let slow_over = rules.latency_alpha.map_or(f32::INFINITY, |_| {
+            let (sum, n) = latency
+                .iter()
+                .filter(|&&l| l > 0.0)
+                .fold((0.0f32, 0u32), |(s, n), &l| (s + l, n + 1));
+            if n == 0 {
+                f32::INFINITY
             } else {
-                busy
+                rules.slow_threshold * sum / n as f32
             }
-        };
+        });
+        let cost = |k: usize| -> u32 { busy_at(k) + (latency[k] / slow_over) as u32 };
         let mut best = mask.trailing_zeros() as usize;
         let mut best_busy = cost(best);
         mask &= mask - 1;
@@ -335,11 +340,11 @@ mod tests {
     }
 
     #[test]
-    fn improved_lease_prefers_servers_without_own_requests_then_fast_ones() {
+    fn improved_lease_avoids_own_requests_and_slow_connections() {
         let mut conns = Conns::default();
         let mut clients = Clients::new(1, 4, 0);
         let mut rng = SmallRng::seed_from_u64(1);
-        let rules = PoolRules::improved(None, true, true, true, true);
+        let rules = PoolRules::improved(None, true, true, true, Some(0.2), 1.5);
         // Two connections to server 0 (slots 0, 1), one to server 1 (slot 2), one to 2 (slot 3).
         for (server, slot) in [(0, 0), (0, 1), (1, 2), (2, 3)] {
             let id = conns.open(server, slot, u64::MAX);
@@ -355,7 +360,7 @@ mod tests {
             .lease(0, &mut conns, &rules, &mut rng)
             .unwrap_or(NO_CONN);
         assert_eq!(conns.server[b as usize], 1);
-        // Fast responses on server 0, slow on server 1.
+        // Fast responses on server 0 (1 ms), slow on server 1 (9 ms).
         for (id, response) in [(a, 1e6), (b, 9e6)] {
             conns.leased[id as usize] = false;
             clients.set_idle(0, id, &conns, response, 0.2);
@@ -364,11 +369,13 @@ mod tests {
             let id = clients.lease(0, conns, &rules, rng).unwrap_or(NO_CONN);
             (conns.server[id as usize], conns.slot[id as usize])
         };
-        // Never-used connections are explored first, lowest slot first.
-        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (0, 1));
-        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (2, 3));
-        // Then the fast server, though we have a request there, before the slow one.
+        // Server 0 is free of our requests again; the slow connection (9 ms against a pool
+        // mean of 5 ms, over 1.5 ×) counts as one request more, so after the lowest slot the
+        // never-used connection to server 2 goes first despite its higher slot.
         assert_eq!(lease(&mut clients, &mut conns, &mut rng), (0, 0));
+        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (2, 3));
+        // Server 0's other connection (one request there) ties with the slow one: lower slot.
+        assert_eq!(lease(&mut clients, &mut conns, &mut rng), (0, 1));
         assert_eq!(lease(&mut clients, &mut conns, &mut rng), (1, 2));
     }
 }

@@ -20,8 +20,6 @@ use super::report::{ConnSpread, JoinReport, Latency, LeaveReport, SimReport, Slo
 use super::server::Servers;
 
 const NS: f64 = 1e9;
-/// Weight of a new response time in a connection's moving average.
-const LATENCY_ALPHA: f32 = 0.2;
 /// Requests plotted one line per server up to this many servers; above, min/mean/max.
 pub const PLOT_EACH_MAX: usize = 16;
 
@@ -414,8 +412,13 @@ impl<'a> Sim<'a> {
         let i = conn as usize;
         self.conns.leased[i] = false;
         if self.conns.in_pool[i] {
-            self.clients
-                .set_idle(c, conn, &self.conns, response, LATENCY_ALPHA);
+            self.clients.set_idle(
+                c,
+                conn,
+                &self.conns,
+                response,
+                self.rules.latency_alpha.unwrap_or(0.0),
+            );
         } else {
             self.close(conn);
         }

@@ -124,10 +124,14 @@ pub struct SimulateArgs {
     /// client's requests in flight, lowest slot among those. Default true.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub least_outstanding: bool,
-    /// Improved policy: rank idle connections by (own requests in flight at the server + 1) ×
-    /// the connection's moving average response time. Default true.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub weigh_latency: bool,
+    /// Improved policy: weight of a new response time in each connection's moving average;
+    /// 0 disables the slow-connection penalty. Default 0.2.
+    #[arg(long, default_value_t = 0.2)]
+    pub latency_alpha: f32,
+    /// Improved policy: a connection whose average response time is this many times the
+    /// pool's mean counts as one more request in flight (ratio). Default 1.5.
+    #[arg(long, default_value_t = 1.5)]
+    pub slow_threshold: f32,
     /// Print JSON (deterministic for a seed) instead of a table. Default off.
     #[arg(long)]
     pub json: bool,
@@ -219,7 +223,8 @@ impl SimConfig {
                 args.accept_equal,
                 args.random_ties,
                 args.least_outstanding,
-                args.weigh_latency,
+                (args.latency_alpha > 0.0).then_some(args.latency_alpha),
+                args.slow_threshold,
             ),
         }
     }

@@ -78,10 +78,13 @@ pub struct PoolRules {
     /// flight (its leased pool entries there), lowest slot among those, instead of simply
     /// the lowest slot.
     pub least_outstanding: bool,
-    /// Rank idle connections by (this client's requests in flight at the server + 1) × the
-    /// connection's moving average response time (a never-used connection first), then by
-    /// slot.
-    pub weigh_latency: bool,
+    /// Keep a moving average of each connection's response time (this is the weight of a new
+    /// response; `None`: off) and count a connection whose average is at least
+    /// `slow_threshold` × the pool's mean as one more request in flight at its server (two at
+    /// twice that, ...), so a slow server is avoided like a busy one.
+    pub latency_alpha: Option<f32>,
+    /// See `latency_alpha`.
+    pub slow_threshold: f32,
 }
 
 impl PoolRules {
@@ -91,7 +94,8 @@ impl PoolRules {
         accept_equal: false,
         max_age_ns: None,
         least_outstanding: false,
-        weigh_latency: false,
+        latency_alpha: None,
+        slow_threshold: f32::INFINITY,
     };
 
     /// The improved rules (each can be switched off for an ablation).
@@ -100,14 +104,16 @@ impl PoolRules {
         accept_equal: bool,
         random_ties: bool,
         least_outstanding: bool,
-        weigh_latency: bool,
+        latency_alpha: Option<f32>,
+        slow_threshold: f32,
     ) -> Self {
         PoolRules {
             random_ties,
             accept_equal,
             max_age_ns,
             least_outstanding,
-            weigh_latency,
+            latency_alpha,
+            slow_threshold,
         }
     }
 }
