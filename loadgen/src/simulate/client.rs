@@ -19,45 +19,49 @@ use super::policy::PoolRules;
 /// Sentinel for "no connection".
 pub const NO_CONN: u32 = u32::MAX;
 
-/// Every open connection, indexed by connection id.
-#[derive(Debug, Default)]
-pub struct Conns {
+/// One open connection (24 bytes: one cache line holds what an event touches).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Conn {
+    /// When it retires, in simulated nanoseconds (`u64::MAX`: never).
+    pub expires: u64,
     /// Server the connection is open to.
-    pub server: Vec<u32>,
+    pub server: u32,
     /// Slot the server assigned it.
-    pub slot: Vec<u32>,
+    pub slot: u32,
     /// Whether a request is using it.
-    pub leased: Vec<bool>,
+    pub leased: bool,
     /// Whether it is still in its client's pool (false: replaced or retired while leased,
     /// closes when returned).
-    pub in_pool: Vec<bool>,
-    /// When it retires, in simulated nanoseconds (`u64::MAX`: never).
-    pub expires: Vec<u64>,
+    pub in_pool: bool,
     /// Its index in its client's pool (meaningful while `in_pool`).
-    pub pos: Vec<u8>,
+    pub pos: u8,
+}
+
+/// Every open connection, indexed by connection id (a slab with a free list).
+#[derive(Debug, Default)]
+pub struct Conns {
+    /// The connections.
+    pub slab: Vec<Conn>,
     free: Vec<u32>,
 }
 
 impl Conns {
     /// Records a new open connection and returns its id.
     pub fn open(&mut self, server: u32, slot: u32, expires: u64) -> u32 {
+        let conn = Conn {
+            expires,
+            server,
+            slot,
+            leased: false,
+            in_pool: true,
+            pos: 0,
+        };
         if let Some(id) = self.free.pop() {
-            let i = id as usize;
-            self.server[i] = server;
-            self.slot[i] = slot;
-            self.leased[i] = false;
-            self.in_pool[i] = true;
-            self.expires[i] = expires;
-            self.pos[i] = 0;
+            self.slab[id as usize] = conn;
             id
         } else {
-            self.server.push(server);
-            self.slot.push(slot);
-            self.leased.push(false);
-            self.in_pool.push(true);
-            self.expires.push(expires);
-            self.pos.push(0);
-            self.server.len() as u32 - 1
+            self.slab.push(conn);
+            self.slab.len() as u32 - 1
         }
     }
 
@@ -101,21 +105,34 @@ fn prefer(
     }
 }
 
+/// One pool entry: its connection with the connection's sort key and response-time average
+/// inline, so leasing reads the client's entries and nothing else.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// [`key`] of the connection.
+    key: u64,
+    /// Moving average of the connection's response time (ns; 0 until the first response).
+    latency: f32,
+    /// The connection id.
+    conn: u32,
+}
+
+const EMPTY: Entry = Entry {
+    key: 0,
+    latency: 0.0,
+    conn: NO_CONN,
+};
+
 /// Every client's pool, waiting requests and baseline state, indexed by client id.
 ///
 /// A pool entry keeps its connection's sort key inline and the pool keeps a bitmask of its
-/// idle entries, so leasing reads one contiguous run of keys and never the connection slab.
+/// idle entries, so leasing reads one contiguous run of entries and never the connection slab.
 #[derive(Debug)]
 pub struct Clients {
     /// Pool capacity (`max_slots`, at most 64).
     pub max_slots: usize,
-    /// Pool entries: client `c` owns `entries[c*max_slots ..][.. len[c]]` (connection ids).
-    entries: Vec<u32>,
-    /// The entries' keys ([`key`]), same layout.
-    keys: Vec<u64>,
-    /// The entries' moving average of response time (ns; 0 until the first response),
-    /// same layout.
-    latency: Vec<f32>,
+    /// Pool entries: client `c` owns `entries[c*max_slots ..][.. len[c]]`.
+    entries: Vec<Entry>,
     /// Per client, bit `k` set: entry `k` is idle.
     idle: Vec<u64>,
     len: Vec<u8>,
@@ -134,9 +151,7 @@ impl Clients {
         let max_slots = max_slots.clamp(1, 64);
         Self {
             max_slots,
-            entries: vec![NO_CONN; n * max_slots],
-            keys: vec![0; n * max_slots],
-            latency: vec![0.0; n * max_slots],
+            entries: vec![EMPTY; n * max_slots],
             idle: vec![0; n],
             len: vec![0; n],
             waiting: (0..n).map(|_| VecDeque::new()).collect(),
@@ -145,10 +160,19 @@ impl Clients {
         }
     }
 
-    /// The connections in client `c`'s pool.
-    pub fn pool(&self, c: usize) -> &[u32] {
+    fn entries(&self, c: usize) -> &[Entry] {
         let base = c * self.max_slots;
         &self.entries[base..base + self.len[c] as usize]
+    }
+
+    /// Connections in client `c`'s pool.
+    pub fn pool_len(&self, c: usize) -> usize {
+        self.len[c] as usize
+    }
+
+    /// The connection at `index` of client `c`'s pool.
+    pub fn conn_at(&self, c: usize, index: usize) -> u32 {
+        self.entries(c)[index].conn
     }
 
     /// Whether client `c`'s pool is full.
@@ -160,12 +184,14 @@ impl Clients {
     pub fn add(&mut self, c: usize, id: u32, conns: &mut Conns) {
         let l = self.len[c] as usize;
         debug_assert!(l < self.max_slots);
-        let i = id as usize;
-        self.entries[c * self.max_slots + l] = id;
-        self.keys[c * self.max_slots + l] = key(conns.slot[i], conns.server[i]);
-        self.latency[c * self.max_slots + l] = 0.0;
+        let conn = &mut conns.slab[id as usize];
+        self.entries[c * self.max_slots + l] = Entry {
+            key: key(conn.slot, conn.server),
+            latency: 0.0,
+            conn: id,
+        };
         self.idle[c] |= 1 << l;
-        conns.pos[i] = l as u8;
+        conn.pos = l as u8;
         self.len[c] += 1;
     }
 
@@ -175,26 +201,22 @@ impl Clients {
         let last = self.len[c] as usize - 1;
         let moved = self.entries[base + last];
         self.entries[base + index] = moved;
-        self.keys[base + index] = self.keys[base + last];
-        self.latency[base + index] = self.latency[base + last];
         let last_idle = self.idle[c] >> last & 1;
         self.idle[c] &= !(1 << index) & !(1 << last);
         if index != last {
             self.idle[c] |= last_idle << index;
+            conns.slab[moved.conn as usize].pos = index as u8;
         }
-        if moved != NO_CONN {
-            conns.pos[moved as usize] = index as u8;
-        }
-        self.entries[base + last] = NO_CONN;
+        self.entries[base + last] = EMPTY;
         self.len[c] -= 1;
     }
 
     /// Marks the pool entry of connection `id` (in client `c`'s pool) idle again, folding
     /// the response time `sample` (ns) into its moving average with weight `alpha`.
     pub fn set_idle(&mut self, c: usize, id: u32, conns: &Conns, sample: f64, alpha: f32) {
-        let k = conns.pos[id as usize] as usize;
+        let k = conns.slab[id as usize].pos as usize;
         self.idle[c] |= 1 << k;
-        let avg = &mut self.latency[c * self.max_slots + k];
+        let avg = &mut self.entries[c * self.max_slots + k].latency;
         *avg = if *avg == 0.0 {
             sample as f32
         } else {
@@ -202,8 +224,9 @@ impl Clients {
         };
     }
 
-    /// Leases the lowest-slot idle connection of client `c`'s pool, or `None` if every one is
-    /// leased. Equal slots: lower server id first (original), or uniformly at random.
+    /// Leases the best idle connection of client `c`'s pool, or `None` if every one is
+    /// leased. Original rules: the lowest slot, equal slots to the lower server id. Improved
+    /// rules: the lowest cost (see [`PoolRules`]), then the lowest slot, equal slots at random.
     pub fn lease(
         &mut self,
         c: usize,
@@ -215,86 +238,84 @@ impl Clients {
         if mask == 0 {
             return None;
         }
-        let len = self.len[c] as usize;
-        let keys = &self.keys[c * self.max_slots..c * self.max_slots + len];
+        let entries = self.entries(c);
+        let len = entries.len();
         let all = if len == 64 {
             u64::MAX
         } else {
             (1u64 << len) - 1
         };
-        let leased = !self.idle[c] & all;
+        let leased = !mask & all;
         // This client's requests in flight at the server of entry `k` (its leased entries
         // there), when the rules rank by it; 0 otherwise.
         let busy_at = |k: usize| -> u32 {
             if !rules.least_outstanding {
                 return 0;
             }
-            let server = keys[k] as u32;
+            let server = entries[k].key as u32;
             let mut m = leased;
             let mut n = 0;
             while m != 0 {
                 let j = m.trailing_zeros() as usize;
                 m &= m - 1;
-                n += (keys[j] as u32 == server) as u32;
+                n += (entries[j].key as u32 == server) as u32;
             }
             n
         };
-        let latency = &self.latency[c * self.max_slots..c * self.max_slots + len];
         // A connection whose response-time average is `threshold` × the pool's mean or more
         // counts as one more request in flight (two at twice that, ...); never-used ones
         // (average 0) count nothing, so they are tried.
         let slow_over = rules.latency_alpha.map_or(f32::INFINITY, |_| {
-            let (sum, n) = latency
+            let (sum, n) = entries
                 .iter()
-                .filter(|&&l| l > 0.0)
-                .fold((0.0f32, 0u32), |(s, n), &l| (s + l, n + 1));
+                .filter(|e| e.latency > 0.0)
+                .fold((0.0f32, 0u32), |(s, n), e| (s + e.latency, n + 1));
             if n == 0 {
                 f32::INFINITY
             } else {
                 rules.slow_threshold * sum / n as f32
             }
         });
-        let cost = |k: usize| -> u32 { busy_at(k) + (latency[k] / slow_over) as u32 };
+        let cost = |k: usize| -> u32 { busy_at(k) + (entries[k].latency / slow_over) as u32 };
         let mut best = mask.trailing_zeros() as usize;
-        let mut best_busy = cost(best);
+        let mut best_cost = cost(best);
         mask &= mask - 1;
         let mut ties = 1u32;
         while mask != 0 {
             let k = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            let busy = cost(k);
-            if busy != best_busy {
-                if busy < best_busy {
+            let cost = cost(k);
+            if cost != best_cost {
+                if cost < best_cost {
                     best = k;
-                    best_busy = busy;
+                    best_cost = cost;
                     ties = 1;
                 }
                 continue;
             }
-            if prefer(keys[k], keys[best], rules, &mut ties, rng) {
+            if prefer(entries[k].key, entries[best].key, rules, &mut ties, rng) {
                 best = k;
             }
         }
+        let id = entries[best].conn;
         self.idle[c] &= !(1 << best);
-        let id = self.entries[c * self.max_slots + best];
-        conns.leased[id as usize] = true;
+        conns.slab[id as usize].leased = true;
         Some(id)
     }
 
     /// The highest-slot entry of client `c`'s (non-empty) pool as `(index, connection)`.
     /// Equal slots: higher server id first (original), or uniformly at random.
     pub fn worst(&self, c: usize, rules: &PoolRules, rng: &mut SmallRng) -> (usize, u32) {
-        let base = c * self.max_slots;
-        let keys = &self.keys[base..base + self.len[c] as usize];
+        let entries = self.entries(c);
         let mut best = 0usize;
         let mut ties = 1u32;
-        for (k, &key) in keys.iter().enumerate().skip(1) {
+        for (k, e) in entries.iter().enumerate().skip(1) {
             // Inverted keys: the highest becomes the lowest.
-            if prefer(!key, !keys[best], rules, &mut ties, rng) {
+            if prefer(!e.key, !entries[best].key, rules, &mut ties, rng) {
                 best = k;
             }
         }
-        (best, self.entries[base + best])
+        (best, entries[best].conn)
     }
 }
 
@@ -315,26 +336,24 @@ mod tests {
         }
         assert!(clients.is_full(0));
         let first = clients.lease(0, &mut conns, &rules, &mut rng);
-        assert_eq!(first.map(|id| conns.server[id as usize]), Some(0));
+        assert_eq!(first.map(|id| conns.slab[id as usize].server), Some(0));
         let second = clients.lease(0, &mut conns, &rules, &mut rng);
-        assert_eq!(second.map(|id| conns.server[id as usize]), Some(1));
+        assert_eq!(second.map(|id| conns.slab[id as usize].server), Some(1));
         let (index, id) = clients.worst(0, &rules, &mut rng);
-        assert_eq!((conns.server[id as usize], conns.slot[id as usize]), (3, 9));
-        clients.remove_at(0, index, &mut conns);
-        assert_eq!(clients.pool(0).len(), 3);
-        assert!(
-            clients
-                .pool(0)
-                .iter()
-                .all(|&i| conns.server[i as usize] != 3)
+        assert_eq!(
+            (conns.slab[id as usize].server, conns.slab[id as usize].slot),
+            (3, 9)
         );
+        clients.remove_at(0, index, &mut conns);
+        assert_eq!(clients.pool_len(0), 3);
+        assert!((0..3).all(|k| conns.slab[clients.conn_at(0, k) as usize].server != 3));
         // The remaining idle entry (server 2) is the only one to lease; then none.
         let third = clients.lease(0, &mut conns, &rules, &mut rng);
-        assert_eq!(third.map(|id| conns.server[id as usize]), Some(2));
+        assert_eq!(third.map(|id| conns.slab[id as usize].server), Some(2));
         assert_eq!(clients.lease(0, &mut conns, &rules, &mut rng), None);
         // Returning the first makes it leasable again, wherever the removal moved it.
         let first = first.unwrap_or(NO_CONN);
-        conns.leased[first as usize] = false;
+        conns.slab[first as usize].leased = false;
         clients.set_idle(0, first, &conns, 1e6, 0.1);
         assert_eq!(clients.lease(0, &mut conns, &rules, &mut rng), Some(first));
     }
@@ -354,20 +373,20 @@ mod tests {
         let a = clients
             .lease(0, &mut conns, &rules, &mut rng)
             .unwrap_or(NO_CONN);
-        assert_eq!(conns.server[a as usize], 0);
+        assert_eq!(conns.slab[a as usize].server, 0);
         // Server 0 has one of our requests: its other connection now costs more.
         let b = clients
             .lease(0, &mut conns, &rules, &mut rng)
             .unwrap_or(NO_CONN);
-        assert_eq!(conns.server[b as usize], 1);
+        assert_eq!(conns.slab[b as usize].server, 1);
         // Fast responses on server 0 (1 ms), slow on server 1 (9 ms).
         for (id, response) in [(a, 1e6), (b, 9e6)] {
-            conns.leased[id as usize] = false;
+            conns.slab[id as usize].leased = false;
             clients.set_idle(0, id, &conns, response, 0.2);
         }
         let lease = |clients: &mut Clients, conns: &mut Conns, rng: &mut SmallRng| {
             let id = clients.lease(0, conns, &rules, rng).unwrap_or(NO_CONN);
-            (conns.server[id as usize], conns.slot[id as usize])
+            (conns.slab[id as usize].server, conns.slab[id as usize].slot)
         };
         // Server 0 is free of our requests again; the slow connection (9 ms against a pool
         // mean of 5 ms, over 1.5 ×) counts as one request more, so after the lowest slot the

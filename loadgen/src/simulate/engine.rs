@@ -34,6 +34,22 @@ enum ReqState {
     Dead,
 }
 
+/// One request (40 bytes: what an event touches is in one cache line).
+#[derive(Clone, Copy, Debug)]
+struct Req {
+    /// When it arrived at its client, ns.
+    arrival: u64,
+    /// When it was sent to its server, ns.
+    sent: u64,
+    /// Its service demand at a normal-speed server, ns.
+    service: f64,
+    client: u32,
+    /// The pool connection it travels on (`NO_CONN` under the baselines).
+    conn: u32,
+    server: u32,
+    state: ReqState,
+}
+
 /// Draws an exponential variate with the given mean, by inversion.
 #[inline]
 fn exp(rng: &mut SmallRng, mean: f64) -> f64 {
@@ -48,13 +64,7 @@ struct Sim<'a> {
     servers: Servers,
     clients: Clients,
     conns: Conns,
-    req_client: Vec<u32>,
-    req_conn: Vec<u32>,
-    req_server: Vec<u32>,
-    req_arrival: Vec<u64>,
-    req_sent: Vec<u64>,
-    req_service: Vec<f64>,
-    req_state: Vec<ReqState>,
+    reqs: Vec<Req>,
     req_free: Vec<u32>,
     rng_arrival: SmallRng,
     rng_service: SmallRng,
@@ -118,13 +128,7 @@ impl<'a> Sim<'a> {
             servers,
             clients: Clients::new(cfg.clients, cfg.max_slots.max(1), p2c_servers),
             conns: Conns::default(),
-            req_client: Vec::new(),
-            req_conn: Vec::new(),
-            req_server: Vec::new(),
-            req_arrival: Vec::new(),
-            req_sent: Vec::new(),
-            req_service: Vec::new(),
-            req_state: Vec::new(),
+            reqs: Vec::new(),
             req_free: Vec::new(),
             rng_arrival: SmallRng::seed_from_u64(seed ^ 0xA11A_0001),
             rng_service: SmallRng::seed_from_u64(seed ^ 0x5E4F_0002),
@@ -241,29 +245,26 @@ impl<'a> Sim<'a> {
 
     fn new_request(&mut self, client: u32) -> u32 {
         let service = exp(&mut self.rng_service, self.service_ns);
-        let id = if let Some(id) = self.req_free.pop() {
+        let req = Req {
+            arrival: self.now,
+            sent: 0,
+            service,
+            client,
+            conn: NO_CONN,
+            server: 0,
+            state: ReqState::AtClient,
+        };
+        if let Some(id) = self.req_free.pop() {
+            self.reqs[id as usize] = req;
             id
         } else {
-            self.req_client.push(0);
-            self.req_conn.push(NO_CONN);
-            self.req_server.push(0);
-            self.req_arrival.push(0);
-            self.req_sent.push(0);
-            self.req_service.push(0.0);
-            self.req_state.push(ReqState::Free);
-            self.req_client.len() as u32 - 1
-        };
-        let i = id as usize;
-        self.req_client[i] = client;
-        self.req_conn[i] = NO_CONN;
-        self.req_arrival[i] = self.now;
-        self.req_service[i] = service;
-        self.req_state[i] = ReqState::AtClient;
-        id
+            self.reqs.push(req);
+            self.reqs.len() as u32 - 1
+        }
     }
 
     fn free_request(&mut self, r: u32) {
-        self.req_state[r as usize] = ReqState::Free;
+        self.reqs[r as usize].state = ReqState::Free;
         self.req_free.push(r);
     }
 
@@ -345,15 +346,15 @@ impl<'a> Sim<'a> {
     }
 
     fn send_on(&mut self, r: u32, conn: u32) {
-        self.req_conn[r as usize] = conn;
-        let s = self.conns.server[conn as usize];
+        self.reqs[r as usize].conn = conn;
+        let s = self.conns.slab[conn as usize].server;
         self.send(r, s);
     }
 
     fn send(&mut self, r: u32, s: u32) {
         let (ri, si) = (r as usize, s as usize);
-        self.req_server[ri] = s;
-        self.req_sent[ri] = self.now;
+        self.reqs[ri].server = s;
+        self.reqs[ri].sent = self.now;
         if self.in_window() {
             self.m.count(s);
         }
@@ -362,30 +363,30 @@ impl<'a> Sim<'a> {
             self.servers.busy[si] += 1;
             self.start(r, s);
         } else {
-            self.req_state[ri] = ReqState::Queued;
+            self.reqs[ri].state = ReqState::Queued;
             self.servers.queue[si].push_back(r);
         }
     }
 
     fn start(&mut self, r: u32, s: u32) {
-        self.req_state[r as usize] = ReqState::InService;
-        let d = self.req_service[r as usize] * self.servers.slowdown[s as usize];
+        self.reqs[r as usize].state = ReqState::InService;
+        let d = self.reqs[r as usize].service * self.servers.slowdown[s as usize];
         self.q.push(self.now + (d as u64).max(1), r);
     }
 
     fn complete(&mut self, r: u32) {
         let ri = r as usize;
-        let s = self.req_server[ri];
+        let s = self.reqs[ri].server;
         let si = s as usize;
-        if self.req_state[ri] == ReqState::Dead {
+        if self.reqs[ri].state == ReqState::Dead {
             self.free_request(r);
             return;
         }
-        if self.req_arrival[ri] >= self.measure_start {
+        if self.reqs[ri].arrival >= self.measure_start {
             let _ = self
                 .m
                 .latency
-                .record((self.now - self.req_arrival[ri]).max(1));
+                .record((self.now - self.reqs[ri].arrival).max(1));
         }
         if let Some(next) = self.servers.queue[si].pop_front() {
             self.start(next, s);
@@ -396,9 +397,9 @@ impl<'a> Sim<'a> {
         if !self.servers.active[si] && self.drained_at.is_none() && self.servers.load(si) == 0 {
             self.drained_at = Some(self.now);
         }
-        let c = self.req_client[ri] as usize;
-        let conn = self.req_conn[ri];
-        let response = (self.now - self.req_sent[ri]) as f64;
+        let c = self.reqs[ri].client as usize;
+        let conn = self.reqs[ri].conn;
+        let response = (self.now - self.reqs[ri].sent) as f64;
         self.free_request(r);
         if conn != NO_CONN {
             self.give_back(c, conn, response);
@@ -410,8 +411,8 @@ impl<'a> Sim<'a> {
     /// A request's connection comes back to client `c`.
     fn give_back(&mut self, c: usize, conn: u32, response: f64) {
         let i = conn as usize;
-        self.conns.leased[i] = false;
-        if self.conns.in_pool[i] {
+        self.conns.slab[i].leased = false;
+        if self.conns.slab[i].in_pool {
             self.clients.set_idle(
                 c,
                 conn,
@@ -437,7 +438,7 @@ impl<'a> Sim<'a> {
     fn close(&mut self, conn: u32) {
         let i = conn as usize;
         self.servers
-            .release_slot(self.conns.server[i] as usize, self.conns.slot[i]);
+            .release_slot(self.conns.slab[i].server as usize, self.conns.slab[i].slot);
         self.conns.close(conn);
     }
 
@@ -445,8 +446,8 @@ impl<'a> Sim<'a> {
     /// request completes if leased.
     fn retire(&mut self, c: usize, index: usize, conn: u32) {
         self.clients.remove_at(c, index, &mut self.conns);
-        if self.conns.leased[conn as usize] {
-            self.conns.in_pool[conn as usize] = false;
+        if self.conns.slab[conn as usize].leased {
+            self.conns.slab[conn as usize].in_pool = false;
         } else {
             self.close(conn);
         }
@@ -454,11 +455,11 @@ impl<'a> Sim<'a> {
 
     fn rove(&mut self, c: usize) {
         if self.rules.max_age_ns.is_some() {
-            let mut k = self.clients.pool(c).len();
+            let mut k = self.clients.pool_len(c);
             while k > 0 {
                 k -= 1;
-                let conn = self.clients.pool(c)[k];
-                if self.conns.expires[conn as usize] <= self.now {
+                let conn = self.clients.conn_at(c, k);
+                if self.conns.slab[conn as usize].expires <= self.now {
                     self.retire(c, k, conn);
                 }
             }
@@ -471,7 +472,7 @@ impl<'a> Sim<'a> {
         let slot = self.servers.acquire_slot(s as usize);
         if self.clients.is_full(c) {
             let (index, worst) = self.clients.worst(c, &self.rules, &mut self.rng_rover);
-            let worst_slot = self.conns.slot[worst as usize];
+            let worst_slot = self.conns.slab[worst as usize].slot;
             let accept = slot < worst_slot || (self.rules.accept_equal && slot == worst_slot);
             if !accept {
                 self.servers.release_slot(s as usize, slot);
@@ -496,30 +497,30 @@ impl<'a> Sim<'a> {
         self.servers.deactivate(s);
         self.left = Some((s, self.now));
         for c in 0..self.cfg.clients {
-            let mut k = self.clients.pool(c).len();
+            let mut k = self.clients.pool_len(c);
             while k > 0 {
                 k -= 1;
-                let conn = self.clients.pool(c)[k];
-                if self.conns.server[conn as usize] == s {
+                let conn = self.clients.conn_at(c, k);
+                if self.conns.slab[conn as usize].server == s {
                     self.retire(c, k, conn);
                 }
             }
         }
         if self.cfg.crash {
             // Every request at the crashed server fails now; their connections close.
-            for r in 0..self.req_state.len() as u32 {
+            for r in 0..self.reqs.len() as u32 {
                 let ri = r as usize;
-                let state = self.req_state[ri];
-                if self.req_server[ri] != s
+                let state = self.reqs[ri].state;
+                if self.reqs[ri].server != s
                     || !matches!(state, ReqState::Queued | ReqState::InService)
                 {
                     continue;
                 }
                 self.failed += 1;
-                let c = self.req_client[ri] as usize;
-                let conn = self.req_conn[ri];
+                let c = self.reqs[ri].client as usize;
+                let conn = self.reqs[ri].conn;
                 if state == ReqState::InService {
-                    self.req_state[ri] = ReqState::Dead;
+                    self.reqs[ri].state = ReqState::Dead;
                 } else {
                     self.free_request(r);
                 }
