@@ -19,7 +19,9 @@ use super::policy::PoolRules;
 /// Sentinel for "no connection".
 pub const NO_CONN: u32 = u32::MAX;
 
-/// One open connection (24 bytes: one cache line holds what an event touches).
+/// One open connection (24 bytes: one cache line holds what an event touches). Whether it
+/// is leased is its pool entry's idle bit (a connection out of the pool is leased until its
+/// response arrives).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Conn {
     /// When it retires, in simulated nanoseconds (`u64::MAX`: never).
@@ -28,8 +30,6 @@ pub struct Conn {
     pub server: u32,
     /// Slot the server assigned it.
     pub slot: u32,
-    /// Whether a request is using it.
-    pub leased: bool,
     /// Whether it is still in its client's pool (false: replaced or retired while leased,
     /// closes when returned).
     pub in_pool: bool,
@@ -52,7 +52,6 @@ impl Conns {
             expires,
             server,
             slot,
-            leased: false,
             in_pool: true,
             pos: 0,
         };
@@ -123,6 +122,18 @@ const EMPTY: Entry = Entry {
     conn: NO_CONN,
 };
 
+/// What every request touches of its client, in one cache line.
+#[derive(Clone, Debug, Default)]
+#[repr(align(64))]
+struct Head {
+    /// Bit `k` set: pool entry `k` is idle.
+    idle: u64,
+    /// Requests waiting for an idle connection (request ids).
+    waiting: VecDeque<u32>,
+    /// Pool entries in use.
+    len: u8,
+}
+
 /// Every client's pool, waiting requests and baseline state, indexed by client id.
 ///
 /// A pool entry keeps its connection's sort key inline and the pool keeps a bitmask of its
@@ -133,11 +144,8 @@ pub struct Clients {
     pub max_slots: usize,
     /// Pool entries: client `c` owns `entries[c*max_slots ..][.. len[c]]`.
     entries: Vec<Entry>,
-    /// Per client, bit `k` set: entry `k` is idle.
-    idle: Vec<u64>,
-    len: Vec<u8>,
-    /// Requests waiting for an idle connection, per client (request ids).
-    pub waiting: Vec<VecDeque<u32>>,
+    /// Per client: idle mask, pool length and waiting requests, one cache line each.
+    heads: Vec<Head>,
     /// Round-robin position per client (an index into the active server list).
     pub cursor: Vec<u32>,
     /// Outstanding requests per (client, server), for P2C; empty for other policies.
@@ -152,9 +160,7 @@ impl Clients {
         Self {
             max_slots,
             entries: vec![EMPTY; n * max_slots],
-            idle: vec![0; n],
-            len: vec![0; n],
-            waiting: (0..n).map(|_| VecDeque::new()).collect(),
+            heads: vec![Head::default(); n],
             cursor: vec![0; n],
             outstanding: vec![0; n * p2c_servers],
         }
@@ -162,12 +168,12 @@ impl Clients {
 
     fn entries(&self, c: usize) -> &[Entry] {
         let base = c * self.max_slots;
-        &self.entries[base..base + self.len[c] as usize]
+        &self.entries[base..base + self.heads[c].len as usize]
     }
 
     /// Connections in client `c`'s pool.
     pub fn pool_len(&self, c: usize) -> usize {
-        self.len[c] as usize
+        self.heads[c].len as usize
     }
 
     /// The connection at `index` of client `c`'s pool.
@@ -175,14 +181,34 @@ impl Clients {
         self.entries(c)[index].conn
     }
 
+    /// Whether the entry at `index` of client `c`'s pool is idle (not leased).
+    pub fn is_idle(&self, c: usize, index: usize) -> bool {
+        self.heads[c].idle >> index & 1 == 1
+    }
+
+    /// Whether requests are waiting at client `c`.
+    pub fn has_waiting(&self, c: usize) -> bool {
+        !self.heads[c].waiting.is_empty()
+    }
+
+    /// Queues request `r` at client `c`.
+    pub fn push_waiting(&mut self, c: usize, r: u32) {
+        self.heads[c].waiting.push_back(r);
+    }
+
+    /// The oldest request waiting at client `c`.
+    pub fn pop_waiting(&mut self, c: usize) -> Option<u32> {
+        self.heads[c].waiting.pop_front()
+    }
+
     /// Whether client `c`'s pool is full.
     pub fn is_full(&self, c: usize) -> bool {
-        self.len[c] as usize >= self.max_slots
+        self.heads[c].len as usize >= self.max_slots
     }
 
     /// Adds the idle connection `id` to client `c`'s pool (which must not be full).
     pub fn add(&mut self, c: usize, id: u32, conns: &mut Conns) {
-        let l = self.len[c] as usize;
+        let l = self.heads[c].len as usize;
         debug_assert!(l < self.max_slots);
         let conn = &mut conns.slab[id as usize];
         self.entries[c * self.max_slots + l] = Entry {
@@ -190,32 +216,32 @@ impl Clients {
             latency: 0.0,
             conn: id,
         };
-        self.idle[c] |= 1 << l;
+        self.heads[c].idle |= 1 << l;
         conn.pos = l as u8;
-        self.len[c] += 1;
+        self.heads[c].len += 1;
     }
 
     /// Removes the entry at `index` of client `c`'s pool (order is not preserved).
     pub fn remove_at(&mut self, c: usize, index: usize, conns: &mut Conns) {
         let base = c * self.max_slots;
-        let last = self.len[c] as usize - 1;
+        let last = self.heads[c].len as usize - 1;
         let moved = self.entries[base + last];
         self.entries[base + index] = moved;
-        let last_idle = self.idle[c] >> last & 1;
-        self.idle[c] &= !(1 << index) & !(1 << last);
+        let last_idle = self.heads[c].idle >> last & 1;
+        self.heads[c].idle &= !(1 << index) & !(1 << last);
         if index != last {
-            self.idle[c] |= last_idle << index;
+            self.heads[c].idle |= last_idle << index;
             conns.slab[moved.conn as usize].pos = index as u8;
         }
         self.entries[base + last] = EMPTY;
-        self.len[c] -= 1;
+        self.heads[c].len -= 1;
     }
 
     /// Marks the pool entry of connection `id` (in client `c`'s pool) idle again, folding
     /// the response time `sample` (ns) into its moving average with weight `alpha`.
     pub fn set_idle(&mut self, c: usize, id: u32, conns: &Conns, sample: f64, alpha: f32) {
         let k = conns.slab[id as usize].pos as usize;
-        self.idle[c] |= 1 << k;
+        self.heads[c].idle |= 1 << k;
         let avg = &mut self.entries[c * self.max_slots + k].latency;
         *avg = if *avg == 0.0 {
             sample as f32
@@ -227,14 +253,9 @@ impl Clients {
     /// Leases the best idle connection of client `c`'s pool, or `None` if every one is
     /// leased. Original rules: the lowest slot, equal slots to the lower server id. Improved
     /// rules: the lowest cost (see [`PoolRules`]), then the lowest slot, equal slots at random.
-    pub fn lease(
-        &mut self,
-        c: usize,
-        conns: &mut Conns,
-        rules: &PoolRules,
-        rng: &mut SmallRng,
-    ) -> Option<u32> {
-        let mut mask = self.idle[c];
+    /// Returns `(connection, server)`.
+    pub fn lease(&mut self, c: usize, rules: &PoolRules, rng: &mut SmallRng) -> Option<(u32, u32)> {
+        let mut mask = self.heads[c].idle;
         if mask == 0 {
             return None;
         }
@@ -297,10 +318,9 @@ impl Clients {
                 best = k;
             }
         }
-        let id = entries[best].conn;
-        self.idle[c] &= !(1 << best);
-        conns.slab[id as usize].leased = true;
-        Some(id)
+        let (id, server) = (entries[best].conn, entries[best].key as u32);
+        self.heads[c].idle &= !(1 << best);
+        Some((id, server))
     }
 
     /// The highest-slot entry of client `c`'s (non-empty) pool as `(index, connection)`.
@@ -335,9 +355,9 @@ mod tests {
             clients.add(0, id, &mut conns);
         }
         assert!(clients.is_full(0));
-        let first = clients.lease(0, &mut conns, &rules, &mut rng);
+        let first = clients.lease(0, &rules, &mut rng).map(|(id, _)| id);
         assert_eq!(first.map(|id| conns.slab[id as usize].server), Some(0));
-        let second = clients.lease(0, &mut conns, &rules, &mut rng);
+        let second = clients.lease(0, &rules, &mut rng).map(|(id, _)| id);
         assert_eq!(second.map(|id| conns.slab[id as usize].server), Some(1));
         let (index, id) = clients.worst(0, &rules, &mut rng);
         assert_eq!(
@@ -348,14 +368,16 @@ mod tests {
         assert_eq!(clients.pool_len(0), 3);
         assert!((0..3).all(|k| conns.slab[clients.conn_at(0, k) as usize].server != 3));
         // The remaining idle entry (server 2) is the only one to lease; then none.
-        let third = clients.lease(0, &mut conns, &rules, &mut rng);
+        let third = clients.lease(0, &rules, &mut rng).map(|(id, _)| id);
         assert_eq!(third.map(|id| conns.slab[id as usize].server), Some(2));
-        assert_eq!(clients.lease(0, &mut conns, &rules, &mut rng), None);
+        assert_eq!(clients.lease(0, &rules, &mut rng).map(|(id, _)| id), None);
         // Returning the first makes it leasable again, wherever the removal moved it.
         let first = first.unwrap_or(NO_CONN);
-        conns.slab[first as usize].leased = false;
         clients.set_idle(0, first, &conns, 1e6, 0.1);
-        assert_eq!(clients.lease(0, &mut conns, &rules, &mut rng), Some(first));
+        assert_eq!(
+            clients.lease(0, &rules, &mut rng).map(|(id, _)| id),
+            Some(first)
+        );
     }
 
     #[test]
@@ -371,21 +393,23 @@ mod tests {
         }
         // Never used: all cost 0, the lowest slot wins.
         let a = clients
-            .lease(0, &mut conns, &rules, &mut rng)
-            .unwrap_or(NO_CONN);
+            .lease(0, &rules, &mut rng)
+            .map_or(NO_CONN, |(id, _)| id);
         assert_eq!(conns.slab[a as usize].server, 0);
         // Server 0 has one of our requests: its other connection now costs more.
         let b = clients
-            .lease(0, &mut conns, &rules, &mut rng)
-            .unwrap_or(NO_CONN);
+            .lease(0, &rules, &mut rng)
+            .map_or(NO_CONN, |(id, _)| id);
         assert_eq!(conns.slab[b as usize].server, 1);
         // Fast responses on server 0 (1 ms), slow on server 1 (9 ms).
         for (id, response) in [(a, 1e6), (b, 9e6)] {
-            conns.slab[id as usize].leased = false;
             clients.set_idle(0, id, &conns, response, 0.2);
         }
         let lease = |clients: &mut Clients, conns: &mut Conns, rng: &mut SmallRng| {
-            let id = clients.lease(0, conns, &rules, rng).unwrap_or(NO_CONN);
+            let id = clients
+                .lease(0, &rules, rng)
+                .map(|(id, _)| id)
+                .unwrap_or(NO_CONN);
             (conns.slab[id as usize].server, conns.slab[id as usize].slot)
         };
         // Server 0 is free of our requests again; the slow connection (9 ms against a pool

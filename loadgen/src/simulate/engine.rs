@@ -273,13 +273,13 @@ impl<'a> Sim<'a> {
         let r = self.new_request(c);
         if self.cfg.policy.uses_pool() {
             let ci = c as usize;
-            if self.clients.waiting[ci].is_empty() {
+            if !self.clients.has_waiting(ci) {
                 if let Some(conn) = self.lease(ci) {
                     self.send_on(r, conn);
                     return;
                 }
             }
-            self.clients.waiting[ci].push_back(r);
+            self.clients.push_waiting(ci, r);
         } else {
             let Some(s) = self.route(c as usize) else {
                 self.failed += 1;
@@ -340,15 +340,14 @@ impl<'a> Sim<'a> {
         })
     }
 
-    fn lease(&mut self, c: usize) -> Option<u32> {
-        self.clients
-            .lease(c, &mut self.conns, &self.rules, &mut self.rng_route)
+    /// Leases client `c`'s best idle connection: `(connection, server)`.
+    fn lease(&mut self, c: usize) -> Option<(u32, u32)> {
+        self.clients.lease(c, &self.rules, &mut self.rng_route)
     }
 
-    fn send_on(&mut self, r: u32, conn: u32) {
+    fn send_on(&mut self, r: u32, (conn, server): (u32, u32)) {
         self.reqs[r as usize].conn = conn;
-        let s = self.conns.slab[conn as usize].server;
-        self.send(r, s);
+        self.send(r, server);
     }
 
     fn send(&mut self, r: u32, s: u32) {
@@ -411,7 +410,6 @@ impl<'a> Sim<'a> {
     /// A request's connection comes back to client `c`.
     fn give_back(&mut self, c: usize, conn: u32, response: f64) {
         let i = conn as usize;
-        self.conns.slab[i].leased = false;
         if self.conns.slab[i].in_pool {
             self.clients.set_idle(
                 c,
@@ -427,9 +425,9 @@ impl<'a> Sim<'a> {
     }
 
     fn serve_waiters(&mut self, c: usize) {
-        while !self.clients.waiting[c].is_empty() {
+        while self.clients.has_waiting(c) {
             let Some(conn) = self.lease(c) else { return };
-            if let Some(r) = self.clients.waiting[c].pop_front() {
+            if let Some(r) = self.clients.pop_waiting(c) {
                 self.send_on(r, conn);
             }
         }
@@ -445,11 +443,12 @@ impl<'a> Sim<'a> {
     /// Takes the entry at `index` out of client `c`'s pool: closed now if idle, when its
     /// request completes if leased.
     fn retire(&mut self, c: usize, index: usize, conn: u32) {
+        let idle = self.clients.is_idle(c, index);
         self.clients.remove_at(c, index, &mut self.conns);
-        if self.conns.slab[conn as usize].leased {
-            self.conns.slab[conn as usize].in_pool = false;
-        } else {
+        if idle {
             self.close(conn);
+        } else {
+            self.conns.slab[conn as usize].in_pool = false;
         }
     }
 
