@@ -19,9 +19,12 @@ use super::policy::PoolRules;
 /// Sentinel for "no connection".
 pub const NO_CONN: u32 = u32::MAX;
 
-/// One open connection (24 bytes: one cache line holds what an event touches). Whether it
-/// is leased is its pool entry's idle bit (a connection out of the pool is leased until its
-/// response arrives).
+/// `Conns::pos` of a connection that is not in its client's pool (replaced or retired while
+/// leased: it closes when its response arrives).
+pub const NOT_IN_POOL: u8 = u8::MAX;
+
+/// One open connection. Whether it is leased is its pool entry's idle bit (a connection out
+/// of the pool is leased until its response arrives).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Conn {
     /// When it retires, in simulated nanoseconds (`u64::MAX`: never).
@@ -30,18 +33,17 @@ pub struct Conn {
     pub server: u32,
     /// Slot the server assigned it.
     pub slot: u32,
-    /// Whether it is still in its client's pool (false: replaced or retired while leased,
-    /// closes when returned).
-    pub in_pool: bool,
-    /// Its index in its client's pool (meaningful while `in_pool`).
-    pub pos: u8,
 }
 
-/// Every open connection, indexed by connection id (a slab with a free list).
+/// Every open connection, indexed by connection id (a slab with a free list). The pool
+/// position, which every response reads, is a separate byte array: it stays in cache where
+/// the 16-byte connections would not.
 #[derive(Debug, Default)]
 pub struct Conns {
     /// The connections.
     pub slab: Vec<Conn>,
+    /// Per connection, its index in its client's pool, or [`NOT_IN_POOL`].
+    pub pos: Vec<u8>,
     free: Vec<u32>,
 }
 
@@ -52,16 +54,21 @@ impl Conns {
             expires,
             server,
             slot,
-            in_pool: true,
-            pos: 0,
         };
         if let Some(id) = self.free.pop() {
             self.slab[id as usize] = conn;
+            self.pos[id as usize] = NOT_IN_POOL;
             id
         } else {
             self.slab.push(conn);
+            self.pos.push(NOT_IN_POOL);
             self.slab.len() as u32 - 1
         }
+    }
+
+    /// Whether connection `id` is in its client's pool.
+    pub fn in_pool(&self, id: u32) -> bool {
+        self.pos[id as usize] != NOT_IN_POOL
     }
 
     /// Forgets a closed connection (its slot must already be released).
@@ -210,14 +217,14 @@ impl Clients {
     pub fn add(&mut self, c: usize, id: u32, conns: &mut Conns) {
         let l = self.heads[c].len as usize;
         debug_assert!(l < self.max_slots);
-        let conn = &mut conns.slab[id as usize];
+        let conn = &conns.slab[id as usize];
         self.entries[c * self.max_slots + l] = Entry {
             key: key(conn.slot, conn.server),
             latency: 0.0,
             conn: id,
         };
         self.heads[c].idle |= 1 << l;
-        conn.pos = l as u8;
+        conns.pos[id as usize] = l as u8;
         self.heads[c].len += 1;
     }
 
@@ -231,7 +238,7 @@ impl Clients {
         self.heads[c].idle &= !(1 << index) & !(1 << last);
         if index != last {
             self.heads[c].idle |= last_idle << index;
-            conns.slab[moved.conn as usize].pos = index as u8;
+            conns.pos[moved.conn as usize] = index as u8;
         }
         self.entries[base + last] = EMPTY;
         self.heads[c].len -= 1;
@@ -240,7 +247,7 @@ impl Clients {
     /// Marks the pool entry of connection `id` (in client `c`'s pool) idle again, folding
     /// the response time `sample` (ns) into its moving average with weight `alpha`.
     pub fn set_idle(&mut self, c: usize, id: u32, conns: &Conns, sample: f64, alpha: f32) {
-        let k = conns.slab[id as usize].pos as usize;
+        let k = conns.pos[id as usize] as usize;
         self.heads[c].idle |= 1 << k;
         let avg = &mut self.entries[c * self.max_slots + k].latency;
         *avg = if *avg == 0.0 {

@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::SimConfig;
-use super::client::{Clients, Conns, NO_CONN};
+use super::client::{Clients, Conns, NO_CONN, NOT_IN_POOL};
 use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::{Metrics, spread};
 use super::policy::{Policy, PoolRules};
@@ -409,8 +409,7 @@ impl<'a> Sim<'a> {
 
     /// A request's connection comes back to client `c`.
     fn give_back(&mut self, c: usize, conn: u32, response: f64) {
-        let i = conn as usize;
-        if self.conns.slab[i].in_pool {
+        if self.conns.in_pool(conn) {
             self.clients.set_idle(
                 c,
                 conn,
@@ -448,7 +447,7 @@ impl<'a> Sim<'a> {
         if idle {
             self.close(conn);
         } else {
-            self.conns.slab[conn as usize].in_pool = false;
+            self.conns.pos[conn as usize] = NOT_IN_POOL;
         }
     }
 
