@@ -245,16 +245,19 @@ impl Clients {
     }
 
     /// Marks the pool entry of connection `id` (in client `c`'s pool) idle again, folding
-    /// the response time `sample` (ns) into its moving average with weight `alpha`.
+    /// the response time `sample` (ns) into its moving average with weight `alpha` (0: the
+    /// average is not kept).
     pub fn set_idle(&mut self, c: usize, id: u32, conns: &Conns, sample: f64, alpha: f32) {
         let k = conns.pos[id as usize] as usize;
         self.heads[c].idle |= 1 << k;
-        let avg = &mut self.entries[c * self.max_slots + k].latency;
-        *avg = if *avg == 0.0 {
-            sample as f32
-        } else {
-            *avg + alpha * (sample as f32 - *avg)
-        };
+        if alpha > 0.0 {
+            let avg = &mut self.entries[c * self.max_slots + k].latency;
+            *avg = if *avg == 0.0 {
+                sample as f32
+            } else {
+                *avg + alpha * (sample as f32 - *avg)
+            };
+        }
     }
 
     /// Leases the best idle connection of client `c`'s pool, or `None` if every one is
