@@ -99,7 +99,7 @@ start_server() {
       "$OUT/tokio-target/release/callosum-tokio-anchor" --port "$port" --threads "$SHARDS" \
         2>"$OUT/$name.log" &
       ;;
-    node) node benches/baselines/node-server.js --port "$port" 2>"$OUT/$name.log" & ;;
+    node) node client/tests/fixtures/node-server.js --port "$port" 2>"$OUT/$name.log" & ;;
     *) echo "handshake.sh: unknown server $name" >&2; exit 2 ;;
   esac
   SERVER_PID=$!

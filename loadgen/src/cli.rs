@@ -17,11 +17,12 @@ use crate::report::Report;
 /// Benchmarks Callosum servers: handshake latency histograms, slot distribution, errors.
 #[derive(Debug, Parser)]
 #[command(name = "callosum-loadgen", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// The scenario; none runs the default job (a short churn, then a hold).
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Options shared by every scenario.
+    /// Options of the default job (each scenario takes its own after its name).
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -35,49 +36,50 @@ pub enum Command {
     /// Open `--connections` and keep them all open; report the slot distribution per target
     /// and memory per held connection.
     Hold(HoldArgs),
-    // ---- `simulate` goes here (the balance simulator, loadgen/src/simulate/):
-    // Simulate(crate::simulate::SimulateArgs),
-    // and in `main`, `Some(Command::Simulate(args)) => simulate::run(&args, &mut stdout)`.
+    /// Deterministic discrete-event simulation of the self-balancing protocol: servers,
+    /// roving clients with pools, and the routing policies compared on one workload (no
+    /// sockets; see docs/balance.md).
+    Simulate(Box<crate::simulate::SimulateArgs>),
 }
 
-/// Options shared by every scenario.
+/// Options shared by the load scenarios (the default job, `churn`, `hold`).
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// Server to drive, `host:port` (repeat for several; connections go round-robin). None:
     /// start an embedded callosum-server on a free loopback port.
-    #[arg(long = "target", global = true, value_parser = parse_target)]
+    #[arg(long = "target", value_parser = parse_target)]
     pub targets: Vec<SocketAddr>,
     /// Embedded server: shards (threads). Default: the number of cores.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub shards: Option<usize>,
     /// Embedded server: most slots handed out.
-    #[arg(long, global = true, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     pub max_slots: u32,
     /// Worker threads of the load generator. Default: the number of cores.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub workers: Option<usize>,
     /// Bind outgoing connections to 127.0.0.1 ..= 127.0.0.N (loopback targets), to use more
     /// than one address pair's ephemeral ports.
-    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub src_ips: u8,
     /// Handshake timeout (connect plus slot line), seconds.
-    #[arg(long, global = true, default_value = "5", value_parser = parse_secs)]
+    #[arg(long, default_value = "5", value_parser = parse_secs)]
     pub timeout: Duration,
     /// Report the CPU time and RSS of this server process (Linux /proc).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub server_pid: Option<u32>,
     /// Write the results as JSON (schema callosum-loadgen/v1, see the README) to PATH.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
     /// Write the handshake latency as HdrHistogram percentile-distribution text (ms) to PATH;
     /// with several phases, PATH gets the phase name before its extension.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub hgrm: Option<PathBuf>,
     /// Write a latency-by-percentile plot (SVG) to PATH.
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
     /// No progress bar (it is shown only when stderr is a terminal anyway).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub no_progress: bool,
 }
 
@@ -116,6 +118,9 @@ impl PacingArgs {
 /// `churn` options.
 #[derive(Debug, Args)]
 pub struct ChurnArgs {
+    /// Targets, outputs and limits.
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Seconds to run (warmup included). Default 10 when no --count is given.
     #[arg(long, value_parser = parse_secs)]
     pub duration: Option<Duration>,
@@ -130,6 +135,9 @@ pub struct ChurnArgs {
 /// `hold` options.
 #[derive(Debug, Args)]
 pub struct HoldArgs {
+    /// Targets, outputs and limits.
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Connections to open and keep open.
     #[arg(long, default_value_t = 4_000)]
     pub connections: u64,
@@ -155,29 +163,35 @@ pub struct Outputs {
 impl Cli {
     /// The run configuration and the output files. `None` for a subcommand that is not a load
     /// run.
-    pub fn config(&self) -> (Config, Outputs) {
-        let c = &self.common;
+    pub fn config(&self) -> Option<(Config, Outputs)> {
         let defaults = Config::default();
-        let phases = match &self.command {
-            None => defaults.phases.clone(),
-            Some(Command::Churn(a)) => vec![Phase {
-                kind: PhaseKind::Churn {
-                    duration: a
-                        .duration
-                        .or(a.count.is_none().then(|| Duration::from_secs(10))),
-                    count: a.count,
-                },
-                pacing: a.pacing.pacing(),
-                warmup: a.pacing.warmup,
-            }],
-            Some(Command::Hold(a)) => vec![Phase {
-                kind: PhaseKind::Hold {
-                    connections: a.connections,
-                    hold_for: a.hold_for,
-                },
-                pacing: a.pacing.pacing(),
-                warmup: a.pacing.warmup,
-            }],
+        let (c, phases) = match &self.command {
+            None => (&self.common, defaults.phases.clone()),
+            Some(Command::Simulate(_)) => return None,
+            Some(Command::Churn(a)) => (
+                &a.common,
+                vec![Phase {
+                    kind: PhaseKind::Churn {
+                        duration: a
+                            .duration
+                            .or(a.count.is_none().then(|| Duration::from_secs(10))),
+                        count: a.count,
+                    },
+                    pacing: a.pacing.pacing(),
+                    warmup: a.pacing.warmup,
+                }],
+            ),
+            Some(Command::Hold(a)) => (
+                &a.common,
+                vec![Phase {
+                    kind: PhaseKind::Hold {
+                        connections: a.connections,
+                        hold_for: a.hold_for,
+                    },
+                    pacing: a.pacing.pacing(),
+                    warmup: a.pacing.warmup,
+                }],
+            ),
         };
         let mut config = Config {
             targets: c.targets.clone(),
@@ -207,7 +221,7 @@ impl Cli {
             hgrm: c.hgrm.clone(),
             svg: c.svg.clone(),
         };
-        (config, outputs)
+        Some((config, outputs))
     }
 }
 
@@ -280,6 +294,7 @@ mod tests {
         Cli::try_parse_from(std::iter::once("callosum-loadgen").chain(args.iter().copied()))
             .unwrap()
             .config()
+            .expect("a load scenario")
     }
 
     #[test]

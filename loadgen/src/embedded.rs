@@ -27,34 +27,7 @@ pub enum EmbeddedError {
 }
 
 /// Counters of the embedded server, as the server reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ServerStats {
-    /// Connections accepted that got a slot.
-    pub accepted: u64,
-    /// Connections closed without a slot line because no slot was free.
-    pub refused: u64,
-    /// Connections open.
-    pub active: u64,
-    /// One past the highest slot handed out.
-    pub high_water: u32,
-    /// Failed accepts.
-    pub accept_errors: u64,
-    /// Slot lines that could not be sent.
-    pub handshake_errors: u64,
-}
-
-impl From<Stats> for ServerStats {
-    fn from(s: Stats) -> Self {
-        Self {
-            accepted: s.accepted,
-            refused: s.refused,
-            active: s.active,
-            high_water: s.high_water,
-            accept_errors: s.accept_errors,
-            handshake_errors: s.handshake_errors,
-        }
-    }
-}
+pub type ServerStats = Stats;
 
 /// A running embedded server.
 #[derive(Debug)]
@@ -82,11 +55,11 @@ impl EmbeddedServer {
 
     /// Its counters now.
     pub fn stats(&self) -> Option<ServerStats> {
-        Some(self.server.stats().into())
+        Some(self.server.stats())
     }
 
     /// Stops it (draining for up to a second) and returns its last counters.
     pub fn shutdown(self) -> Result<Option<ServerStats>, EmbeddedError> {
-        Ok(Some(self.server.shutdown(DRAIN)?.into()))
+        Ok(Some(self.server.shutdown(DRAIN)?))
     }
 }

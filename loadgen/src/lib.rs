@@ -31,6 +31,7 @@
 //! - [`hgrm`]: HdrHistogram percentile-distribution text output.
 //! - [`svg`]: the latency-by-percentile plot.
 //! - [`progress`]: the live progress bar on a terminal.
+//! - [`simulate`]: the deterministic discrete-event simulator of the self-balancing policies.
 #![deny(missing_docs)]
 
 pub mod cli;
@@ -43,6 +44,7 @@ pub mod limits;
 pub mod progress;
 pub mod registry;
 pub mod report;
+pub mod simulate;
 pub mod stats;
 pub mod svg;
 pub mod sysinfo;

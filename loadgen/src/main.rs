@@ -1,6 +1,7 @@
 //! `callosum-loadgen`: benchmarks Callosum servers (see the crate docs and the README).
 
 use anyhow::Context;
+use callosum_loadgen::cli::Command;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
@@ -12,11 +13,11 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    // ---- `simulate` (the balance simulator) is wired here when it is merged:
-    // if let Some(Command::Simulate(args)) = &cli.command {
-    //     return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock());
-    // }
-    let (config, outputs) = cli.config();
+    if let Some(Command::Simulate(args)) = &cli.command {
+        return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock())
+            .context("simulation");
+    }
+    let (config, outputs) = cli.config().context("not a load scenario")?;
     let shutdown = callosum_loadgen::Shutdown::new();
     on_ctrl_c(shutdown.clone());
     let report = callosum_loadgen::run(&config, &shutdown).context("load generator run")?;

@@ -7,6 +7,7 @@ use crossbeam_utils::CachePadded;
 
 /// A snapshot of the server's counters, summed over shards.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// Connections accepted that got a slot.

@@ -1,0 +1,667 @@
+//! The discrete-event loop: arrivals, service, rovers, joins and leaves, sampling.
+//!
+//! Why this shape: the three regular streams (Poisson arrivals, sample ticks, window ticks)
+//! each have exactly one next time, so they live outside the heap and are compared with its
+//! top; only service completions, rover probes and the rare join/leave go through the
+//! [`EventQueue`]. State is struct-of-arrays ([`Servers`], [`Clients`], [`Conns`], the request
+//! slab here) and nothing allocates per event once the run is warm. Each random stream has its
+//! own seeded generator (arrivals, service times, rovers, routing), so every policy sees the
+//! same arrivals and service demands for a seed, and only routing differs.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::SimConfig;
+use super::client::{Clients, Conns, NO_CONN, NOT_IN_POOL};
+use super::event::{Controls, EventQueue, Kind, Periodic};
+use super::metrics::{Metrics, spread};
+use super::policy::{Policy, PoolRules};
+use super::report::{ConnSpread, JoinReport, Latency, LeaveReport, SimReport, SlowReport};
+use super::server::Servers;
+
+const NS: f64 = 1e9;
+/// Requests plotted one line per server up to this many servers; above, min/mean/max.
+pub const PLOT_EACH_MAX: usize = 16;
+
+/// Where a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReqState {
+    Free,
+    AtClient,
+    Queued,
+    InService,
+    /// Failed by a crash while in service: its completion event is ignored.
+    Dead,
+}
+
+/// One request (40 bytes: what an event touches is in one cache line).
+#[derive(Clone, Copy, Debug)]
+struct Req {
+    /// When it arrived at its client, ns.
+    arrival: u64,
+    /// When it was sent to its server, ns.
+    sent: u64,
+    /// Its service demand at a normal-speed server, ns.
+    service: f64,
+    client: u32,
+    /// The pool connection it travels on (`NO_CONN` under the baselines).
+    conn: u32,
+    server: u32,
+    state: ReqState,
+}
+
+/// Draws an exponential variate with the given mean, by inversion.
+#[inline]
+fn exp(rng: &mut SmallRng, mean: f64) -> f64 {
+    -mean * (1.0 - rng.random::<f64>()).ln()
+}
+
+/// One simulation run.
+struct Sim<'a> {
+    cfg: &'a SimConfig,
+    rules: PoolRules,
+    q: EventQueue,
+    servers: Servers,
+    clients: Clients,
+    conns: Conns,
+    reqs: Vec<Req>,
+    req_free: Vec<u32>,
+    rng_arrival: SmallRng,
+    rng_service: SmallRng,
+    rng_rover: SmallRng,
+    rng_route: SmallRng,
+    m: Metrics,
+    now: u64,
+    measure_start: u64,
+    end: u64,
+    mean_interarrival: f64,
+    service_ns: f64,
+    roving_ns: u64,
+    events: u64,
+    last_swap: Option<u64>,
+    swaps_in_window: u64,
+    failed: u64,
+    left: Option<(u32, u64)>,
+    drained_at: Option<u64>,
+    joined_window: Option<usize>,
+}
+
+impl<'a> Sim<'a> {
+    fn new(cfg: &'a SimConfig) -> Self {
+        let s = cfg.servers;
+        let rules = match cfg.policy {
+            Policy::Original => PoolRules::ORIGINAL,
+            _ => cfg.rules,
+        };
+        let workers = if cfg.no_queue {
+            u32::MAX
+        } else {
+            cfg.workers.max(1)
+        };
+        let mut servers = Servers::new(s, workers, cfg.policy == Policy::Jsq);
+        if let Some(slow) = cfg.slow_server {
+            if slow < s {
+                servers.slowdown[slow] = cfg.slow_factor;
+            }
+        }
+        let joiner = cfg.join_at_s.map(|_| s - 1);
+        for i in 0..s {
+            if Some(i) != joiner {
+                servers.activate(i as u32);
+            }
+        }
+        // Capacity of the servers present at the start: the offered load is a fraction of it.
+        let service_ns = cfg.service_ms * 1e6;
+        let capacity: f64 = servers
+            .members
+            .iter()
+            .map(|&i| cfg.workers.max(1) as f64 / (service_ns * servers.slowdown[i as usize]))
+            .sum();
+        let rate = cfg.load * capacity;
+        let seed = cfg.seed;
+        let p2c_servers = if cfg.policy == Policy::P2c { s } else { 0 };
+        let warmup = (cfg.warmup_s * NS) as u64;
+        Sim {
+            cfg,
+            rules,
+            q: EventQueue::default(),
+            servers,
+            clients: Clients::new(cfg.clients, cfg.max_slots.max(1), p2c_servers),
+            conns: Conns::default(),
+            reqs: Vec::new(),
+            req_free: Vec::new(),
+            rng_arrival: SmallRng::seed_from_u64(seed ^ 0xA11A_0001),
+            rng_service: SmallRng::seed_from_u64(seed ^ 0x5E4F_0002),
+            rng_rover: SmallRng::seed_from_u64(seed ^ 0x40FE_0003),
+            rng_route: SmallRng::seed_from_u64(seed ^ 0x4047_0004),
+            m: Metrics::new(s),
+            now: 0,
+            measure_start: warmup,
+            end: warmup + (cfg.duration_s * NS) as u64,
+            mean_interarrival: if rate > 0.0 {
+                1.0 / rate
+            } else {
+                f64::INFINITY
+            },
+            service_ns,
+            roving_ns: ((cfg.roving_interval_ms * 1e6) as u64).max(1),
+            events: 0,
+            last_swap: None,
+            swaps_in_window: 0,
+            failed: 0,
+            left: None,
+            drained_at: None,
+            joined_window: None,
+        }
+    }
+
+    fn run(mut self) -> SimReport {
+        let cfg = self.cfg;
+        let mut rovers = Periodic::new(
+            if cfg.policy.uses_pool() {
+                (0..cfg.clients as u32)
+                    .map(|c| (self.rng_rover.random_range(0..self.roving_ns), c))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            self.roving_ns,
+        );
+        let mut controls = Vec::new();
+        if let Some(at) = cfg.join_at_s {
+            let t = self.measure_start + (at * NS) as u64;
+            controls.push((t, Kind::Join, (cfg.servers - 1) as u32));
+        }
+        if let Some(at) = cfg.leave_at_s {
+            let t = self.measure_start + (at * NS) as u64;
+            controls.push((t, Kind::Leave, cfg.leave_server.min(cfg.servers - 1) as u32));
+        }
+        let mut controls = Controls::new(controls);
+        let sample_ns = ((cfg.sample_ms * 1e6) as u64).max(1);
+        let window_ns = ((cfg.window_s * NS) as u64).max(1);
+        let mut next_arrival = exp(&mut self.rng_arrival, self.mean_interarrival) as u64;
+        let mut next_sample = self.measure_start;
+        let mut next_window = self.measure_start + window_ns;
+        let plot_each = cfg.servers <= PLOT_EACH_MAX;
+        let watch = cfg.join_at_s.map(|_| (cfg.servers - 1) as u32);
+        loop {
+            let t_heap = self.q.next_time();
+            let t_rove = rovers.next_time();
+            let t_control = controls.next_time();
+            let t = t_heap
+                .min(t_rove)
+                .min(t_control)
+                .min(next_arrival)
+                .min(next_sample)
+                .min(next_window);
+            if t >= self.end {
+                if next_window <= self.end {
+                    self.now = next_window;
+                    self.m.close_window(&self.servers.members, watch, plot_each);
+                }
+                break;
+            }
+            self.now = t;
+            self.events += 1;
+            if t == next_window {
+                self.m.close_window(&self.servers.members, watch, plot_each);
+                next_window += window_ns;
+            } else if t == next_sample {
+                let servers = &self.servers;
+                self.m.sample(&servers.members, |s| servers.load(s));
+                next_sample += sample_ns;
+            } else if t == t_control {
+                match controls.pop() {
+                    Some((Kind::Join, server)) => {
+                        self.servers.activate(server);
+                        // The first whole window the joined server is in.
+                        let into = self.now.saturating_sub(self.measure_start);
+                        let w = (into / window_ns) as usize;
+                        self.joined_window = Some(if into % window_ns == 0 { w } else { w + 1 });
+                    }
+                    Some((Kind::Leave, server)) => self.leave(server),
+                    None => {}
+                }
+            } else if t == t_heap {
+                if let Some((_, r)) = self.q.pop() {
+                    self.complete(r);
+                }
+            } else if t == t_rove {
+                if let Some(c) = rovers.pop() {
+                    self.rove(c as usize);
+                }
+            } else {
+                self.arrive();
+                let gap = exp(&mut self.rng_arrival, self.mean_interarrival);
+                next_arrival = t + (gap as u64).max(1);
+            }
+        }
+        self.report()
+    }
+
+    fn in_window(&self) -> bool {
+        self.now >= self.measure_start
+    }
+
+    fn new_request(&mut self, client: u32) -> u32 {
+        let service = exp(&mut self.rng_service, self.service_ns);
+        let req = Req {
+            arrival: self.now,
+            sent: 0,
+            service,
+            client,
+            conn: NO_CONN,
+            server: 0,
+            state: ReqState::AtClient,
+        };
+        if let Some(id) = self.req_free.pop() {
+            self.reqs[id as usize] = req;
+            id
+        } else {
+            self.reqs.push(req);
+            self.reqs.len() as u32 - 1
+        }
+    }
+
+    fn free_request(&mut self, r: u32) {
+        self.reqs[r as usize].state = ReqState::Free;
+        self.req_free.push(r);
+    }
+
+    fn arrive(&mut self) {
+        let c = self.rng_arrival.random_range(0..self.cfg.clients) as u32;
+        let r = self.new_request(c);
+        if self.cfg.policy.uses_pool() {
+            let ci = c as usize;
+            if !self.clients.has_waiting(ci) {
+                if let Some(conn) = self.lease(ci) {
+                    self.send_on(r, conn);
+                    return;
+                }
+            }
+            self.clients.push_waiting(ci, r);
+        } else {
+            let Some(s) = self.route(c as usize) else {
+                self.failed += 1;
+                self.free_request(r);
+                return;
+            };
+            if self.cfg.policy == Policy::P2c {
+                self.clients.outstanding[c as usize * self.cfg.servers + s as usize] += 1;
+            }
+            self.send(r, s);
+        }
+    }
+
+    /// Picks the server for a baseline policy; `None` if the cluster is empty.
+    fn route(&mut self, c: usize) -> Option<u32> {
+        let members = &self.servers.members;
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let rng = &mut self.rng_route;
+        Some(match self.cfg.policy {
+            Policy::RoundRobin => {
+                let cur = &mut self.clients.cursor[c];
+                if *cur == 0 {
+                    // 0 means "not started": start at a random server, 1-based from here on.
+                    *cur = rng.random_range(0..n) as u32 + 1;
+                }
+                let pos = (*cur as usize - 1) % n;
+                *cur = (pos + 1) as u32 % n as u32 + 1;
+                members[pos]
+            }
+            Policy::P2c => {
+                let a = members[rng.random_range(0..n)];
+                if n == 1 {
+                    return Some(a);
+                }
+                let mut b = members[rng.random_range(0..n - 1)];
+                if b == a {
+                    b = members[n - 1];
+                }
+                let base = c * self.cfg.servers;
+                let (oa, ob) = (
+                    self.clients.outstanding[base + a as usize],
+                    self.clients.outstanding[base + b as usize],
+                );
+                if oa < ob || (oa == ob && rng.random_bool(0.5)) {
+                    a
+                } else {
+                    b
+                }
+            }
+            Policy::Jsq => {
+                let least = self.servers.jsq.as_mut().and_then(|j| j.least_loaded())?;
+                least[rng.random_range(0..least.len())]
+            }
+            _ => members[rng.random_range(0..n)],
+        })
+    }
+
+    /// Leases client `c`'s best idle connection: `(connection, server)`.
+    fn lease(&mut self, c: usize) -> Option<(u32, u32)> {
+        self.clients.lease(c, &self.rules, &mut self.rng_route)
+    }
+
+    fn send_on(&mut self, r: u32, (conn, server): (u32, u32)) {
+        self.reqs[r as usize].conn = conn;
+        self.send(r, server);
+    }
+
+    fn send(&mut self, r: u32, s: u32) {
+        let (ri, si) = (r as usize, s as usize);
+        self.reqs[ri].server = s;
+        self.reqs[ri].sent = self.now;
+        if self.in_window() {
+            self.m.count(s);
+        }
+        self.servers.load_up(s);
+        if self.servers.busy[si] < self.servers.workers {
+            self.servers.busy[si] += 1;
+            self.start(r, s);
+        } else {
+            self.reqs[ri].state = ReqState::Queued;
+            self.servers.queue[si].push_back(r);
+        }
+    }
+
+    fn start(&mut self, r: u32, s: u32) {
+        self.reqs[r as usize].state = ReqState::InService;
+        let d = self.reqs[r as usize].service * self.servers.slowdown[s as usize];
+        self.q.push(self.now + (d as u64).max(1), r);
+    }
+
+    fn complete(&mut self, r: u32) {
+        let ri = r as usize;
+        let s = self.reqs[ri].server;
+        let si = s as usize;
+        if self.reqs[ri].state == ReqState::Dead {
+            self.free_request(r);
+            return;
+        }
+        if self.reqs[ri].arrival >= self.measure_start {
+            let _ = self
+                .m
+                .latency
+                .record((self.now - self.reqs[ri].arrival).max(1));
+        }
+        if let Some(next) = self.servers.queue[si].pop_front() {
+            self.start(next, s);
+        } else {
+            self.servers.busy[si] -= 1;
+        }
+        self.servers.load_down(s);
+        if !self.servers.active[si] && self.drained_at.is_none() && self.servers.load(si) == 0 {
+            self.drained_at = Some(self.now);
+        }
+        let c = self.reqs[ri].client as usize;
+        let conn = self.reqs[ri].conn;
+        let response = (self.now - self.reqs[ri].sent) as f64;
+        self.free_request(r);
+        if conn != NO_CONN {
+            self.give_back(c, conn, response);
+        } else if self.cfg.policy == Policy::P2c {
+            self.clients.outstanding[c * self.cfg.servers + si] -= 1;
+        }
+    }
+
+    /// A request's connection comes back to client `c`.
+    fn give_back(&mut self, c: usize, conn: u32, response: f64) {
+        if self.conns.in_pool(conn) {
+            self.clients.set_idle(
+                c,
+                conn,
+                &self.conns,
+                response,
+                self.rules.latency_alpha.unwrap_or(0.0),
+            );
+        } else {
+            self.close(conn);
+        }
+        self.serve_waiters(c);
+    }
+
+    fn serve_waiters(&mut self, c: usize) {
+        while self.clients.has_waiting(c) {
+            let Some(conn) = self.lease(c) else { return };
+            if let Some(r) = self.clients.pop_waiting(c) {
+                self.send_on(r, conn);
+            }
+        }
+    }
+
+    fn close(&mut self, conn: u32) {
+        let i = conn as usize;
+        self.servers
+            .release_slot(self.conns.slab[i].server as usize, self.conns.slab[i].slot);
+        self.conns.close(conn);
+    }
+
+    /// Takes the entry at `index` out of client `c`'s pool: closed now if idle, when its
+    /// request completes if leased.
+    fn retire(&mut self, c: usize, index: usize, conn: u32) {
+        let idle = self.clients.is_idle(c, index);
+        self.clients.remove_at(c, index, &mut self.conns);
+        if idle {
+            self.close(conn);
+        } else {
+            self.conns.pos[conn as usize] = NOT_IN_POOL;
+        }
+    }
+
+    fn rove(&mut self, c: usize) {
+        if self.rules.max_age_ns.is_some() {
+            let mut k = self.clients.pool_len(c);
+            while k > 0 {
+                k -= 1;
+                let conn = self.clients.conn_at(c, k);
+                if self.conns.slab[conn as usize].expires <= self.now {
+                    self.retire(c, k, conn);
+                }
+            }
+        }
+        let n = self.servers.members.len();
+        if n == 0 {
+            return;
+        }
+        let s = self.servers.members[self.rng_rover.random_range(0..n)];
+        let slot = self.servers.acquire_slot(s as usize);
+        if self.clients.is_full(c) {
+            let (index, worst) = self.clients.worst(c, &self.rules, &mut self.rng_rover);
+            let worst_slot = self.conns.slab[worst as usize].slot;
+            let accept = slot < worst_slot || (self.rules.accept_equal && slot == worst_slot);
+            if !accept {
+                self.servers.release_slot(s as usize, slot);
+                return;
+            }
+            self.retire(c, index, worst);
+            self.last_swap = Some(self.now);
+            if self.in_window() {
+                self.swaps_in_window += 1;
+            }
+        }
+        let expires = match self.rules.max_age_ns {
+            Some(age) => self.now + self.rng_rover.random_range(age / 2..age / 2 * 3 + 1),
+            None => u64::MAX,
+        };
+        let conn = self.conns.open(s, slot, expires);
+        self.clients.add(c, conn, &mut self.conns);
+        self.serve_waiters(c);
+    }
+
+    fn leave(&mut self, s: u32) {
+        self.servers.deactivate(s);
+        self.left = Some((s, self.now));
+        for c in 0..self.cfg.clients {
+            let mut k = self.clients.pool_len(c);
+            while k > 0 {
+                k -= 1;
+                let conn = self.clients.conn_at(c, k);
+                if self.conns.slab[conn as usize].server == s {
+                    self.retire(c, k, conn);
+                }
+            }
+        }
+        if self.cfg.crash {
+            // Every request at the crashed server fails now; their connections close.
+            for r in 0..self.reqs.len() as u32 {
+                let ri = r as usize;
+                let state = self.reqs[ri].state;
+                if self.reqs[ri].server != s
+                    || !matches!(state, ReqState::Queued | ReqState::InService)
+                {
+                    continue;
+                }
+                self.failed += 1;
+                let c = self.reqs[ri].client as usize;
+                let conn = self.reqs[ri].conn;
+                if state == ReqState::InService {
+                    self.reqs[ri].state = ReqState::Dead;
+                } else {
+                    self.free_request(r);
+                }
+                if conn != NO_CONN {
+                    // A failed request: no response time to learn from.
+                    self.give_back(c, conn, 0.0);
+                } else if self.cfg.policy == Policy::P2c {
+                    self.clients.outstanding[c * self.cfg.servers + s as usize] -= 1;
+                }
+            }
+            self.servers.queue[s as usize].clear();
+            self.servers.busy[s as usize] = 0;
+        }
+        if self.servers.load(s as usize) == 0 {
+            self.drained_at = Some(self.now);
+        }
+    }
+
+    fn report(self) -> SimReport {
+        let cfg = self.cfg;
+        let h = &self.m.latency;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let (inflight_max_over_mean, inflight_cv, inflight_floor, mean_load) = self.m.inflight();
+        // Long-run rates over servers in the cluster for the whole window.
+        let whole: Vec<u32> = (0..cfg.servers as u32)
+            .filter(|&s| {
+                self.servers.active[s as usize]
+                    && cfg.join_at_s.is_none_or(|_| s as usize != cfg.servers - 1)
+            })
+            .collect();
+        let (rate_max_over_mean, rate_min_over_mean) =
+            spread(whole.iter().map(|&s| self.m.per_server[s as usize] as f64));
+        let members = &self.servers.members;
+        let conns: Vec<f64> = members
+            .iter()
+            .map(|&s| self.servers.conns[s as usize] as f64)
+            .collect();
+        let total: u64 = self.m.per_server.iter().sum();
+        let slow = cfg
+            .slow_server
+            .filter(|&s| s < cfg.servers)
+            .map(|s| SlowReport {
+                server: s,
+                factor: cfg.slow_factor,
+                share: self.m.per_server[s] as f64 / total.max(1) as f64,
+                fair: 1.0 / members.len().max(1) as f64,
+            });
+        let join = cfg
+            .join_at_s
+            .map(|at| join_report(at, &self.m.watched, self.joined_window, cfg));
+        let leave = self.left.map(|(s, t)| LeaveReport {
+            server: s as usize,
+            at_s: (t - self.measure_start) as f64 / NS,
+            crash: cfg.crash,
+            drained_after_s: self.drained_at.map(|d| (d - t) as f64 / NS),
+            failed: self.failed,
+        });
+        SimReport {
+            policy: cfg.policy.name(),
+            rules: cfg.policy.uses_pool().then_some(self.rules),
+            requests: h.len(),
+            failed: self.failed,
+            mean_load_per_server: mean_load,
+            inflight_max_over_mean,
+            inflight_cv,
+            inflight_floor,
+            rate_max_over_mean,
+            rate_min_over_mean,
+            window_max_over_mean: self.m.window_max_over_mean(),
+            latency_ms: Latency {
+                mean: h.mean() / 1e6,
+                p50: ms(h.value_at_quantile(0.5)),
+                p99: ms(h.value_at_quantile(0.99)),
+                p999: ms(h.value_at_quantile(0.999)),
+                max: ms(h.max()),
+            },
+            conns_per_server: ConnSpread {
+                min: if conns.is_empty() {
+                    0.0
+                } else {
+                    conns.iter().copied().fold(f64::INFINITY, f64::min)
+                },
+                max: conns.iter().copied().fold(0.0, f64::max),
+                mean: conns.iter().sum::<f64>() / conns.len().max(1) as f64,
+            },
+            last_swap_s: self.last_swap.map(|t| t as f64 / NS),
+            swaps_in_window: self.swaps_in_window,
+            slow,
+            join,
+            leave,
+            events: self.events,
+            series: self.m.series,
+        }
+    }
+}
+
+/// The joining server's share of requests relative to fair, per window after it joined.
+fn join_report(
+    at: f64,
+    watched: &[(u32, u64, u32)],
+    first: Option<usize>,
+    cfg: &SimConfig,
+) -> JoinReport {
+    let start = first.unwrap_or(watched.len()).min(watched.len());
+    let after = &watched[start..];
+    let ratio = |w: &[(u32, u64, u32)]| {
+        let got: f64 = w.iter().map(|x| x.0 as f64).sum();
+        let fair: f64 = w.iter().map(|x| x.1 as f64 / x.2.max(1) as f64).sum();
+        if fair > 0.0 { got / fair } else { 0.0 }
+    };
+    let per_window: Vec<f64> = after
+        .iter()
+        .map(|w| ratio(std::slice::from_ref(w)))
+        .collect();
+    // Trailing average over `smooth` windows, and the first window after which it stays
+    // within 10 % of fair for the rest of the run.
+    let smooth = cfg.join_smooth_windows.max(1);
+    let trailing: Vec<f64> = (0..after.len())
+        .map(|i| ratio(&after[(i + 1).saturating_sub(smooth)..=i]))
+        .collect();
+    let settled = trailing
+        .iter()
+        .rposition(|r| !(0.9..=1.1).contains(r))
+        .map_or(Some(0), |last_bad| {
+            (last_bad + 1 < trailing.len()).then_some(last_bad + 1)
+        });
+    let at_window = |secs: f64| {
+        let i = (secs / cfg.window_s).round() as usize;
+        trailing.get(i.saturating_sub(1)).copied()
+    };
+    let tail = after.len().saturating_sub((60.0 / cfg.window_s) as usize);
+    JoinReport {
+        server: cfg.servers - 1,
+        at_s: at,
+        share_after_10s: at_window(10.0),
+        share_after_30s: at_window(30.0),
+        share_last_60s: ratio(&after[tail..]),
+        settled_after_s: settled.map(|w| (w + 1) as f64 * cfg.window_s),
+        per_window,
+    }
+}
+
+/// Runs one simulation to completion.
+pub fn simulate(cfg: &SimConfig) -> SimReport {
+    Sim::new(cfg).run()
+}

@@ -1,0 +1,119 @@
+//! The routing policies the simulator compares, and the pool rules that distinguish the
+//! original Callosum (Boxcar) policy from the improved one.
+//!
+//! Why this shape: every policy runs on the same workload (same arrivals, same service times,
+//! same seed); only the choice of server differs. The two Callosum policies route through a
+//! client's pool of slot-ranked connections; the baselines pick a server per request and
+//! ignore slots. The improved policy is the original plus three rules, each a field of
+//! [`PoolRules`] so an ablation can switch it off and measure what it contributes.
+
+use serde::Serialize;
+
+/// How a client picks the server for a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Boxcar as specified: pool of the `max_slots` lowest slots; lease the lowest-slot idle
+    /// connection; a rover connection replaces the pool's worst only if strictly lower; ties
+    /// between equal slots always broken the same way (lower server id first).
+    Original,
+    /// The improved Callosum policy (see [`PoolRules::improved`]).
+    Improved,
+    /// Uniform random server per request.
+    Random,
+    /// Each client cycles through the servers, starting at a random one.
+    RoundRobin,
+    /// Power of two choices: two random servers, the one with fewer of this client's own
+    /// outstanding requests.
+    P2c,
+    /// Join the shortest queue with global knowledge (queued + in service, ties at random):
+    /// the unreachable lower bound.
+    Jsq,
+}
+
+impl Policy {
+    /// Every policy, in report order.
+    pub const ALL: [Policy; 6] = [
+        Policy::Original,
+        Policy::Improved,
+        Policy::Random,
+        Policy::RoundRobin,
+        Policy::P2c,
+        Policy::Jsq,
+    ];
+
+    /// Whether requests go through the client's pool of slot-ranked connections.
+    pub fn uses_pool(self) -> bool {
+        matches!(self, Policy::Original | Policy::Improved)
+    }
+
+    /// The name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Original => "original",
+            Policy::Improved => "improved",
+            Policy::Random => "random",
+            Policy::RoundRobin => "round-robin",
+            Policy::P2c => "p2c",
+            Policy::Jsq => "jsq-oracle",
+        }
+    }
+}
+
+/// The rules a Callosum pool follows; the original and the improved policy differ only here.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PoolRules {
+    /// Ties between equal slots (for leasing and for picking the worst) are broken uniformly
+    /// at random instead of always by server id.
+    pub random_ties: bool,
+    /// A rover connection whose slot equals the pool's worst replaces it (the pool keeps
+    /// exploring once every server holds its share), instead of only a strictly lower one.
+    pub accept_equal: bool,
+    /// Connections are retired once older than this (nanoseconds; each connection's limit is
+    /// drawn uniformly in `[age/2, 3·age/2)` so retirements do not synchronise). An idle
+    /// retired connection closes at once, a leased one when its request completes; the
+    /// freed pool place is refilled by the next rover connection, whatever its slot.
+    pub max_age_ns: Option<u64>,
+    /// Lease the idle connection whose server has the fewest of this client's requests in
+    /// flight (its leased pool entries there), lowest slot among those, instead of simply
+    /// the lowest slot.
+    pub least_outstanding: bool,
+    /// Keep a moving average of each connection's response time (this is the weight of a new
+    /// response; `None`: off) and count a connection whose average is at least
+    /// `slow_threshold` × the pool's mean as one more request in flight at its server (two at
+    /// twice that, ...), so a slow server is avoided like a busy one.
+    pub latency_alpha: Option<f32>,
+    /// See `latency_alpha`.
+    pub slow_threshold: f32,
+}
+
+impl PoolRules {
+    /// The original Boxcar rules.
+    pub const ORIGINAL: PoolRules = PoolRules {
+        random_ties: false,
+        accept_equal: false,
+        max_age_ns: None,
+        least_outstanding: false,
+        latency_alpha: None,
+        slow_threshold: f32::INFINITY,
+    };
+
+    /// The improved rules (each can be switched off for an ablation).
+    pub fn improved(
+        max_age_ns: Option<u64>,
+        accept_equal: bool,
+        random_ties: bool,
+        least_outstanding: bool,
+        latency_alpha: Option<f32>,
+        slow_threshold: f32,
+    ) -> Self {
+        PoolRules {
+            random_ties,
+            accept_equal,
+            max_age_ns,
+            least_outstanding,
+            latency_alpha,
+            slow_threshold,
+        }
+    }
+}
