@@ -1,6 +1,6 @@
 //! The results of a run: one [`RunReport`] per phase, printed as a table for a reader and
 //! serialised as one documented JSON document (schema [`SCHEMA`], described field by field in
-//! `loadgen/README.md` and pinned by a test).
+//! the README's "JSON output" section and pinned by a test).
 //!
 //! Latencies are microseconds. "Per handshake" CPU figures divide the CPU time of the whole
 //! phase (warmup included) by every handshake attempted in it; handshakes per second count the

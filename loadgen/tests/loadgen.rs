@@ -122,7 +122,7 @@ fn warmup_handshakes_are_not_recorded() {
     assert_eq!(r.handshake_us.count, 0);
 }
 
-/// The fields `loadgen/README.md` documents: the schema is pinned here.
+/// The fields the README's "JSON output" section documents: the schema is pinned here.
 #[test]
 fn the_json_output_parses_and_has_the_documented_fields() {
     let server = c_server();
