@@ -31,12 +31,36 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 pub use engine::simulate;
 pub use policy::{Policy, PoolRules};
 pub use report::SimReport;
+
+/// Why a simulation could not run or its results could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The options describe a simulation that cannot run.
+    #[error("invalid simulation: {0}")]
+    Invalid(&'static str),
+    /// No policy was asked for.
+    #[error("no policy to simulate")]
+    NoPolicy,
+    /// Writing the table or the JSON failed.
+    #[error("writing the results: {0}")]
+    Io(#[from] std::io::Error),
+    /// Serialising the JSON failed.
+    #[error("writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Drawing or writing the SVG plot failed.
+    #[error("plotting to {path}: {message}")]
+    Plot {
+        /// The SVG file.
+        path: PathBuf,
+        /// What plotters said.
+        message: String,
+    },
+}
 
 /// Options of `callosum-loadgen simulate`.
 #[derive(Clone, Debug, clap::Args)]
@@ -230,15 +254,17 @@ impl SimConfig {
     }
 
     /// Checks what the simulator cannot run.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<(), SimError> {
         if self.servers == 0 || self.clients == 0 || self.max_slots == 0 || self.workers == 0 {
-            bail!("servers, clients, max-slots and workers must be at least 1");
+            return Err(SimError::Invalid(
+                "servers, clients, max-slots and workers must be at least 1",
+            ));
         }
         if self.max_slots > 64 {
-            bail!("max-slots must be at most 64");
+            return Err(SimError::Invalid("max-slots must be at most 64"));
         }
         if self.join_at_s.is_some() && self.servers < 2 {
-            bail!("a join needs at least 2 servers");
+            return Err(SimError::Invalid("a join needs at least 2 servers"));
         }
         let positive = [
             self.service_ms,
@@ -247,13 +273,19 @@ impl SimConfig {
             self.window_s,
         ];
         if positive.iter().any(|v| !(*v > 0.0 && v.is_finite())) {
-            bail!("service-ms, roving-interval-ms, sample-ms and window-s must be positive");
+            return Err(SimError::Invalid(
+                "service-ms, roving-interval-ms, sample-ms and window-s must be positive",
+            ));
         }
         if !(self.load >= 0.0 && self.load.is_finite()) || self.slow_factor <= 0.0 {
-            bail!("load must be non-negative and slow-factor positive");
+            return Err(SimError::Invalid(
+                "load must be non-negative and slow-factor positive",
+            ));
         }
         if self.warmup_s < 0.0 || self.duration_s <= 0.0 {
-            bail!("warmup-s must be non-negative and duration-s positive");
+            return Err(SimError::Invalid(
+                "warmup-s must be non-negative and duration-s positive",
+            ));
         }
         Ok(())
     }
@@ -268,7 +300,7 @@ struct Output<'a> {
 
 /// Runs every requested policy on the configuration `args` describe and writes a table (or
 /// JSON) to `out`, wall time and events/s to stderr, and the plot if asked.
-pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<()> {
+pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
     let configs: Vec<SimConfig> = args
         .policy
         .iter()
@@ -311,15 +343,14 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<()> {
         reports.push(report);
     }
     if args.json {
-        let base = configs.first().context("no policy to simulate")?;
+        let base = configs.first().ok_or(SimError::NoPolicy)?;
         serde_json::to_writer_pretty(
             &mut *out,
             &Output {
                 config: base,
                 runs: &reports,
             },
-        )
-        .context("writing JSON")?;
+        )?;
         writeln!(out)?;
     } else {
         write!(out, "{}", report::table(&reports))?;

@@ -7,17 +7,23 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use plotters::prelude::*;
 
+use super::SimError;
 use super::report::SimReport;
 
 /// Draws `reports`' series into an SVG file at `path`; `window_s` is the window length,
 /// `per_server` whether series are one value per server (else min/mean/max).
-pub fn plot(path: &Path, reports: &[SimReport], window_s: f64, per_server: bool) -> Result<()> {
+pub fn plot(
+    path: &Path,
+    reports: &[SimReport],
+    window_s: f64,
+    per_server: bool,
+) -> Result<(), SimError> {
     let panels = reports.len().max(1);
     let root = SVGBackend::new(path, (1000, 260 * panels as u32)).into_drawing_area();
-    root.fill(&WHITE).context("filling the plot background")?;
+    root.fill(&WHITE)
+        .map_err(|e| plot_error(path, "filling the plot background", e))?;
     let areas = root.split_evenly((panels, 1));
     for (area, report) in areas.iter().zip(reports) {
         let points = report.series.len();
@@ -39,13 +45,13 @@ pub fn plot(path: &Path, reports: &[SimReport], window_s: f64, per_server: bool)
             .x_label_area_size(28)
             .y_label_area_size(44)
             .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-            .context("building the chart")?;
+            .map_err(|e| plot_error(path, "building the chart", e))?;
         chart
             .configure_mesh()
             .x_desc("seconds into the measured window")
             .y_desc("requests")
             .draw()
-            .context("drawing the axes")?;
+            .map_err(|e| plot_error(path, "drawing the axes", e))?;
         let lines = report.series.first().map_or(0, Vec::len);
         for line in 0..lines {
             let name = if per_server {
@@ -66,7 +72,7 @@ pub fn plot(path: &Path, reports: &[SimReport], window_s: f64, per_server: bool)
             });
             chart
                 .draw_series(LineSeries::new(data, color))
-                .context("drawing a series")?
+                .map_err(|e| plot_error(path, "drawing a series", e))?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
         }
@@ -75,9 +81,15 @@ pub fn plot(path: &Path, reports: &[SimReport], window_s: f64, per_server: bool)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
-            .context("drawing the legend")?;
+            .map_err(|e| plot_error(path, "drawing the legend", e))?;
     }
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
+    root.present().map_err(|e| plot_error(path, "writing", e))?;
     Ok(())
+}
+
+fn plot_error(path: &Path, what: &str, e: impl std::fmt::Display) -> SimError {
+    SimError::Plot {
+        path: path.to_path_buf(),
+        message: format!("{what}: {e}"),
+    }
 }
