@@ -15,6 +15,8 @@ pub mod rover;
 pub mod roving;
 
 pub use handshake::{Handshake, HandshakeError, Prefixed, read_handshake};
-pub use pool::{AcquireError, Lease, Liveness, Offer, Pool, PoolError, PoolPolicy};
+pub use pool::{
+    AcquireError, Lease, Liveness, Offer, Pool, PoolError, PoolPolicy, ServerKey, SlowPenalty,
+};
 pub use rover::{Rover, RoverError, RoverEvent, RoverOptions, ServerId};
 pub use roving::{Connection, Counters, RovingClient, RovingClientBuilder};
