@@ -8,8 +8,10 @@
 //!
 //! One `Mutex` guards the state: a slab of entries plus two `heap::IndexedHeap`s of entry
 //! ids, a min-heap of idle connections (lease the lowest) and a max-heap of every held
-//! connection, leased ones included (find the worst). Both heaps support removal by id, so
-//! offer, lease and return are O(log n) with no stale entries. A leased connection lives in
+//! connection, leased ones included (find the worst), plus, under a maximum age, a
+//! min-heap of expiry times (retire the due ones). The heaps support removal by id, so
+//! under the original rules offer, lease and return are O(log n) with no stale entries.
+//! A leased connection lives in
 //! its [`Lease`], not in the slab, so using it takes no lock, and the liveness check (a
 //! syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
 //! its entry and closed when the lease ends (the original's "deadpool"); so is one retired
@@ -23,7 +25,7 @@
 //!
 //! - [`policy`]: the options (`max_slots`, the improved rules), default = the original.
 //! - [`liveness`]: the "still open?" check of idle connections.
-//! - `state`: the slab and the two heaps, under the lock.
+//! - `state`: the slab and the heaps, under the lock.
 //! - `heap`: the indexed 4-ary heap.
 
 mod heap;
