@@ -13,9 +13,11 @@
 //! by every connection of the server, so requests queue in arrival order exactly as the
 //! simulator's FIFO does; service is a `tokio::time::sleep` on the shard's runtime (tokio-uring
 //! runs one with the time driver). The tokio timer fires on the first millisecond tick at or
-//! after its deadline, about half a tick late on average, so each draw is shortened by half a
-//! tick ([`TIMER_COMPENSATION`]) and the service time actually slept is summed so the report
-//! can show the real mean. One shard per server, unpinned: the machine running K servers and C
+//! after its deadline, plus the shard's wake-up: about half a tick late or more. Each server
+//! keeps a moving average of that lateness (starting at [`TIMER_COMPENSATION`]) and takes it
+//! off each drawn service time, so the mean slept service time tracks the asked mean (draws
+//! shorter than the lateness still overshoot a little); the time actually slept is summed so
+//! the report shows the real mean. One shard per server, unpinned: the machine running K servers and C
 //! clients has few cores, and the scheduler should place them. Counters are relaxed atomics
 //! read by the sampler on another thread.
 //!
@@ -32,7 +34,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{Semaphore, watch};
 
-/// How much each drawn service time is shortened to offset the timer's rounding up.
+/// The timer's initial lateness estimate (half a 1 ms tick), taken off each service time.
 pub const TIMER_COMPENSATION: Duration = Duration::from_micros(500);
 
 /// How long a stopping server lets its connections finish before it shuts them down.
@@ -67,6 +69,8 @@ struct State {
     permits: Semaphore,
     mean_ns: f64,
     rng: Mutex<SmallRng>,
+    /// How late the timer fires, moving average, ns: taken off each service time.
+    lag_ns: AtomicU64,
 }
 
 impl State {
@@ -76,8 +80,7 @@ impl State {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .random();
-        let ns = -self.mean_ns * (1.0 - u).ln();
-        Duration::from_nanos(ns as u64).saturating_sub(TIMER_COMPENSATION)
+        Duration::from_nanos((-self.mean_ns * (1.0 - u).ln()) as u64)
     }
 
     /// Serves one request: queue for a worker, hold it for a service time.
@@ -91,10 +94,18 @@ impl State {
         let served = match self.permits.acquire().await {
             Ok(_permit) => {
                 let d = self.draw();
+                // Relaxed: the lag estimate is a heuristic shared by this server's requests.
+                let lag = self.lag_ns.load(Ordering::Relaxed);
+                let asked = d.saturating_sub(Duration::from_nanos(lag));
                 let start = tokio::time::Instant::now();
-                tokio::time::sleep(d).await;
+                tokio::time::sleep(asked).await;
+                let slept = start.elapsed();
                 c.service_ns
-                    .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    .fetch_add(slept.as_nanos() as u64, Ordering::Relaxed);
+                // Moving average (weight 1/16) of how late the timer fired.
+                let late = slept.saturating_sub(asked).as_nanos() as u64;
+                let lag = self.lag_ns.load(Ordering::Relaxed);
+                self.lag_ns.store(lag - lag / 16 + late / 16, Ordering::Relaxed);
                 true
             }
             // The semaphore is never closed; if it were, the request is not served.
@@ -186,6 +197,7 @@ impl LiveServer {
             permits: Semaphore::new(spec.workers.max(1) as usize),
             mean_ns: spec.mean.as_nanos() as f64,
             rng: Mutex::new(SmallRng::seed_from_u64(spec.seed)),
+            lag_ns: AtomicU64::new(TIMER_COMPENSATION.as_nanos() as u64),
         });
         let running = Server::builder()
             .host(IpAddr::V4(Ipv4Addr::LOCALHOST))
