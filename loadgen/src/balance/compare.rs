@@ -75,7 +75,11 @@ type Figure = (&'static str, fn(&SimReport) -> Option<f64>, bool);
 
 /// The compared figures: name, how to read it, whether it is a latency.
 const FIGURES: [Figure; 8] = [
-    ("inflight max/mean", |r| Some(r.inflight_max_over_mean), false),
+    (
+        "inflight max/mean",
+        |r| Some(r.inflight_max_over_mean),
+        false,
+    ),
     ("inflight cv", |r| Some(r.inflight_cv), false),
     ("rate max/mean", |r| Some(r.rate_max_over_mean), false),
     ("window max/mean", |r| Some(r.window_max_over_mean), false),

@@ -146,7 +146,10 @@ pub fn run_live(cfg: &SimConfig, threads: usize) -> Result<LiveReport, LiveError
     }
     let still_open = open(&servers);
     if still_open > 0 {
-        tracing::warn!(still_open, "connections left open after every client closed");
+        tracing::warn!(
+            still_open,
+            "connections left open after every client closed"
+        );
     }
     let service = measured_service_ms(cfg, &servers);
     stop_all(std::mem::take(&mut servers))?;
@@ -373,13 +376,7 @@ fn swaps(clients: &[LiveClient]) -> u64 {
 
 /// The open-loop arrival stream: Poisson at `rate` per second from `t0`, each request to a
 /// uniformly random client, until the end of the window.
-async fn arrive(
-    clients: Arc<Vec<LiveClient>>,
-    sink: Arc<Sink>,
-    rate: f64,
-    seed: u64,
-    t0: Instant,
-) {
+async fn arrive(clients: Arc<Vec<LiveClient>>, sink: Arc<Sink>, rate: f64, seed: u64, t0: Instant) {
     if !(rate > 0.0 && rate.is_finite()) || clients.is_empty() {
         return;
     }

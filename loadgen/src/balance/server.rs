@@ -105,7 +105,8 @@ impl State {
                 // Moving average (weight 1/16) of how late the timer fired.
                 let late = slept.saturating_sub(asked).as_nanos() as u64;
                 let lag = self.lag_ns.load(Ordering::Relaxed);
-                self.lag_ns.store(lag - lag / 16 + late / 16, Ordering::Relaxed);
+                self.lag_ns
+                    .store(lag - lag / 16 + late / 16, Ordering::Relaxed);
                 true
             }
             // The semaphore is never closed; if it were, the request is not served.
@@ -247,7 +248,6 @@ impl LiveServer {
         self.leaving.send_replace(true);
         self.handle.shutdown(drain);
     }
-
 }
 
 /// Stops servers together: each stops accepting and closes its idle connections at once,
