@@ -262,7 +262,7 @@ impl LiveClient {
         }
     }
 
-    /// Server `id` at `addr` joined the cluster.
+    /// The server at `addr` joined the cluster (baselines see it in the [`Membership`]).
     pub fn join(&self, addr: SocketAddr) {
         if let LiveClient::Pool(client) = self {
             if let Err(err) = client.add_server(&addr.to_string()) {
