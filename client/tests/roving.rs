@@ -163,6 +163,8 @@ async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
         .acquire_timeout(BOUND)
         .build()
         .expect("valid settings");
+    let settled = client.pool().policy().get_max_age();
+    assert_eq!(settled, Some(Duration::from_millis(50)));
     until("a full pool", interval, || client.pool().len() == 4).await;
     let first = held_ports(&client);
     assert!(!first.is_empty());

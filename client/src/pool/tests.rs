@@ -609,6 +609,7 @@ proptest! {
             prop_assert!(idle <= len && len <= max);
             let counted: u32 = (0..3).map(|s| pool.shared.lock().leases_at(ServerKey(s))).sum();
             prop_assert_eq!(counted as usize, len - idle);
+            prop_assert!(pool.shared.lock().mean_drift() < 1e-12);
             let open = closed_flags.iter().filter(|c| !c.load(Ordering::Relaxed)).count();
             prop_assert!(len <= open && open <= len + leases.len());
         }
@@ -627,11 +628,18 @@ fn pool_and_lease_are_send_and_sync() {
     send_sync::<Lease<Fake>>();
 }
 
-/// Threads offering, leasing, returning and discarding at once: no panic, never more than
+/// Threads offering, leasing, returning and discarding (and retiring, under a maximum
+/// age) at once, under the original and the improved rules: no panic, never more than
 /// `max_slots` held, and no lease left outstanding.
 #[test]
 fn concurrent_use_keeps_the_invariants() {
-    let pool = Pool::new(8).expect("valid");
+    let improved = PoolPolicy::improved().max_age(Some(Duration::from_micros(50)));
+    for policy in [PoolPolicy::original(), improved] {
+        concurrent_use(Pool::with_policy(policy.max_slots(8)).expect("valid"));
+    }
+}
+
+fn concurrent_use(pool: Pool<Fake>) {
     let made = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4u32)
             .map(|t| {
@@ -642,7 +650,11 @@ fn concurrent_use_keeps_the_invariants() {
                         match (i + t) % 4 {
                             0 | 1 => {
                                 made += 1;
-                                drop(pool.offer((i * 7 + t) % 32, Fake::new(i)));
+                                let server = ServerKey(u64::from(i % 3));
+                                drop(pool.offer_from(server, (i * 7 + t) % 32, Fake::new(i)));
+                            }
+                            2 if i % 8 == 2 => {
+                                pool.retire_expired(Instant::now());
                             }
                             2 => drop(pool.get()),
                             _ => {
