@@ -447,6 +447,20 @@ impl<C> Inner<C> {
         (kept - now).abs()
     }
 
+    /// The idle entries as `(server, slot)` (tests).
+    #[cfg(test)]
+    pub(super) fn idle_entries(&self) -> Vec<(Option<ServerKey>, u32)> {
+        self.idle
+            .keys()
+            .map(|(_, id)| {
+                (
+                    self.entries[id as usize].server,
+                    self.entries[id as usize].slot,
+                )
+            })
+            .collect()
+    }
+
     /// This pool's leases per server (tests).
     #[cfg(test)]
     pub(super) fn leases_at(&self, server: ServerKey) -> u32 {

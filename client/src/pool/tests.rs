@@ -619,6 +619,49 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Under least outstanding (no slow penalty), every lease goes to an idle connection
+    /// whose server has the fewest of the pool's leases, the lowest slot among those.
+    #[test]
+    fn least_outstanding_leases_from_a_least_leased_server(
+        ops in prop::collection::vec(improved_op(), 0..150),
+        random in any::<bool>(),
+    ) {
+        let policy = PoolPolicy::original().max_slots(5).least_outstanding(true).random_tie_break(random);
+        let pool = Pool::with_policy(policy).expect("valid");
+        let mut leases: Vec<Lease<Fake>> = Vec::new();
+        let mut server_of = std::collections::HashMap::new();
+        let mut next = 0u32;
+        for op in ops {
+            match op {
+                ImprovedOp::Offer(server, slot) => {
+                    next += 1;
+                    server_of.insert(next, server);
+                    drop(pool.offer_from(ServerKey(server), slot, Fake::new(next)));
+                }
+                ImprovedOp::Get => {
+                    let (best, counts) = {
+                        let inner = pool.shared.lock();
+                        let cost = |server: Option<ServerKey>| server.map_or(0, |s| inner.leases_at(s));
+                        let best = inner.idle_entries().into_iter().map(|(s, slot)| (cost(s), slot)).min();
+                        (best, (0..3).map(|s| inner.leases_at(ServerKey(s))).collect::<Vec<_>>())
+                    };
+                    let lease = pool.get();
+                    prop_assert_eq!(lease.is_some(), best.is_some());
+                    if let Some(lease) = lease {
+                        let server = server_of[&lease.id] as usize;
+                        prop_assert_eq!(Some((counts[server], lease.slot())), best);
+                        leases.push(lease);
+                    }
+                }
+                ImprovedOp::Return(i) if i < leases.len() => drop(leases.swap_remove(i)),
+                ImprovedOp::Discard(i) if i < leases.len() => leases.swap_remove(i).discard(),
+                ImprovedOp::Return(_) | ImprovedOp::Discard(_) | ImprovedOp::Retire(_) => {}
+            }
+        }
+    }
+}
+
 // --- sharing ---
 
 #[test]
