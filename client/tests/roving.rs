@@ -131,6 +131,11 @@ async fn the_builder_configures_the_servers_and_the_pool() {
     let got: Vec<String> = client.servers().iter().map(ToString::to_string).collect();
     assert_eq!(got, expected);
     assert_eq!(client.pool().max_slots(), 5000);
+    // The original rules by default, for compatibility with the original library.
+    assert_eq!(
+        client.pool().policy(),
+        &PoolPolicy::original().max_slots(5000)
+    );
     assert!(client.drop_server(&a.to_string()));
     assert_eq!(client.servers().len(), 1);
     assert!(RovingClient::builder().server("no-port").build().is_err());
@@ -163,6 +168,8 @@ async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
         .acquire_timeout(BOUND)
         .build()
         .expect("valid settings");
+    let settled = client.pool().policy().get_max_age();
+    assert_eq!(settled, Some(Duration::from_millis(50)));
     until("a full pool", interval, || client.pool().len() == 4).await;
     let first = held_ports(&client);
     assert!(!first.is_empty());

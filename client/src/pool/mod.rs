@@ -10,10 +10,9 @@
 //! ids, a min-heap of idle connections (lease the lowest) and a max-heap of every held
 //! connection, leased ones included (find the worst), plus, under a maximum age, a
 //! min-heap of expiry times (retire the due ones). The heaps support removal by id, so
-//! under the original rules offer, lease and return are O(log n) with no stale entries.
-//! A leased connection lives in
-//! its [`Lease`], not in the slab, so using it takes no lock, and the liveness check (a
-//! syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
+//! under the original rules offer, lease and return are O(log n) with no stale entries. A
+//! leased connection lives in its [`Lease`], not in the slab, so using it takes no lock,
+//! and the liveness check (a syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
 //! its entry and closed when the lease ends (the original's "deadpool"); so is one retired
 //! by age. The improved rules rank idle connections by a cost that changes with every lease,
 //! so they lease by a scan of the idle entries: O(P), see `state` for why that is the right

@@ -174,8 +174,8 @@ impl PoolPolicy {
     }
 
     /// Keep each connection's response-time average and count a slow one as more requests
-    /// in flight (see [`SlowPenalty`]). Costs a scan of the held connections per lease.
-    /// Default off.
+    /// in flight (see [`SlowPenalty`]). Costs a scan of the idle connections per lease and
+    /// two clock reads. Default off.
     pub fn slow_penalty(mut self, penalty: Option<SlowPenalty>) -> Self {
         self.slow_penalty = penalty;
         self
@@ -214,9 +214,10 @@ impl PoolPolicy {
         }
     }
 
-    /// The maximum age a pool uses on its own: a fixed age as configured, the default one
-    /// for [`ASSUMED_ROVING_INTERVAL`].
-    pub(crate) fn pool_max_age(&self) -> Option<Duration> {
+    /// The maximum age A a pool built with this policy uses: as configured, or for the
+    /// improved default, 10 × [`ASSUMED_ROVING_INTERVAL`] (at least 2 × `max_slots` of it).
+    /// A roving client's pool reports the age settled from its roving interval.
+    pub fn get_max_age(&self) -> Option<Duration> {
         match self.max_age {
             MaxAge::Off => None,
             MaxAge::Auto => self.max_age_for(ASSUMED_ROVING_INTERVAL),
@@ -293,7 +294,7 @@ mod tests {
         let fixed = PoolPolicy::improved().max_slots(4).max_age(Some(ms(100)));
         assert_eq!(fixed.max_age_for(ms(10)), Some(ms(100)));
         assert_eq!(fixed.max_age_for(ms(100)), Some(ms(800)));
-        assert_eq!(fixed.pool_max_age(), Some(ms(100)));
+        assert_eq!(fixed.get_max_age(), Some(ms(100)));
         let off = PoolPolicy::improved().max_age(None);
         assert_eq!(off.max_age_for(ms(100)), None);
         let settled = PoolPolicy::improved()

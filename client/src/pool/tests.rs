@@ -609,12 +609,56 @@ proptest! {
             prop_assert!(idle <= len && len <= max);
             let counted: u32 = (0..3).map(|s| pool.shared.lock().leases_at(ServerKey(s))).sum();
             prop_assert_eq!(counted as usize, len - idle);
+            prop_assert!(pool.shared.lock().mean_drift() < 1e-12);
             let open = closed_flags.iter().filter(|c| !c.load(Ordering::Relaxed)).count();
             prop_assert!(len <= open && open <= len + leases.len());
         }
         leases.clear();
         let open = closed_flags.iter().filter(|c| !c.load(Ordering::Relaxed)).count();
         prop_assert_eq!((pool.len(), pool.idle_len()), (open, open));
+    }
+}
+
+proptest! {
+    /// Under least outstanding (no slow penalty), every lease goes to an idle connection
+    /// whose server has the fewest of the pool's leases, the lowest slot among those.
+    #[test]
+    fn least_outstanding_leases_from_a_least_leased_server(
+        ops in prop::collection::vec(improved_op(), 0..150),
+        random in any::<bool>(),
+    ) {
+        let policy = PoolPolicy::original().max_slots(5).least_outstanding(true).random_tie_break(random);
+        let pool = Pool::with_policy(policy).expect("valid");
+        let mut leases: Vec<Lease<Fake>> = Vec::new();
+        let mut server_of = std::collections::HashMap::new();
+        let mut next = 0u32;
+        for op in ops {
+            match op {
+                ImprovedOp::Offer(server, slot) => {
+                    next += 1;
+                    server_of.insert(next, server);
+                    drop(pool.offer_from(ServerKey(server), slot, Fake::new(next)));
+                }
+                ImprovedOp::Get => {
+                    let (best, counts) = {
+                        let inner = pool.shared.lock();
+                        let cost = |server: Option<ServerKey>| server.map_or(0, |s| inner.leases_at(s));
+                        let best = inner.idle_entries().into_iter().map(|(s, slot)| (cost(s), slot)).min();
+                        (best, (0..3).map(|s| inner.leases_at(ServerKey(s))).collect::<Vec<_>>())
+                    };
+                    let lease = pool.get();
+                    prop_assert_eq!(lease.is_some(), best.is_some());
+                    if let Some(lease) = lease {
+                        let server = server_of[&lease.id] as usize;
+                        prop_assert_eq!(Some((counts[server], lease.slot())), best);
+                        leases.push(lease);
+                    }
+                }
+                ImprovedOp::Return(i) if i < leases.len() => drop(leases.swap_remove(i)),
+                ImprovedOp::Discard(i) if i < leases.len() => leases.swap_remove(i).discard(),
+                ImprovedOp::Return(_) | ImprovedOp::Discard(_) | ImprovedOp::Retire(_) => {}
+            }
+        }
     }
 }
 
@@ -627,11 +671,18 @@ fn pool_and_lease_are_send_and_sync() {
     send_sync::<Lease<Fake>>();
 }
 
-/// Threads offering, leasing, returning and discarding at once: no panic, never more than
+/// Threads offering, leasing, returning and discarding (and retiring, under a maximum
+/// age) at once, under the original and the improved rules: no panic, never more than
 /// `max_slots` held, and no lease left outstanding.
 #[test]
 fn concurrent_use_keeps_the_invariants() {
-    let pool = Pool::new(8).expect("valid");
+    let improved = PoolPolicy::improved().max_age(Some(Duration::from_micros(50)));
+    for policy in [PoolPolicy::original(), improved] {
+        concurrent_use(Pool::with_policy(policy.max_slots(8)).expect("valid"));
+    }
+}
+
+fn concurrent_use(pool: Pool<Fake>) {
     let made = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4u32)
             .map(|t| {
@@ -642,7 +693,11 @@ fn concurrent_use_keeps_the_invariants() {
                         match (i + t) % 4 {
                             0 | 1 => {
                                 made += 1;
-                                drop(pool.offer((i * 7 + t) % 32, Fake::new(i)));
+                                let server = ServerKey(u64::from(i % 3));
+                                drop(pool.offer_from(server, (i * 7 + t) % 32, Fake::new(i)));
+                            }
+                            2 if i % 8 == 2 => {
+                                pool.retire_expired(Instant::now());
                             }
                             2 => drop(pool.get()),
                             _ => {
