@@ -104,12 +104,12 @@ fn a_slow_server_gets_less_than_its_fair_share() {
     );
 }
 
-/// Four servers and 32 clients, the last server joining 2 s into a 14 s window, 50 ms roving
+/// Four servers and 32 clients, the last server joining 2 s into an 18 s window, 50 ms roving
 /// interval (the improved policy's maximum age is then 0.8 s: pools turn over about once a
-/// second). The share is judged over the last 10 windows (from 2 s after joining): the
-/// simulator at this configuration gives 0.96–1.06 over 16 seeds (16 clients: 0.93–1.05, as
-/// which server holds each client's lowest slot persists for about a maximum age, so fewer
-/// clients average less).
+/// second). The share is judged over the last 14 windows (from 2 s after joining): over the
+/// last 10 of a 14 s window the simulator gives 0.96–1.06 over 16 seeds and live runs gave
+/// 0.95–0.99 (16 clients: 0.93–1.05 simulated, as which server holds each client's lowest slot
+/// persists for about a maximum age, so fewer clients average less); 14 windows narrow that.
 #[test]
 fn a_joining_server_rises_to_its_fair_share_under_the_improved_policy() {
     let a = args(&[
@@ -120,16 +120,17 @@ fn a_joining_server_rises_to_its_fair_share_under_the_improved_policy() {
         "--warmup-s",
         "2",
         "--duration-s",
-        "14",
+        "18",
         "--join-at-s",
         "2",
     ]);
     let cfg = a.config(Policy::Improved).expect("valid");
     let live = run_live(&cfg, 2).expect("live run");
     let join = live.report.join.expect("a join report");
-    let tail = &join.per_window[join.per_window.len().saturating_sub(10)..];
-    assert_eq!(tail.len(), 10, "{:?}", join.per_window);
+    let tail = &join.per_window[join.per_window.len().saturating_sub(14)..];
+    assert_eq!(tail.len(), 14, "{:?}", join.per_window);
     let share = tail.iter().sum::<f64>() / tail.len() as f64;
+    eprintln!("joined server: {share:.3} of fair over the last 14 windows");
     assert!(
         (0.9..=1.1).contains(&share),
         "joined server at {share} of fair: {:?}",
