@@ -71,7 +71,7 @@ fn a_small_live_run_and_its_simulation_serve_every_server() {
 }
 
 #[test]
-fn jsq_has_no_live_counterpart() {
+fn bad_configurations_are_refused() {
     assert!(args(&["--policy", "jsq"]).config(Policy::Jsq).is_err());
     assert!(
         args(&["--slow-server", "9"])

@@ -46,6 +46,9 @@ pub const LIVE_POLICIES: [Policy; 5] = [
     Policy::P2c,
 ];
 
+/// The longest time any option may give, seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
 /// Options of `callosum-loadgen balance`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BalanceArgs {
@@ -180,6 +183,24 @@ impl BalanceArgs {
             || (self.leave_at_s.is_some() && self.leave_server >= self.servers)
         {
             bail!("slow-server and leave-server must be server ids below --servers");
+        }
+        // Every time becomes a `Duration`: finite, and at most a day.
+        let times = [
+            Some(self.warmup_s),
+            Some(self.duration_s),
+            Some(self.service_ms / 1e3 * self.slow_factor),
+            Some(self.roving_interval_ms / 1e3),
+            Some(self.sample_ms / 1e3),
+            Some(self.window_s),
+            self.join_at_s,
+            self.leave_at_s,
+        ];
+        if times
+            .iter()
+            .flatten()
+            .any(|t| !(t.is_finite() && (0.0..=MAX_SECONDS).contains(t)))
+        {
+            bail!("every time must be finite, non-negative and at most {MAX_SECONDS} s");
         }
         if self.join_at_s.is_some() && self.leave_at_s.is_some() {
             bail!("a run either joins or leaves a server, not both");
