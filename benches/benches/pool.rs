@@ -6,7 +6,9 @@
 //! figures are the pool's own cost: the lock, the two indexed heaps and the lease.
 //!
 //! - `get+return/<held>`: lease the lowest idle connection and drop the lease, with `held`
-//!   idle connections in the pool.
+//!   idle connections in the pool. `improved` is the same under `PoolPolicy::improved()`
+//!   (connections spread over 10 servers): the lease scans the idle connections, so it
+//!   grows with `held`.
 //! - `offer-replace/<held>`: offer a connection to a full pool (`max_slots = held`) with a
 //!   slot lower than every held one, so each offer evicts the highest (idle) connection
 //!   and keeps the new one: the worst case for the min-heap (the newcomer sifts to the top).
@@ -21,7 +23,7 @@ use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use callosum_client::pool::{Liveness, Offer, Pool};
+use callosum_client::pool::{Liveness, Offer, Pool, PoolPolicy, ServerKey};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const HELD: [usize; 2] = [100, 10_000];
@@ -37,11 +39,17 @@ impl Liveness for Stub {
 
 /// A pool of `held` idle stubs with distinct slots starting at `first_slot`, full.
 fn full_pool(held: usize, first_slot: u32) -> Pool<Stub> {
-    let pool = Pool::new(held).expect("held > 0");
+    full_pool_with(PoolPolicy::original(), held, first_slot)
+}
+
+/// The same under `policy`, the stubs spread over 10 servers.
+fn full_pool_with(policy: PoolPolicy, held: usize, first_slot: u32) -> Pool<Stub> {
+    let pool = Pool::with_policy(policy.max_slots(held)).expect("held > 0");
     for i in 0..held as u32 {
         let slot = first_slot + i;
+        let server = ServerKey(u64::from(i % 10));
         assert!(matches!(
-            pool.offer(slot, Stub(u64::from(slot))),
+            pool.offer_from(server, slot, Stub(u64::from(slot))),
             Offer::Kept
         ));
     }
@@ -118,6 +126,10 @@ fn get_return(c: &mut Criterion) {
     for held in HELD {
         let pool = full_pool(held, 0);
         group.bench_with_input(BenchmarkId::new("pool", held), &pool, |b, pool| {
+            b.iter(|| drop(black_box(pool.get().expect("an idle stub"))))
+        });
+        let improved = full_pool_with(PoolPolicy::improved(), held, 0);
+        group.bench_with_input(BenchmarkId::new("improved", held), &improved, |b, pool| {
             b.iter(|| drop(black_box(pool.get().expect("an idle stub"))))
         });
         let naive = NaivePool::full(held, 0);

@@ -8,12 +8,13 @@
 //! ```
 //!
 //! Arguments: server ids (`host:port`, default `127.0.0.1:7000`). Environment:
-//! `MAX_SLOTS` (default 4), `RUN_SECONDS` (how long to run, default 10).
+//! `MAX_SLOTS` (default 4), `RUN_SECONDS` (how long to run, default 10), `POLICY`
+//! (`original`, the default, or `improved`: the improved Callosum policy).
 
 use std::error::Error;
 use std::time::Duration;
 
-use callosum_client::RovingClient;
+use callosum_client::{PoolPolicy, RovingClient};
 use tokio::io::AsyncWriteExt;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Box<dyn Error>> {
@@ -33,10 +34,15 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let max_slots: usize = env_or("MAX_SLOTS", 4)?;
     let seconds: u64 = env_or("RUN_SECONDS", 10)?;
+    let policy = match std::env::var("POLICY").as_deref() {
+        Err(_) | Ok("original") => PoolPolicy::original(),
+        Ok("improved") => PoolPolicy::improved(),
+        Ok(other) => return Err(format!("POLICY={other:?}: original or improved").into()),
+    };
 
     let client = RovingClient::builder()
         .servers(servers.iter().cloned())
-        .max_slots(max_slots)
+        .pool_policy(policy.max_slots(max_slots))
         .roving_interval(Duration::from_millis(100))
         .acquire_timeout(Duration::from_secs(2))
         .build()?;

@@ -1,11 +1,19 @@
 //! The roving client: a [`Rover`] feeding a [`Pool`], the everyday entry point.
 //!
-//! A background task takes the rover's events: each new connection is offered to the pool
-//! (after a prune of idle connections the servers closed, when the pool is full), and the
-//! outcome is counted. The user only calls [`RovingClient::acquire`] and gets a lease on the
-//! lowest-slot idle connection. Dropping the client stops the rover and the task;
-//! connections still leased are closed when their leases end.
+//! A background task takes the rover's events: each one is a rover tick, so it first retires
+//! the pool's connections past their maximum age (improved policy only), then offers a new
+//! connection to the pool (after a prune of idle connections the servers closed, when the
+//! pool is full) with its server, and counts the outcome. The user only calls
+//! [`RovingClient::acquire`] and gets a lease on the lowest-slot idle connection (under the
+//! improved policy, the best by the policy's cost). Dropping the client stops the rover and
+//! the task; connections still leased are closed when their leases end.
+//!
+//! The pool policy defaults to the original rules, for compatibility with the original
+//! library; `.pool_policy(PoolPolicy::improved())` switches to the improved Callosum policy,
+//! whose maximum age the builder settles from the roving interval (10 intervals, at least
+//! 2 × `max_slots` intervals).
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::handshake::Prefixed;
-use crate::pool::{AcquireError, Lease, Liveness, Offer, Pool, PoolError, PoolPolicy};
+use crate::pool::{AcquireError, Lease, Liveness, Offer, Pool, PoolError, PoolPolicy, ServerKey};
 use crate::rover::{
     Backoff, InvalidServerId, Rover, RoverError, RoverEvent, RoverEvents, RoverOptions, ServerId,
 };
@@ -92,6 +100,8 @@ pub struct Counters {
     pub rejected: u64,
     /// Connections evicted by a lower-slot newcomer.
     pub evicted: u64,
+    /// Connections retired past their maximum age (improved policy).
+    pub retired: u64,
     /// Failed connects.
     pub unreachable: u64,
     /// Handshake violations (malformed line, early close, handshake timeout).
@@ -103,14 +113,19 @@ struct AtomicCounters {
     kept: AtomicU64,
     rejected: AtomicU64,
     evicted: AtomicU64,
+    retired: AtomicU64,
     unreachable: AtomicU64,
     protocol_errors: AtomicU64,
 }
 
 impl AtomicCounters {
     fn bump(counter: &AtomicU64) {
+        Self::add(counter, 1);
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
         // Relaxed: independent statistics; no other memory is published through them.
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> Counters {
@@ -120,6 +135,7 @@ impl AtomicCounters {
             kept: get(&self.kept),
             rejected: get(&self.rejected),
             evicted: get(&self.evicted),
+            retired: get(&self.retired),
             unreachable: get(&self.unreachable),
             protocol_errors: get(&self.protocol_errors),
         }
@@ -171,7 +187,10 @@ impl RovingClientBuilder {
         self
     }
 
-    /// The whole pool policy (replaces `max_slots` set before). Default: the original rules.
+    /// The whole pool policy (replaces `max_slots` set before). Default: the original rules
+    /// ([`PoolPolicy::original`]), for compatibility; [`PoolPolicy::improved`] is the
+    /// improved Callosum policy (`docs/balance.md`). Its maximum age is settled at `build`
+    /// from the roving interval: 10 intervals by default, never below 2 × `max_slots`.
     pub fn pool_policy(mut self, policy: PoolPolicy) -> Self {
         self.pool = policy;
         self
@@ -210,7 +229,8 @@ impl RovingClientBuilder {
 
     /// Builds the client and starts roving. Must be called within a tokio runtime.
     pub fn build(self) -> Result<RovingClient, BuildError> {
-        let pool = Pool::with_policy(self.pool)?;
+        let interval = self.rover.get_roving_interval();
+        let pool = Pool::with_policy(self.pool.for_roving_interval(interval))?;
         let rover = Rover::new(self.rover);
         for id in &self.servers {
             rover.add_server(id)?;
@@ -244,7 +264,8 @@ impl RovingClient {
         RovingClientBuilder::default()
     }
 
-    /// A lease on the lowest-slot idle connection, waiting up to the acquire timeout.
+    /// A lease on the lowest-slot idle connection (the best by the pool policy), waiting up
+    /// to the acquire timeout.
     pub async fn acquire(&self) -> Result<Lease<Connection>, AcquireError> {
         self.pool.acquire(self.acquire_timeout).await
     }
@@ -287,13 +308,30 @@ impl Drop for RovingClient {
     }
 }
 
+/// Numbers the servers for the pool ([`ServerKey`]): the same id always gets the same key.
+/// Grows with the distinct ids seen, which the user chose.
+#[derive(Debug, Default)]
+struct ServerKeys(HashMap<ServerId, ServerKey>);
+
+impl ServerKeys {
+    fn key(&mut self, server: &ServerId) -> ServerKey {
+        let next = ServerKey(self.0.len() as u64);
+        *self.0.entry(server.clone()).or_insert(next)
+    }
+}
+
 /// Takes the rover's events into the pool and the counters.
 async fn feed(
     mut events: RoverEvents<TcpStream>,
     pool: Pool<Connection>,
     counters: Arc<AtomicCounters>,
 ) {
+    let mut keys = ServerKeys::default();
     while let Some(event) = events.recv().await {
+        // Each event is one rover tick: retire expired connections before the probe's
+        // connection is offered (a no-op without a maximum age).
+        let retired = pool.retire_expired(tokio::time::Instant::now());
+        AtomicCounters::add(&counters.retired, retired as u64);
         match event {
             RoverEvent::Connected {
                 server,
@@ -308,12 +346,13 @@ async fn feed(
                         tracing::debug!(pruned, "dropped idle connections the servers closed");
                     }
                 }
+                let key = keys.key(&server);
                 let conn = Connection {
                     server,
                     slot,
                     stream,
                 };
-                match pool.offer(slot, conn) {
+                match pool.offer_from(key, slot, conn) {
                     Offer::Kept => AtomicCounters::bump(&counters.kept),
                     Offer::Replaced {
                         evicted_slot,

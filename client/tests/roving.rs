@@ -1,13 +1,16 @@
 //! The roving client end to end on loopback: two lowest-first servers and a client with
 //! `max_slots = 4` converge to holding the lowest slots on both; connections the server
-//! closes while idle are never handed out.
+//! closes while idle are never handed out; under the improved policy, connections are
+//! replaced by age and the client keeps serving.
 
 mod support;
 
 use std::time::Duration;
 
-use callosum_client::RovingClient;
+use std::collections::HashSet;
+
 use callosum_client::rover::Backoff;
+use callosum_client::{Connection, Lease, PoolPolicy, RovingClient};
 use tokio::io::AsyncWriteExt;
 
 /// Upper bound on convergence; a test failing it is a bug, not slowness.
@@ -40,10 +43,7 @@ async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
     })
     .await;
     // Two on each server: lease all four and look.
-    let mut leases = Vec::new();
-    while let Some(lease) = client.try_acquire() {
-        leases.push(lease);
-    }
+    let leases = lease_all(&client);
     let mut held: Vec<(String, u32)> = leases
         .iter()
         .map(|l| (l.server().to_string(), l.slot()))
@@ -57,7 +57,7 @@ async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
     ];
     expected.sort();
     assert_eq!(held, expected);
-    for lease in &mut leases {
+    for mut lease in leases {
         lease.stream().write_all(b"hello").await.expect("usable");
     }
     let counters = client.counters();
@@ -131,7 +131,63 @@ async fn the_builder_configures_the_servers_and_the_pool() {
     let got: Vec<String> = client.servers().iter().map(ToString::to_string).collect();
     assert_eq!(got, expected);
     assert_eq!(client.pool().max_slots(), 5000);
+    // The original rules by default, for compatibility with the original library.
+    assert_eq!(
+        client.pool().policy(),
+        &PoolPolicy::original().max_slots(5000)
+    );
     assert!(client.drop_server(&a.to_string()));
     assert_eq!(client.servers().len(), 1);
     assert!(RovingClient::builder().server("no-port").build().is_err());
+}
+
+/// Leases every idle connection the client holds now.
+fn lease_all(client: &RovingClient) -> Vec<Lease<Connection>> {
+    std::iter::from_fn(|| client.try_acquire()).collect()
+}
+
+/// The local ports of the connections the client holds idle now (leased and given back).
+fn held_ports(client: &RovingClient) -> HashSet<u16> {
+    lease_all(client)
+        .iter_mut()
+        .filter_map(|l| l.stream().get_ref().local_addr().ok())
+        .map(|addr| addr.port())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
+    let (a, server_a) = support::start_server().await;
+    let (b, server_b) = support::start_server().await;
+    let interval = Duration::from_millis(5);
+    // Maximum age: 10 intervals = 50 ms (at least 2 × 4 intervals): lifetimes 25–75 ms.
+    let client = RovingClient::builder()
+        .servers([a.to_string(), b.to_string()])
+        .pool_policy(PoolPolicy::improved().max_slots(4))
+        .roving_interval(interval)
+        .acquire_timeout(BOUND)
+        .build()
+        .expect("valid settings");
+    let settled = client.pool().policy().get_max_age();
+    assert_eq!(settled, Some(Duration::from_millis(50)));
+    until("a full pool", interval, || client.pool().len() == 4).await;
+    let first = held_ports(&client);
+    assert!(!first.is_empty());
+    until("every first connection replaced", interval, || {
+        held_ports(&client).is_disjoint(&first)
+    })
+    .await;
+    let counters = client.counters();
+    assert!(counters.retired > 0, "{counters:?}");
+    assert_eq!(counters.protocol_errors, 0, "{counters:?}");
+    // Still serving, never above max_slots, and the servers get the retired slots back.
+    for _ in 0..20 {
+        let mut lease = client.acquire().await.expect("a connection");
+        lease.stream().write_all(b"hello").await.expect("usable");
+        assert!(client.pool().len() <= 4);
+    }
+    until("retired slots freed at the servers", interval, || {
+        server_a.slots.in_use() + server_b.slots.in_use() <= 6
+    })
+    .await;
 }

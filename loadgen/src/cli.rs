@@ -40,6 +40,10 @@ pub enum Command {
     /// roving clients with pools, and the routing policies compared on one workload (no
     /// sockets; see docs/balance.md).
     Simulate(Box<crate::simulate::SimulateArgs>),
+    /// The simulator's scenarios live: embedded servers and roving clients on loopback, every
+    /// policy in turn, the same metrics from the servers' counters, side by side with the
+    /// simulator on the same configuration (see docs/balance.md, "Live").
+    Balance(Box<crate::balance::BalanceArgs>),
 }
 
 /// Options shared by the load scenarios (the default job, `churn`, `hold`).
@@ -167,7 +171,7 @@ impl Cli {
         let defaults = Config::default();
         let (c, phases) = match &self.command {
             None => (&self.common, defaults.phases.clone()),
-            Some(Command::Simulate(_)) => return None,
+            Some(Command::Simulate(_) | Command::Balance(_)) => return None,
             Some(Command::Churn(a)) => (
                 &a.common,
                 vec![Phase {

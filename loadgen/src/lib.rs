@@ -32,8 +32,11 @@
 //! - [`svg`]: the latency-by-percentile plot.
 //! - [`progress`]: the live progress bar on a terminal.
 //! - [`simulate`]: the deterministic discrete-event simulator of the self-balancing policies.
+//! - [`balance`]: the same scenarios live: embedded servers and roving clients on loopback,
+//!   compared with the simulator.
 #![deny(missing_docs)]
 
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod embedded;

@@ -17,6 +17,10 @@ fn main() -> anyhow::Result<()> {
         return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock())
             .context("simulation");
     }
+    if let Some(Command::Balance(args)) = &cli.command {
+        return callosum_loadgen::balance::run(args, &mut std::io::stdout().lock())
+            .context("live balance run");
+    }
     let (config, outputs) = cli.config().context("not a load scenario")?;
     let shutdown = callosum_loadgen::Shutdown::new();
     on_ctrl_c(shutdown.clone());

@@ -5,7 +5,8 @@
 //! lease) and all held ones by highest slot (to evict). With plain `BinaryHeap`s, removing
 //! an evicted connection from the other heap means lazy deletion, and stale entries of
 //! evicted high slots pile up at the bottom of the min-heap. Tracking positions keeps both
-//! heaps exact and bounded by what is held. Keys are `u64`s (slot in the high half, a
+//! heaps exact and bounded by what is held. The same heap orders the connections by expiry
+//! time under a maximum age. Keys are `u64`s (slot in the high half, a
 //! tie-break in the low half) so comparisons are single integer compares.
 
 /// Children per node: a 4-ary heap is half as tall as a binary one, and its four children

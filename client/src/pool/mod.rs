@@ -1,18 +1,30 @@
 //! The dual-heap pool (the original `callosum-client-tcp`): keeps at most `max_slots`
 //! connections, leases the idle one with the lowest slot, and lets a lower-slot newcomer
-//! replace the highest-slot one.
+//! replace the highest-slot one. Under [`PoolPolicy::improved`] it follows the improved
+//! Callosum policy instead (`docs/balance.md`): connections retire by age, a newcomer with
+//! an equal slot also replaces the worst, and a lease goes to the idle connection whose
+//! server has the fewest of this pool's leases (a slow connection counting as more), then
+//! the lowest slot, equal slots at random.
 //!
 //! One `Mutex` guards the state: a slab of entries plus two `heap::IndexedHeap`s of entry
 //! ids, a min-heap of idle connections (lease the lowest) and a max-heap of every held
-//! connection, leased ones included (find the worst). Both heaps support removal by id, so
-//! offer, lease and return are O(log n) with no stale entries. A leased connection lives in
-//! its [`Lease`], not in the slab, so using it takes no lock, and the liveness check (a
-//! syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
-//! its entry and closed when the lease ends (the original's "deadpool").
+//! connection, leased ones included (find the worst), plus, under a maximum age, a
+//! min-heap of expiry times (retire the due ones). The heaps support removal by id, so
+//! under the original rules offer, lease and return are O(log n) with no stale entries. A
+//! leased connection lives in its [`Lease`], not in the slab, so using it takes no lock,
+//! and the liveness check (a syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
+//! its entry and closed when the lease ends (the original's "deadpool"); so is one retired
+//! by age. The improved rules rank idle connections by a cost that changes with every lease,
+//! so they lease by a scan of the idle entries: O(P), see `state` for why that is the right
+//! trade at pool sizes.
 //!
-//! - [`policy`]: the options (`max_slots`, tie-break), default = the original rules.
+//! The pool learns each connection's server from [`Pool::offer_from`] as a [`ServerKey`]
+//! (an opaque number: the roving client numbers its servers), which is all "leases at the
+//! same server" needs; plain [`Pool::offer`] leaves the server unknown.
+//!
+//! - [`policy`]: the options (`max_slots`, the improved rules), default = the original.
 //! - [`liveness`]: the "still open?" check of idle connections.
-//! - `state`: the slab and the two heaps, under the lock.
+//! - `state`: the slab and the heaps, under the lock.
 //! - `heap`: the indexed 4-ary heap.
 
 mod heap;
@@ -27,9 +39,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 pub use liveness::Liveness;
-pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy};
+pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy, SlowPenalty};
 use state::{Inner, slot_of};
 
 /// Why a pool could not be built.
@@ -45,6 +58,21 @@ pub enum PoolError {
         /// The value asked for.
         max_slots: usize,
     },
+    /// The slow penalty's weight is not in (0, 1] or its threshold is not finite and
+    /// positive.
+    #[error("slow penalty needs 0 < alpha <= 1 and a finite threshold > 0")]
+    InvalidSlowPenalty,
+}
+
+/// The server a connection goes to, as far as the pool is concerned: an opaque number,
+/// equal for connections to the same server (the roving client numbers its servers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerKey(pub u64);
+
+impl From<u64> for ServerKey {
+    fn from(key: u64) -> Self {
+        Self(key)
+    }
 }
 
 /// Why [`Pool::acquire`] returned without a connection.
@@ -65,7 +93,8 @@ pub enum AcquireError {
 pub enum Offer<C> {
     /// Kept: the pool was under `max_slots`.
     Kept,
-    /// Kept in place of the highest-slot connection, which left the pool.
+    /// Kept in place of the highest-slot connection (an equal one under
+    /// [`PoolPolicy::accept_equal`]), which left the pool.
     Replaced {
         /// The evicted connection's slot.
         evicted_slot: u32,
@@ -73,7 +102,8 @@ pub enum Offer<C> {
         /// is leased: it is closed when its lease ends and never re-enters the pool.
         evicted: Option<C>,
     },
-    /// Refused: the pool is full and the slot is not lower than the highest held one.
+    /// Refused: the pool is full and the slot is not lower than the highest held one (not
+    /// lower or equal under [`PoolPolicy::accept_equal`]).
     /// The connection is handed back; dropping it closes it.
     Rejected(C),
 }
@@ -110,7 +140,7 @@ impl<C: Liveness> Pool<C> {
     /// A pool with the given policy.
     pub fn with_policy(policy: PoolPolicy) -> Result<Self, PoolError> {
         policy.validate()?;
-        let inner = Inner::new(policy.random_tie_break);
+        let inner = Inner::new(&policy);
         Ok(Self {
             shared: Arc::new(Shared {
                 inner: Mutex::new(inner),
@@ -161,20 +191,33 @@ impl<C: Liveness> Pool<C> {
 
     /// Offers a new connection with its slot (the original `newConnection`): kept while
     /// under `max_slots`; at `max_slots`, kept in place of the highest-slot connection if
-    /// its slot is lower, else handed back in [`Offer::Rejected`].
+    /// its slot is lower (or equal, under [`PoolPolicy::accept_equal`]), else handed back in
+    /// [`Offer::Rejected`]. The connection's server is unknown to the pool: see
+    /// [`offer_from`](Self::offer_from).
     pub fn offer(&self, slot: u32, conn: C) -> Offer<C> {
+        self.offer_inner(None, slot, conn)
+    }
+
+    /// Like [`offer`](Self::offer), for a connection to `server`: under
+    /// [`PoolPolicy::least_outstanding`], leases prefer servers with fewer of this pool's
+    /// leases.
+    pub fn offer_from(&self, server: ServerKey, slot: u32, conn: C) -> Offer<C> {
+        self.offer_inner(Some(server), slot, conn)
+    }
+
+    fn offer_inner(&self, server: Option<ServerKey>, slot: u32, conn: C) -> Offer<C> {
         let outcome = {
             let mut inner = self.shared.lock();
             if inner.held.len() < self.shared.policy.max_slots {
-                inner.insert(slot, conn);
+                inner.insert(server, slot, conn);
                 Offer::Kept
             } else {
-                match inner.held.peek() {
-                    Some((worst, id)) if slot < slot_of(worst) => {
+                match inner.worst() {
+                    Some((worst, id)) if inner.beats(slot, worst) => {
                         let evicted = inner.evict(id);
-                        inner.insert(slot, conn);
+                        inner.insert(server, slot, conn);
                         Offer::Replaced {
-                            evicted_slot: slot_of(worst),
+                            evicted_slot: worst,
                             evicted,
                         }
                     }
@@ -189,17 +232,21 @@ impl<C: Liveness> Pool<C> {
     }
 
     /// Leases the idle connection with the lowest slot (the original `getConnection`), or
-    /// `None` when nothing is idle. Idle connections found closed or broken on the way are
+    /// `None` when nothing is idle. Under the improved rules: the lowest cost, then the
+    /// lowest slot, then at random (see [`PoolPolicy`]). Idle connections found closed or broken on the way are
     /// dropped and stop counting toward `max_slots`. The lease gives the connection back on
     /// drop.
     pub fn get(&self) -> Option<Lease<C>> {
         loop {
-            let (id, slot, conn) = self.shared.lock().take_lowest()?;
+            let (id, slot, conn) = self.shared.lock().take_best()?;
             if conn.is_alive() {
+                // The clock is read only when the policy keeps response-time averages.
+                let leased_at = self.shared.policy.slow_penalty.map(|_| Instant::now());
                 return Some(Lease {
                     shared: self.shared.clone(),
                     entry: id,
                     slot,
+                    leased_at,
                     conn: Some(conn),
                 });
             }
@@ -242,9 +289,7 @@ impl<C: Liveness> Pool<C> {
                             .as_ref()
                             .is_some_and(|c| !c.is_alive())
                     {
-                        inner.idle.remove(id);
-                        dead.extend(inner.entries[id as usize].conn.take());
-                        inner.release(id);
+                        dead.extend(inner.evict(id));
                     }
                 }
                 cursor = end;
@@ -256,6 +301,23 @@ impl<C: Liveness> Pool<C> {
                 return dropped;
             }
         }
+    }
+}
+
+impl<C: Liveness> Pool<C> {
+    /// Retires the connections whose lifetime ended by `now` (under
+    /// [`PoolPolicy::max_age`]; nothing otherwise): an idle one is closed at once, a leased
+    /// one leaves the pool now and is closed when its lease ends. The pool then has room for
+    /// the next offer whatever its slot. Returns how many left the pool. O(log n) per
+    /// retired connection. The roving client calls it at each rover tick, before offering.
+    pub fn retire_expired(&self, now: Instant) -> usize {
+        let mut closing = Vec::new();
+        let retired = self.shared.lock().retire(now, &mut closing);
+        drop(closing); // closed outside the lock
+        if retired > 0 {
+            tracing::debug!(retired, "retired connections past their maximum age");
+        }
+        retired
     }
 }
 
@@ -316,6 +378,8 @@ pub struct Lease<C: Liveness> {
     shared: Arc<Shared<C>>,
     entry: u32,
     slot: u32,
+    /// When it was leased, when the policy keeps response-time averages.
+    leased_at: Option<Instant>,
     /// `Some` until the lease ends; `None` only inside `detach`/`drop`.
     conn: Option<C>,
 }
@@ -368,7 +432,8 @@ impl<C: Liveness> Drop for Lease<C> {
     fn drop(&mut self) {
         match self.conn.take() {
             Some(conn) if conn.is_alive() => {
-                let restored = self.shared.lock().restore(self.entry, conn);
+                let held_for = self.leased_at.map(|at| at.elapsed());
+                let restored = self.shared.lock().restore(self.entry, conn, held_for);
                 match restored {
                     Ok(()) => self.shared.wake_one(),
                     Err(evicted) => drop(evicted),

@@ -1,32 +1,144 @@
-//! The pool's knobs, gathered in one options struct so balancing policies can grow (issue 7:
-//! equal-slot replacement, retirement by age…) without changing the pool's API.
+//! The pool's knobs, gathered in one options struct so balancing policies can grow without
+//! changing the pool's API: the original rules, the improved Callosum policy, and every rule
+//! of the improved policy as its own toggle so each can be switched off (ablation).
 //!
-//! The default is the original `callosum-client-tcp` exactly: 100 slots, ties between equal
-//! slots broken by arrival order.
+//! [`PoolPolicy::original`] (also the `Default`) is the original `callosum-client-tcp`
+//! exactly: 100 slots, lease the lowest slot, replace the highest only with a strictly lower
+//! one, ties between equal slots broken by arrival order. [`PoolPolicy::improved`] is the
+//! policy measured in `docs/balance.md` ("The improved Callosum policy"): maximum connection
+//! age, slow-connection penalty, least outstanding first, random ties, accept equal. The
+//! reference behaviour is `PoolRules` in the simulator (`loadgen/src/simulate/policy.rs`).
+
+use std::time::Duration;
 
 use crate::pool::PoolError;
 
 /// Default number of connections a pool keeps.
 pub const DEFAULT_MAX_SLOTS: usize = 100;
 
-/// How a pool chooses between connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PoolPolicy {
-    pub(crate) max_slots: usize,
-    pub(crate) random_tie_break: bool,
+/// The roving interval a pool assumes for [`PoolPolicy::improved`]'s default maximum age
+/// when it is used without a roving client (the rover's default interval).
+pub const ASSUMED_ROVING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The improved policy's default maximum age, in roving intervals.
+pub const DEFAULT_MAX_AGE_INTERVALS: u32 = 10;
+
+/// The slow-connection penalty: each pool entry keeps an exponentially weighted moving
+/// average of its response time (lease to return); when leasing, an idle connection whose
+/// average is at least `threshold` × the mean of the pool's averages counts as
+/// ⌊average / (threshold × mean)⌋ more requests in flight at its server. Never-used
+/// connections count nothing, so they are tried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowPenalty {
+    alpha: f32,
+    threshold: f32,
 }
 
-impl Default for PoolPolicy {
+impl Default for SlowPenalty {
+    /// Weight 0.2 for a new sample, threshold 1.5 (the measured values).
     fn default() -> Self {
         Self {
-            max_slots: DEFAULT_MAX_SLOTS,
-            random_tie_break: false,
+            alpha: 0.2,
+            threshold: 1.5,
         }
     }
 }
 
+impl SlowPenalty {
+    /// Weight of a new response time in the moving average, in (0, 1]; the first sample
+    /// sets the average. Default 0.2. Other values are refused by
+    /// [`Pool::with_policy`](crate::pool::Pool::with_policy).
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    /// How many times the pool's mean an average must reach to count as one more request
+    /// in flight; finite and positive. Default 1.5.
+    pub fn threshold(mut self, threshold: f32) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    /// The configured weight.
+    pub fn get_alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    /// The configured threshold.
+    pub fn get_threshold(&self) -> f32 {
+        self.threshold
+    }
+
+    fn is_valid(&self) -> bool {
+        self.alpha > 0.0 && self.alpha <= 1.0 && self.threshold.is_finite() && self.threshold > 0.0
+    }
+}
+
+/// How long a pooled connection may live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MaxAge {
+    /// Never retired (the original).
+    Off,
+    /// [`DEFAULT_MAX_AGE_INTERVALS`] roving intervals, at least 2 × `max_slots` intervals.
+    Auto,
+    /// This age (at least 2 × `max_slots` roving intervals under a roving client).
+    Fixed(Duration),
+}
+
+/// How a pool chooses between connections. Start from [`original`](Self::original) (the
+/// default) or [`improved`](Self::improved) and switch single rules with the builder methods.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PoolPolicy {
+    pub(crate) max_slots: usize,
+    pub(crate) random_tie_break: bool,
+    pub(crate) accept_equal: bool,
+    pub(crate) least_outstanding: bool,
+    pub(crate) slow_penalty: Option<SlowPenalty>,
+    pub(crate) max_age: MaxAge,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        Self::original()
+    }
+}
+
 impl PoolPolicy {
+    /// The original `callosum-client-tcp` rules: lease the lowest slot; at `max_slots`
+    /// replace the highest slot only with a strictly lower one; equal slots by arrival
+    /// order; connections live until replaced or closed. 100 slots.
+    pub fn original() -> Self {
+        Self {
+            max_slots: DEFAULT_MAX_SLOTS,
+            random_tie_break: false,
+            accept_equal: false,
+            least_outstanding: false,
+            slow_penalty: None,
+            max_age: MaxAge::Off,
+        }
+    }
+
+    /// The improved Callosum policy (`docs/balance.md`): every rule below on, with the
+    /// measured settings. 100 slots.
+    ///
+    /// - [`max_age`](Self::max_age): 10 roving intervals, never below 2 × `max_slots`
+    ///   intervals (a pool without a roving client assumes a 1 s interval);
+    /// - [`slow_penalty`](Self::slow_penalty): weight 0.2, threshold 1.5;
+    /// - [`least_outstanding`](Self::least_outstanding), [`random_tie_break`](Self::random_tie_break)
+    ///   and [`accept_equal`](Self::accept_equal).
+    pub fn improved() -> Self {
+        Self {
+            max_slots: DEFAULT_MAX_SLOTS,
+            random_tie_break: true,
+            accept_equal: true,
+            least_outstanding: true,
+            slow_penalty: Some(SlowPenalty::default()),
+            max_age: MaxAge::Auto,
+        }
+    }
+
     /// Most connections held at once, leased ones included. Default 100; 0 is refused by
     /// [`Pool::with_policy`](crate::pool::Pool::with_policy).
     pub fn max_slots(mut self, max_slots: usize) -> Self {
@@ -34,17 +146,105 @@ impl PoolPolicy {
         self
     }
 
-    /// Between connections with the same slot (from different servers), lease and evict a
-    /// random one instead of the earliest-offered one, so equal servers share the load.
-    /// The draw happens once per offered connection. Default off (the original's order).
+    /// Between connections with the same slot (from different servers), lease and replace
+    /// one picked uniformly at random at each decision instead of the earliest-offered one,
+    /// so equal servers share the load. Costs a scan of the idle connections per lease and
+    /// of the held ones per replacement. Default off (the original's arrival order).
     pub fn random_tie_break(mut self, on: bool) -> Self {
         self.random_tie_break = on;
+        self
+    }
+
+    /// At `max_slots`, a newcomer whose slot equals the highest held one replaces it (the
+    /// pool keeps exploring once every server holds its share). Default off (strictly lower
+    /// only, the original).
+    pub fn accept_equal(mut self, on: bool) -> Self {
+        self.accept_equal = on;
+        self
+    }
+
+    /// Lease the idle connection whose server has the fewest of this pool's leases (plus
+    /// the [`slow_penalty`](Self::slow_penalty)), then the lowest slot. Servers are known
+    /// from [`Pool::offer_from`](crate::pool::Pool::offer_from); connections offered with
+    /// plain `offer` count as alone on their server. Costs a scan of the idle connections
+    /// per lease. Default off.
+    pub fn least_outstanding(mut self, on: bool) -> Self {
+        self.least_outstanding = on;
+        self
+    }
+
+    /// Keep each connection's response-time average and count a slow one as more requests
+    /// in flight (see [`SlowPenalty`]). Costs a scan of the idle connections per lease and
+    /// two clock reads. Default off.
+    pub fn slow_penalty(mut self, penalty: Option<SlowPenalty>) -> Self {
+        self.slow_penalty = penalty;
+        self
+    }
+
+    /// Retire connections by age: each kept connection gets a lifetime drawn uniformly in
+    /// [A/2, 3A/2) so retirements do not synchronise; [`Pool::retire_expired`]
+    /// (crate::pool::Pool::retire_expired), called by the roving client at each rover tick,
+    /// closes an expired idle connection at once and a leased one when its lease ends.
+    /// Under a roving client, A is raised to at least 2 × `max_slots` roving intervals, or
+    /// pools could not refill. `None`: never (the original, the default).
+    pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age.map_or(MaxAge::Off, MaxAge::Fixed);
         self
     }
 
     /// The configured `max_slots`.
     pub fn get_max_slots(&self) -> usize {
         self.max_slots
+    }
+
+    /// The maximum age A this policy gives a pool fed every `roving_interval`: `None` when
+    /// connections are never retired; else the configured age, or 10 intervals for
+    /// [`improved`](Self::improved)'s default, raised to at least 2 × `max_slots` intervals.
+    pub fn max_age_for(&self, roving_interval: Duration) -> Option<Duration> {
+        let floor =
+            roving_interval.saturating_mul(saturating_u32(self.max_slots.saturating_mul(2)));
+        match self.max_age {
+            MaxAge::Off => None,
+            MaxAge::Auto => Some(
+                roving_interval
+                    .saturating_mul(DEFAULT_MAX_AGE_INTERVALS)
+                    .max(floor),
+            ),
+            MaxAge::Fixed(age) => Some(age.max(floor)),
+        }
+    }
+
+    /// The maximum age A a pool built with this policy uses: as configured, or for the
+    /// improved default, 10 × [`ASSUMED_ROVING_INTERVAL`] (at least 2 × `max_slots` of it).
+    /// A roving client's pool reports the age settled from its roving interval.
+    pub fn get_max_age(&self) -> Option<Duration> {
+        match self.max_age {
+            MaxAge::Off => None,
+            MaxAge::Auto => self.max_age_for(ASSUMED_ROVING_INTERVAL),
+            MaxAge::Fixed(age) => Some(age),
+        }
+    }
+
+    /// This policy with its maximum age settled for a pool fed every `roving_interval`.
+    pub(crate) fn for_roving_interval(mut self, roving_interval: Duration) -> Self {
+        if let Some(age) = self.max_age_for(roving_interval) {
+            match self.max_age {
+                MaxAge::Fixed(asked) if asked < age => tracing::warn!(
+                    ?asked,
+                    raised_to = ?age,
+                    "max_age raised to 2 × max_slots roving intervals so pools can refill"
+                ),
+                _ => {}
+            }
+            self.max_age = MaxAge::Fixed(age);
+        }
+        self
+    }
+
+    /// Whether leasing scans the idle connections (a rule ranks them by more than the slot
+    /// and arrival order).
+    pub(crate) fn scans_on_lease(&self) -> bool {
+        self.least_outstanding || self.slow_penalty.is_some() || self.random_tie_break
     }
 
     pub(crate) fn validate(&self) -> Result<(), PoolError> {
@@ -56,6 +256,70 @@ impl PoolPolicy {
                 max_slots: self.max_slots,
             });
         }
+        if self.slow_penalty.is_some_and(|p| !p.is_valid()) {
+            return Err(PoolError::InvalidSlowPenalty);
+        }
         Ok(())
+    }
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_is_the_default_and_improved_turns_every_rule_on() {
+        assert_eq!(PoolPolicy::original(), PoolPolicy::default());
+        let improved = PoolPolicy::improved();
+        assert!(improved.random_tie_break && improved.accept_equal && improved.least_outstanding);
+        assert_eq!(improved.slow_penalty, Some(SlowPenalty::default()));
+        assert_eq!(improved.max_age, MaxAge::Auto);
+        assert_eq!(
+            PoolPolicy::original().max_age_for(ASSUMED_ROVING_INTERVAL),
+            None
+        );
+    }
+
+    #[test]
+    fn max_age_defaults_to_ten_intervals_never_below_two_per_slot() {
+        let ms = Duration::from_millis;
+        let p = PoolPolicy::improved().max_slots(4);
+        assert_eq!(p.max_age_for(ms(100)), Some(ms(1000)));
+        let p = PoolPolicy::improved().max_slots(8);
+        assert_eq!(p.max_age_for(ms(100)), Some(ms(1600)));
+        let fixed = PoolPolicy::improved().max_slots(4).max_age(Some(ms(100)));
+        assert_eq!(fixed.max_age_for(ms(10)), Some(ms(100)));
+        assert_eq!(fixed.max_age_for(ms(100)), Some(ms(800)));
+        assert_eq!(fixed.get_max_age(), Some(ms(100)));
+        let off = PoolPolicy::improved().max_age(None);
+        assert_eq!(off.max_age_for(ms(100)), None);
+        let settled = PoolPolicy::improved()
+            .max_slots(4)
+            .for_roving_interval(ms(5));
+        assert_eq!(settled.max_age, MaxAge::Fixed(ms(50)));
+        // Huge settings saturate instead of overflowing.
+        let huge = PoolPolicy::improved().max_slots(u32::MAX as usize - 1);
+        assert_eq!(huge.max_age_for(Duration::MAX), Some(Duration::MAX));
+    }
+
+    #[test]
+    fn bad_slow_penalties_are_refused() {
+        for (alpha, threshold) in [(0.0, 1.5), (1.5, 1.5), (f32::NAN, 1.5), (0.2, 0.0)] {
+            let p = SlowPenalty::default().alpha(alpha).threshold(threshold);
+            let policy = PoolPolicy::original().slow_penalty(Some(p));
+            assert_eq!(policy.validate(), Err(PoolError::InvalidSlowPenalty));
+        }
+        let p = SlowPenalty::default().threshold(f32::INFINITY);
+        assert!(
+            PoolPolicy::original()
+                .slow_penalty(Some(p))
+                .validate()
+                .is_err()
+        );
+        assert!(PoolPolicy::improved().validate().is_ok());
     }
 }

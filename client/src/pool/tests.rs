@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use proptest::prelude::*;
+use tokio::time::Instant;
 
 use super::*;
 
@@ -242,6 +243,193 @@ fn equal_slots_go_by_arrival_by_default_and_at_random_on_request() {
     assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
 }
 
+// --- the improved policy, rule by rule ---
+
+fn keep_from(pool: &Pool<Fake>, server: u64, slot: u32, conn: Fake) {
+    assert!(matches!(
+        pool.offer_from(ServerKey(server), slot, conn),
+        Offer::Kept
+    ));
+}
+
+#[test]
+fn accept_equal_replaces_an_equal_worst_slot_the_original_does_not() {
+    for accept in [false, true] {
+        let pool = Pool::with_policy(PoolPolicy::original().max_slots(2).accept_equal(accept))
+            .expect("valid");
+        keep(&pool, 1, Fake::new(1));
+        keep(&pool, 3, Fake::new(3));
+        match pool.offer(3, Fake::new(4)) {
+            Offer::Replaced {
+                evicted_slot: 3,
+                evicted: Some(conn),
+            } => assert!(accept && conn.id == 3),
+            Offer::Rejected(conn) => assert!(!accept && conn.id == 4),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(pool.offer(4, Fake::new(5)), Offer::Rejected(_)));
+        assert_eq!(pool.held_slots(), vec![1, 3]);
+    }
+}
+
+#[test]
+fn random_ties_spread_leases_and_replacements_among_equal_slots() {
+    let pool = Pool::with_policy(PoolPolicy::original().random_tie_break(true).max_slots(3))
+        .expect("valid");
+    for id in 1..=3 {
+        keep(&pool, 5, Fake::new(id));
+    }
+    let mut leased = [0u32; 4];
+    for _ in 0..300 {
+        leased[pool.get().expect("idle").id as usize] += 1;
+    }
+    // Each of three equal slots leased at least 50 times in 300: a false failure is
+    // astronomically unlikely (binomial(300, 1/3) < 50 has probability < 1e-10).
+    assert!(leased[1..].iter().all(|&n| n >= 50), "{leased:?}");
+    // Replacing among the three equal worst slots (accept equal): each one goes some time.
+    let pool = Pool::with_policy(
+        PoolPolicy::original()
+            .random_tie_break(true)
+            .accept_equal(true)
+            .max_slots(3),
+    )
+    .expect("valid");
+    let mut evicted = std::collections::HashSet::new();
+    for id in 1..=3 {
+        keep(&pool, 5, Fake::new(id));
+    }
+    for id in 4..200 {
+        if let Offer::Replaced {
+            evicted: Some(conn),
+            ..
+        } = pool.offer(5, Fake::new(id))
+        {
+            evicted.insert(conn.id);
+        }
+    }
+    assert!((1..=3).all(|id| evicted.contains(&id)), "{evicted:?}");
+}
+
+#[test]
+fn least_outstanding_prefers_the_server_with_fewer_leases() {
+    let policy = PoolPolicy::original().least_outstanding(true);
+    let pool = Pool::with_policy(policy).expect("valid");
+    // Server 0 holds slots 0 and 1, server 1 slot 2.
+    keep_from(&pool, 0, 0, Fake::new(1));
+    keep_from(&pool, 0, 1, Fake::new(2));
+    keep_from(&pool, 1, 2, Fake::new(3));
+    let first = pool.get().expect("idle");
+    assert_eq!(first.id, 1, "all free: the lowest slot");
+    let second = pool.get().expect("idle");
+    assert_eq!(
+        second.id, 3,
+        "server 0 has a lease: server 1, despite its higher slot"
+    );
+    assert_eq!(pool.shared.lock().leases_at(ServerKey(0)), 1);
+    drop(first);
+    drop(second);
+    assert_eq!(pool.shared.lock().leases_at(ServerKey(0)), 0);
+    // The original rules stack both on server 0.
+    let original = Pool::new(3).expect("valid");
+    keep_from(&original, 0, 0, Fake::new(1));
+    keep_from(&original, 0, 1, Fake::new(2));
+    keep_from(&original, 1, 2, Fake::new(3));
+    let leases = (original.get().expect("idle"), original.get().expect("idle"));
+    assert_eq!((leases.0.id, leases.1.id), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_connection_counts_as_one_more_lease() {
+    let policy = PoolPolicy::original().slow_penalty(Some(SlowPenalty::default()));
+    let pool = Pool::with_policy(policy).expect("valid");
+    for (server, slot) in [(0, 0), (1, 1), (2, 2)] {
+        keep_from(&pool, server, slot, Fake::new(slot));
+    }
+    // Slot 0 answers in 9 ms, slots 1 and 2 in 1 ms: pool mean 3.67 ms, 1.5 × = 5.5 ms.
+    let (a, b, c) = (
+        pool.get().expect("idle"),
+        pool.get().expect("idle"),
+        pool.get().expect("idle"),
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    drop((b, c));
+    tokio::time::advance(Duration::from_millis(8)).await;
+    drop(a);
+    let ewmas = pool.shared.lock().ewmas();
+    assert_eq!(ewmas.len(), 3);
+    assert!((ewmas[0].1 - 0.009).abs() < 1e-6, "{ewmas:?}");
+    let order: Vec<u32> = {
+        let leases: Vec<_> = (0..3).map(|_| pool.get().expect("idle")).collect();
+        leases.iter().map(|l| l.slot()).collect()
+    };
+    assert_eq!(
+        order,
+        vec![1, 2, 0],
+        "the slow slot 0 goes after the fast ones"
+    );
+    // Those leases ended at once (a ~0 ms sample): each average moved 0.2 of the way.
+    let ewmas = pool.shared.lock().ewmas();
+    assert!((ewmas[0].1 - 0.0072).abs() < 1e-6, "{ewmas:?}");
+    assert!((ewmas[1].1 - 0.0008).abs() < 1e-6, "{ewmas:?}");
+}
+
+#[test]
+fn retire_closes_an_expired_idle_connection_and_a_leased_one_on_return() {
+    let age = Duration::from_secs(10);
+    let policy = PoolPolicy::original().max_slots(3).max_age(Some(age));
+    let pool = Pool::with_policy(policy).expect("valid");
+    let (idle, leased) = (Fake::new(1), Fake::new(2));
+    let ((_, idle_closed), (_, leased_closed)) = (idle.probes(), leased.probes());
+    keep(&pool, 1, leased);
+    keep(&pool, 2, idle);
+    let lease = pool.get().expect("idle");
+    assert_eq!(lease.id, 2);
+    // Lifetimes are in [5 s, 15 s): nothing expired yet, everything by 15 s.
+    assert_eq!(pool.retire_expired(Instant::now()), 0);
+    assert_eq!(pool.retire_expired(Instant::now() + age / 2 * 3), 2);
+    assert!(idle_closed.load(Ordering::Relaxed), "idle: closed now");
+    assert!(
+        !leased_closed.load(Ordering::Relaxed),
+        "leased: still in use"
+    );
+    assert_eq!((pool.len(), pool.idle_len()), (0, 0));
+    drop(lease);
+    assert!(leased_closed.load(Ordering::Relaxed), "closed on return");
+    assert_eq!(
+        (pool.len(), pool.idle_len()),
+        (0, 0),
+        "never back in the pool"
+    );
+    // The pool has room again: a worse slot is kept.
+    keep(&pool, 9, Fake::new(9));
+    // Without a maximum age nothing ever retires.
+    let forever = Pool::new(1).expect("valid");
+    keep(&forever, 1, Fake::new(1));
+    assert_eq!(
+        forever.retire_expired(Instant::now() + Duration::from_secs(1 << 40)),
+        0
+    );
+}
+
+#[test]
+fn improved_policy_builds_and_leases() {
+    let pool = Pool::with_policy(PoolPolicy::improved().max_slots(2)).expect("valid");
+    keep_from(&pool, 0, 0, Fake::new(1));
+    keep_from(&pool, 1, 0, Fake::new(2));
+    assert!(matches!(
+        pool.offer_from(ServerKey(2), 0, Fake::new(3)),
+        Offer::Replaced {
+            evicted_slot: 0,
+            ..
+        }
+    ));
+    assert_eq!(pool.get().expect("idle").slot(), 0);
+    assert_eq!(
+        Pool::<Fake>::with_policy(PoolPolicy::improved().max_slots(0)).err(),
+        Some(PoolError::ZeroMaxSlots)
+    );
+}
+
 // --- acquire ---
 
 #[tokio::test(start_paused = true)]
@@ -358,6 +546,122 @@ proptest! {
     }
 }
 
+#[derive(Debug, Clone)]
+enum ImprovedOp {
+    Offer(u64, u32),
+    Get,
+    Return(usize),
+    Discard(usize),
+    /// Retire at now (nothing is due) or far ahead (everything is).
+    Retire(bool),
+}
+
+fn improved_op() -> impl Strategy<Value = ImprovedOp> {
+    prop_oneof![
+        3 => (0u64..3, 0u32..6).prop_map(|(server, slot)| ImprovedOp::Offer(server, slot)),
+        3 => Just(ImprovedOp::Get),
+        2 => (0usize..8).prop_map(ImprovedOp::Return),
+        1 => (0usize..8).prop_map(ImprovedOp::Discard),
+        1 => any::<bool>().prop_map(ImprovedOp::Retire),
+    ]
+}
+
+proptest! {
+    /// Under the improved policy: never more than `max_slots` held, the per-server lease
+    /// counts match the leased held entries, and every connection out of the pool
+    /// (replaced, retired, discarded) is closed once its lease ends: it never re-enters.
+    #[test]
+    fn improved_pool_keeps_its_invariants(
+        max in 1usize..6,
+        ops in prop::collection::vec(improved_op(), 0..150),
+    ) {
+        let age = Duration::from_secs(3600);
+        let pool = Pool::with_policy(PoolPolicy::improved().max_slots(max).max_age(Some(age)))
+            .expect("valid");
+        let mut leases: Vec<Lease<Fake>> = Vec::new();
+        let mut closed_flags = Vec::new();
+        let mut next = 0u32;
+        for op in ops {
+            match op {
+                ImprovedOp::Offer(server, slot) => {
+                    next += 1;
+                    let conn = Fake::new(next);
+                    closed_flags.push(conn.probes().1);
+                    let full = pool.len() == max;
+                    match pool.offer_from(ServerKey(server), slot, conn) {
+                        Offer::Kept => prop_assert!(!full),
+                        Offer::Replaced { evicted_slot, .. } => prop_assert!(full && slot <= evicted_slot),
+                        Offer::Rejected(_) => prop_assert!(full),
+                    }
+                }
+                ImprovedOp::Get => leases.extend(pool.get()),
+                ImprovedOp::Return(i) if i < leases.len() => drop(leases.swap_remove(i)),
+                ImprovedOp::Discard(i) if i < leases.len() => leases.swap_remove(i).discard(),
+                ImprovedOp::Return(_) | ImprovedOp::Discard(_) => {}
+                ImprovedOp::Retire(far) => {
+                    let at = if far { Instant::now() + age * 2 } else { Instant::now() };
+                    let held = pool.len();
+                    let retired = pool.retire_expired(at);
+                    prop_assert_eq!(retired, if far { held } else { 0 });
+                }
+            }
+            let (len, idle) = (pool.len(), pool.idle_len());
+            prop_assert!(idle <= len && len <= max);
+            let counted: u32 = (0..3).map(|s| pool.shared.lock().leases_at(ServerKey(s))).sum();
+            prop_assert_eq!(counted as usize, len - idle);
+            prop_assert!(pool.shared.lock().mean_drift() < 1e-12);
+            let open = closed_flags.iter().filter(|c| !c.load(Ordering::Relaxed)).count();
+            prop_assert!(len <= open && open <= len + leases.len());
+        }
+        leases.clear();
+        let open = closed_flags.iter().filter(|c| !c.load(Ordering::Relaxed)).count();
+        prop_assert_eq!((pool.len(), pool.idle_len()), (open, open));
+    }
+}
+
+proptest! {
+    /// Under least outstanding (no slow penalty), every lease goes to an idle connection
+    /// whose server has the fewest of the pool's leases, the lowest slot among those.
+    #[test]
+    fn least_outstanding_leases_from_a_least_leased_server(
+        ops in prop::collection::vec(improved_op(), 0..150),
+        random in any::<bool>(),
+    ) {
+        let policy = PoolPolicy::original().max_slots(5).least_outstanding(true).random_tie_break(random);
+        let pool = Pool::with_policy(policy).expect("valid");
+        let mut leases: Vec<Lease<Fake>> = Vec::new();
+        let mut server_of = std::collections::HashMap::new();
+        let mut next = 0u32;
+        for op in ops {
+            match op {
+                ImprovedOp::Offer(server, slot) => {
+                    next += 1;
+                    server_of.insert(next, server);
+                    drop(pool.offer_from(ServerKey(server), slot, Fake::new(next)));
+                }
+                ImprovedOp::Get => {
+                    let (best, counts) = {
+                        let inner = pool.shared.lock();
+                        let cost = |server: Option<ServerKey>| server.map_or(0, |s| inner.leases_at(s));
+                        let best = inner.idle_entries().into_iter().map(|(s, slot)| (cost(s), slot)).min();
+                        (best, (0..3).map(|s| inner.leases_at(ServerKey(s))).collect::<Vec<_>>())
+                    };
+                    let lease = pool.get();
+                    prop_assert_eq!(lease.is_some(), best.is_some());
+                    if let Some(lease) = lease {
+                        let server = server_of[&lease.id] as usize;
+                        prop_assert_eq!(Some((counts[server], lease.slot())), best);
+                        leases.push(lease);
+                    }
+                }
+                ImprovedOp::Return(i) if i < leases.len() => drop(leases.swap_remove(i)),
+                ImprovedOp::Discard(i) if i < leases.len() => leases.swap_remove(i).discard(),
+                ImprovedOp::Return(_) | ImprovedOp::Discard(_) | ImprovedOp::Retire(_) => {}
+            }
+        }
+    }
+}
+
 // --- sharing ---
 
 #[test]
@@ -367,11 +671,18 @@ fn pool_and_lease_are_send_and_sync() {
     send_sync::<Lease<Fake>>();
 }
 
-/// Threads offering, leasing, returning and discarding at once: no panic, never more than
+/// Threads offering, leasing, returning and discarding (and retiring, under a maximum
+/// age) at once, under the original and the improved rules: no panic, never more than
 /// `max_slots` held, and no lease left outstanding.
 #[test]
 fn concurrent_use_keeps_the_invariants() {
-    let pool = Pool::new(8).expect("valid");
+    let improved = PoolPolicy::improved().max_age(Some(Duration::from_micros(50)));
+    for policy in [PoolPolicy::original(), improved] {
+        concurrent_use(Pool::with_policy(policy.max_slots(8)).expect("valid"));
+    }
+}
+
+fn concurrent_use(pool: Pool<Fake>) {
     let made = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..4u32)
             .map(|t| {
@@ -382,7 +693,11 @@ fn concurrent_use_keeps_the_invariants() {
                         match (i + t) % 4 {
                             0 | 1 => {
                                 made += 1;
-                                drop(pool.offer((i * 7 + t) % 32, Fake::new(i)));
+                                let server = ServerKey(u64::from(i % 3));
+                                drop(pool.offer_from(server, (i * 7 + t) % 32, Fake::new(i)));
+                            }
+                            2 if i % 8 == 2 => {
+                                pool.retire_expired(Instant::now());
                             }
                             2 => drop(pool.get()),
                             _ => {

@@ -14,9 +14,9 @@ use rand::{Rng, SeedableRng};
 use super::SimConfig;
 use super::client::{Clients, Conns, NO_CONN, NOT_IN_POOL};
 use super::event::{Controls, EventQueue, Kind, Periodic};
-use super::metrics::{Metrics, spread};
+use super::metrics::Metrics;
 use super::policy::{Policy, PoolRules};
-use super::report::{ConnSpread, JoinReport, Latency, LeaveReport, SimReport, SlowReport};
+use super::report::{LeftServer, RunEnd, SimReport};
 use super::server::Servers;
 
 const NS: f64 = 1e9;
@@ -539,9 +539,6 @@ impl<'a> Sim<'a> {
 
     fn report(self) -> SimReport {
         let cfg = self.cfg;
-        let h = &self.m.latency;
-        let ms = |ns: u64| ns as f64 / 1e6;
-        let (inflight_max_over_mean, inflight_cv, inflight_floor, mean_load) = self.m.inflight();
         // Long-run rates over servers in the cluster for the whole window.
         let whole: Vec<u32> = (0..cfg.servers as u32)
             .filter(|&s| {
@@ -549,115 +546,28 @@ impl<'a> Sim<'a> {
                     && cfg.join_at_s.is_none_or(|_| s as usize != cfg.servers - 1)
             })
             .collect();
-        let (rate_max_over_mean, rate_min_over_mean) =
-            spread(whole.iter().map(|&s| self.m.per_server[s as usize] as f64));
-        let members = &self.servers.members;
-        let conns: Vec<f64> = members
+        let conns: Vec<f64> = self
+            .servers
+            .members
             .iter()
             .map(|&s| self.servers.conns[s as usize] as f64)
             .collect();
-        let total: u64 = self.m.per_server.iter().sum();
-        let slow = cfg
-            .slow_server
-            .filter(|&s| s < cfg.servers)
-            .map(|s| SlowReport {
-                server: s,
-                factor: cfg.slow_factor,
-                share: self.m.per_server[s] as f64 / total.max(1) as f64,
-                fair: 1.0 / members.len().max(1) as f64,
-            });
-        let join = cfg
-            .join_at_s
-            .map(|at| join_report(at, &self.m.watched, self.joined_window, cfg));
-        let leave = self.left.map(|(s, t)| LeaveReport {
-            server: s as usize,
-            at_s: (t - self.measure_start) as f64 / NS,
-            crash: cfg.crash,
-            drained_after_s: self.drained_at.map(|d| (d - t) as f64 / NS),
-            failed: self.failed,
-        });
-        SimReport {
-            policy: cfg.policy.name(),
+        let end = RunEnd {
             rules: cfg.policy.uses_pool().then_some(self.rules),
-            requests: h.len(),
+            whole,
+            conns,
+            joined_window: self.joined_window,
+            left: self.left.map(|(s, t)| LeftServer {
+                server: s as usize,
+                at_s: (t - self.measure_start) as f64 / NS,
+                drained_after_s: self.drained_at.map(|d| (d - t) as f64 / NS),
+            }),
             failed: self.failed,
-            mean_load_per_server: mean_load,
-            inflight_max_over_mean,
-            inflight_cv,
-            inflight_floor,
-            rate_max_over_mean,
-            rate_min_over_mean,
-            window_max_over_mean: self.m.window_max_over_mean(),
-            latency_ms: Latency {
-                mean: h.mean() / 1e6,
-                p50: ms(h.value_at_quantile(0.5)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-            },
-            conns_per_server: ConnSpread {
-                min: if conns.is_empty() {
-                    0.0
-                } else {
-                    conns.iter().copied().fold(f64::INFINITY, f64::min)
-                },
-                max: conns.iter().copied().fold(0.0, f64::max),
-                mean: conns.iter().sum::<f64>() / conns.len().max(1) as f64,
-            },
             last_swap_s: self.last_swap.map(|t| t as f64 / NS),
             swaps_in_window: self.swaps_in_window,
-            slow,
-            join,
-            leave,
             events: self.events,
-            series: self.m.series,
-        }
-    }
-}
-
-/// The joining server's share of requests relative to fair, per window after it joined.
-fn join_report(
-    at: f64,
-    watched: &[(u32, u64, u32)],
-    first: Option<usize>,
-    cfg: &SimConfig,
-) -> JoinReport {
-    let start = first.unwrap_or(watched.len()).min(watched.len());
-    let after = &watched[start..];
-    let ratio = |w: &[(u32, u64, u32)]| {
-        let got: f64 = w.iter().map(|x| x.0 as f64).sum();
-        let fair: f64 = w.iter().map(|x| x.1 as f64 / x.2.max(1) as f64).sum();
-        if fair > 0.0 { got / fair } else { 0.0 }
-    };
-    let per_window: Vec<f64> = after
-        .iter()
-        .map(|w| ratio(std::slice::from_ref(w)))
-        .collect();
-    // Trailing average over `smooth` windows, and the first window after which it stays
-    // within 10 % of fair for the rest of the run.
-    let smooth = cfg.join_smooth_windows.max(1);
-    let trailing: Vec<f64> = (0..after.len())
-        .map(|i| ratio(&after[(i + 1).saturating_sub(smooth)..=i]))
-        .collect();
-    let settled = trailing
-        .iter()
-        .rposition(|r| !(0.9..=1.1).contains(r))
-        .map_or(Some(0), |last_bad| {
-            (last_bad + 1 < trailing.len()).then_some(last_bad + 1)
-        });
-    let at_window = |secs: f64| {
-        let i = (secs / cfg.window_s).round() as usize;
-        trailing.get(i.saturating_sub(1)).copied()
-    };
-    let tail = after.len().saturating_sub((60.0 / cfg.window_s) as usize);
-    JoinReport {
-        server: cfg.servers - 1,
-        at_s: at,
-        share_after_10s: at_window(10.0),
-        share_after_30s: at_window(30.0),
-        share_last_60s: ratio(&after[tail..]),
-        settled_after_s: settled.map(|w| (w + 1) as f64 * cfg.window_s),
-        per_window,
+        };
+        SimReport::build(cfg, self.m, end)
     }
 }
 

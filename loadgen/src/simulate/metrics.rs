@@ -77,6 +77,13 @@ impl Metrics {
         self.window[server as usize] += 1;
     }
 
+    /// Counts `n` requests sent to `server` (in the measured window) at once: the live run
+    /// reads them as a difference of the server's counter.
+    pub fn count_n(&mut self, server: u32, n: u32) {
+        self.per_server[server as usize] += u64::from(n);
+        self.window[server as usize] += n;
+    }
+
     /// Records one sample of the members' instantaneous loads, given by `load(server)`.
     pub fn sample(&mut self, members: &[u32], load: impl Fn(usize) -> u32) {
         if members.is_empty() {

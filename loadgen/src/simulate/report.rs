@@ -1,14 +1,18 @@
-//! The result of a simulation ([`SimReport`], serialisable) and its text table.
+//! The result of a simulation ([`SimReport`], serialisable), how it is built from the
+//! run's [`Metrics`] ([`SimReport::build`]), and its text table.
 //!
 //! Why this shape: the report holds only what the run computed from its seed, never wall
 //! time, so the JSON of two runs with the same configuration is byte-identical (the test of
 //! determinism compares it). Wall time and events/s are measured by the caller and printed
-//! apart.
+//! apart. The build step is shared with the live run (`balance`), which fills the same
+//! [`Metrics`] from real servers' counters: one definition of every figure for both.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::SimConfig;
+use super::metrics::{Metrics, spread};
 use super::policy::PoolRules;
 
 /// Request latency percentiles, milliseconds.
@@ -129,6 +133,154 @@ pub struct SimReport {
     /// Per window, mean instantaneous load of each server (≤ 16 servers) or min/mean/max.
     #[serde(skip)]
     pub series: Vec<Vec<f64>>,
+}
+
+/// A server that left the cluster during the measured window.
+#[derive(Clone, Copy, Debug)]
+pub struct LeftServer {
+    /// Its id.
+    pub server: usize,
+    /// When it left, seconds into the measured window.
+    pub at_s: f64,
+    /// Seconds from leaving until no request was waiting at it any more.
+    pub drained_after_s: Option<f64>,
+}
+
+/// What a run knows at its end besides its [`Metrics`].
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    /// The pool rules, for the Callosum policies.
+    pub rules: Option<PoolRules>,
+    /// Servers in the cluster for the whole measured window (long-run rates are over them).
+    pub whole: Vec<u32>,
+    /// Open connections of each server in the cluster at the end.
+    pub conns: Vec<f64>,
+    /// The first whole window the joining server was in, if one joined.
+    pub joined_window: Option<usize>,
+    /// The server that left, if one did.
+    pub left: Option<LeftServer>,
+    /// Requests that failed.
+    pub failed: u64,
+    /// When a rover connection last replaced a pool entry (seconds from start), if known.
+    pub last_swap_s: Option<f64>,
+    /// Replacements in the measured window.
+    pub swaps_in_window: u64,
+    /// Events processed (0 for a live run).
+    pub events: u64,
+}
+
+impl SimReport {
+    /// The report of a run of `cfg` that measured `m` and ended as `end` says.
+    pub fn build(cfg: &SimConfig, m: Metrics, end: RunEnd) -> SimReport {
+        let h = &m.latency;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let (inflight_max_over_mean, inflight_cv, inflight_floor, mean_load) = m.inflight();
+        let (rate_max_over_mean, rate_min_over_mean) =
+            spread(end.whole.iter().map(|&s| m.per_server[s as usize] as f64));
+        let conns = &end.conns;
+        let total: u64 = m.per_server.iter().sum();
+        let slow = cfg
+            .slow_server
+            .filter(|&s| s < cfg.servers)
+            .map(|s| SlowReport {
+                server: s,
+                factor: cfg.slow_factor,
+                share: m.per_server[s] as f64 / total.max(1) as f64,
+                fair: 1.0 / conns.len().max(1) as f64,
+            });
+        let join = cfg
+            .join_at_s
+            .map(|at| join_report(at, &m.watched, end.joined_window, cfg));
+        let leave = end.left.map(|l| LeaveReport {
+            server: l.server,
+            at_s: l.at_s,
+            crash: cfg.crash,
+            drained_after_s: l.drained_after_s,
+            failed: end.failed,
+        });
+        SimReport {
+            policy: cfg.policy.name(),
+            rules: end.rules,
+            requests: h.len(),
+            failed: end.failed,
+            mean_load_per_server: mean_load,
+            inflight_max_over_mean,
+            inflight_cv,
+            inflight_floor,
+            rate_max_over_mean,
+            rate_min_over_mean,
+            window_max_over_mean: m.window_max_over_mean(),
+            latency_ms: Latency {
+                mean: h.mean() / 1e6,
+                p50: ms(h.value_at_quantile(0.5)),
+                p99: ms(h.value_at_quantile(0.99)),
+                p999: ms(h.value_at_quantile(0.999)),
+                max: ms(h.max()),
+            },
+            conns_per_server: ConnSpread {
+                min: if conns.is_empty() {
+                    0.0
+                } else {
+                    conns.iter().copied().fold(f64::INFINITY, f64::min)
+                },
+                max: conns.iter().copied().fold(0.0, f64::max),
+                mean: conns.iter().sum::<f64>() / conns.len().max(1) as f64,
+            },
+            last_swap_s: end.last_swap_s,
+            swaps_in_window: end.swaps_in_window,
+            slow,
+            join,
+            leave,
+            events: end.events,
+            series: m.series,
+        }
+    }
+}
+
+/// The joining server's share of requests relative to fair, per window after it joined.
+fn join_report(
+    at: f64,
+    watched: &[(u32, u64, u32)],
+    first: Option<usize>,
+    cfg: &SimConfig,
+) -> JoinReport {
+    let start = first.unwrap_or(watched.len()).min(watched.len());
+    let after = &watched[start..];
+    let ratio = |w: &[(u32, u64, u32)]| {
+        let got: f64 = w.iter().map(|x| x.0 as f64).sum();
+        let fair: f64 = w.iter().map(|x| x.1 as f64 / x.2.max(1) as f64).sum();
+        if fair > 0.0 { got / fair } else { 0.0 }
+    };
+    let per_window: Vec<f64> = after
+        .iter()
+        .map(|w| ratio(std::slice::from_ref(w)))
+        .collect();
+    // Trailing average over `smooth` windows, and the first window after which it stays
+    // within 10 % of fair for the rest of the run.
+    let smooth = cfg.join_smooth_windows.max(1);
+    let trailing: Vec<f64> = (0..after.len())
+        .map(|i| ratio(&after[(i + 1).saturating_sub(smooth)..=i]))
+        .collect();
+    let settled = trailing
+        .iter()
+        .rposition(|r| !(0.9..=1.1).contains(r))
+        .map_or(Some(0), |last_bad| {
+            (last_bad + 1 < trailing.len()).then_some(last_bad + 1)
+        });
+    let at_window = |secs: f64| {
+        let i = (secs / cfg.window_s).round() as usize;
+        trailing.get(i.saturating_sub(1)).copied()
+    };
+    let tail = after.len().saturating_sub((60.0 / cfg.window_s) as usize);
+    JoinReport {
+        server: cfg.servers - 1,
+        at_s: at,
+        share_after_10s: at_window(10.0),
+        share_after_30s: at_window(30.0),
+        share_last_60s: ratio(&after[tail..]),
+        settled_after_s: settled.map(|w| (w + 1) as f64 * cfg.window_s),
+        per_window,
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {

@@ -1,0 +1,283 @@
+//! The live run's clients: a [`RovingClient`] from `callosum-client` for the Callosum
+//! policies, and a small per-request router for the baselines (random, round-robin, P2C), both
+//! speaking the one-byte request protocol of [`super::server`].
+//!
+//! Why this shape: the Callosum policies must be measured through the real client, so a
+//! request leases the client's best idle connection (waiting for one if none is idle, as the
+//! simulator's clients do), writes its byte, reads the reply and gives the lease back. The
+//! baselines ignore slots, as in the simulator: a baseline client picks a server per request
+//! from the cluster's current membership and uses an idle connection of its own to that
+//! server, opening one when all are busy (so, like the simulator's, it never waits at the
+//! client); connections are kept for reuse, so after warm-up no request pays a connect. P2C
+//! compares the client's own outstanding requests at the two servers.
+//!
+//! A request whose connection breaks (its server left) is retried on another connection, at
+//! most [`RETRIES`] times; every exchange has a deadline ([`EXCHANGE_TIMEOUT`]) so no request
+//! outlives the run by much. Membership changes (a join, a leave) reach every client at once,
+//! as a service registry would tell them: the roving clients add or drop the server, the
+//! baselines see the shared [`Membership`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use callosum_client::{Prefixed, RovingClient, read_handshake};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::simulate::Policy;
+
+/// Attempts after the first when a request's connection breaks.
+pub const RETRIES: u32 = 2;
+
+/// Longest one request/reply exchange may take before it counts as failed.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connect plus slot line, for a baseline client's new connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// No idle pool connection within the client's acquire timeout.
+    #[error("no idle connection: {0}")]
+    Acquire(#[from] callosum_client::AcquireError),
+    /// No server in the cluster.
+    #[error("no server in the cluster")]
+    NoServer,
+    /// Connecting or the exchange failed.
+    #[error("request failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The exchange took longer than [`EXCHANGE_TIMEOUT`].
+    #[error("no reply within {EXCHANGE_TIMEOUT:?}")]
+    Timeout,
+}
+
+/// The servers in the cluster now: `(id, address)`, shared by every baseline client.
+#[derive(Debug, Default)]
+pub struct Membership {
+    servers: RwLock<Vec<(u32, SocketAddr)>>,
+}
+
+impl Membership {
+    /// Adds server `id`.
+    pub fn join(&self, id: u32, addr: SocketAddr) {
+        let mut s = self.servers.write().unwrap_or_else(PoisonError::into_inner);
+        if !s.iter().any(|&(i, _)| i == id) {
+            s.push((id, addr));
+        }
+    }
+
+    /// Removes server `id`.
+    pub fn leave(&self, id: u32) {
+        self.servers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|&(i, _)| i != id);
+    }
+
+    /// The member ids, in join order.
+    pub fn ids(&self) -> Vec<u32> {
+        self.snapshot().iter().map(|&(i, _)| i).collect()
+    }
+
+    fn snapshot(&self) -> Vec<(u32, SocketAddr)> {
+        self.servers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.servers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|&(i, _)| i == id)
+    }
+}
+
+/// One request/reply exchange on `conn`, under [`EXCHANGE_TIMEOUT`].
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(conn: &mut S) -> Result<(), RequestError> {
+    let io = async {
+        conn.write_all(b"r").await?;
+        let mut reply = [0u8; 1];
+        conn.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, io).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(RequestError::Timeout),
+    }
+}
+
+/// A baseline client: picks a server per request by its rule.
+#[derive(Debug)]
+pub struct Baseline {
+    policy: Policy,
+    members: Arc<Membership>,
+    /// Idle connections per server id.
+    idle: Vec<Mutex<Vec<Prefixed<TcpStream>>>>,
+    /// This client's requests outstanding per server id (P2C).
+    outstanding: Vec<AtomicU32>,
+    /// Round-robin position, 1-based; 0 until the first pick (which starts at random).
+    cursor: AtomicUsize,
+    rng: Mutex<SmallRng>,
+}
+
+impl Baseline {
+    /// A client routing by `policy` over `members`, for server ids below `servers`.
+    pub fn new(policy: Policy, members: Arc<Membership>, servers: usize, seed: u64) -> Self {
+        Self {
+            policy,
+            members,
+            idle: (0..servers).map(|_| Mutex::new(Vec::new())).collect(),
+            outstanding: (0..servers).map(|_| AtomicU32::new(0)).collect(),
+            cursor: AtomicUsize::new(0),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// Picks the server for one request: `(id, address)`.
+    fn pick(&self) -> Option<(u32, SocketAddr)> {
+        let members = self.members.snapshot();
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(match self.policy {
+            Policy::RoundRobin => {
+                // Relaxed: one client's cursor; a lost race only repeats a server once.
+                let mut cur = self.cursor.load(Ordering::Relaxed);
+                if cur == 0 {
+                    cur = rng.random_range(0..n) + 1;
+                }
+                let pos = (cur - 1) % n;
+                self.cursor.store((pos + 1) % n + 1, Ordering::Relaxed);
+                members[pos]
+            }
+            Policy::P2c if n > 1 => {
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b == a {
+                    b = n - 1;
+                }
+                let out = |i: usize| {
+                    // Relaxed: a heuristic read of this client's own counts.
+                    self.outstanding[members[i].0 as usize].load(Ordering::Relaxed)
+                };
+                let (oa, ob) = (out(a), out(b));
+                if oa < ob || (oa == ob && rng.random_bool(0.5)) {
+                    members[a]
+                } else {
+                    members[b]
+                }
+            }
+            _ => members[rng.random_range(0..n)],
+        })
+    }
+
+    async fn once(&self) -> Result<(), RequestError> {
+        let (id, addr) = self.pick().ok_or(RequestError::NoServer)?;
+        let i = id as usize;
+        let pooled = self.idle[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let connect = async {
+                    let stream = TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    read_handshake(stream, CONNECT_TIMEOUT)
+                        .await
+                        .map_err(std::io::Error::other)
+                };
+                match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                    Ok(r) => r?.stream,
+                    Err(_) => return Err(RequestError::Timeout),
+                }
+            }
+        };
+        // Relaxed: this client's own counts, read only by its P2C picks.
+        self.outstanding[i].fetch_add(1, Ordering::Relaxed);
+        let result = exchange(&mut conn).await;
+        self.outstanding[i].fetch_sub(1, Ordering::Relaxed);
+        if result.is_ok() && self.members.contains(id) {
+            self.idle[i]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(conn);
+        }
+        result
+    }
+
+    /// Closes the idle connections to server `id` (it left the cluster).
+    pub fn forget(&self, id: u32) {
+        if let Some(idle) = self.idle.get(id as usize) {
+            idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+}
+
+/// A client of the live run.
+#[derive(Debug)]
+pub enum LiveClient {
+    /// A Callosum roving client (original or improved pool policy).
+    Pool(RovingClient),
+    /// A baseline router.
+    Baseline(Baseline),
+}
+
+impl LiveClient {
+    /// Sends one request and waits for its reply, retrying on another connection when one
+    /// breaks.
+    pub async fn request(&self) -> Result<(), RequestError> {
+        let mut attempt = 0;
+        loop {
+            let result = match self {
+                LiveClient::Pool(client) => {
+                    let mut lease = client.acquire().await?;
+                    let r = exchange(&mut *lease).await;
+                    if r.is_err() {
+                        lease.discard();
+                    }
+                    r
+                }
+                LiveClient::Baseline(b) => b.once().await,
+            };
+            match result {
+                Err(RequestError::Io(err)) if attempt < RETRIES => {
+                    tracing::debug!(%err, attempt, "request failed; retrying");
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The server at `addr` joined the cluster (baselines see it in the [`Membership`]).
+    pub fn join(&self, addr: SocketAddr) {
+        if let LiveClient::Pool(client) = self {
+            if let Err(err) = client.add_server(&addr.to_string()) {
+                tracing::warn!(%err, "could not add a server");
+            }
+        }
+    }
+
+    /// Server `id` at `addr` left the cluster.
+    pub fn leave(&self, id: u32, addr: SocketAddr) {
+        match self {
+            LiveClient::Pool(client) => {
+                client.drop_server(&addr.to_string());
+            }
+            LiveClient::Baseline(b) => b.forget(id),
+        }
+    }
+}

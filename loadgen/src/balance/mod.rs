@@ -1,0 +1,289 @@
+//! `balance`: the live counterpart of [`simulate`](crate::simulate). K real `callosum-server`
+//! instances on loopback and C clients built from `callosum-client` run the same workload as
+//! the simulator (Poisson requests at a fraction of the servers' capacity, exponential
+//! service at k workers per server, one server optionally slower, one joining or leaving
+//! mid-run), every policy one after the other on fresh servers, and the same metrics are
+//! computed from the servers' real counters; then the simulator runs the same configuration
+//! and the two are put side by side.
+//!
+//! - [`server`]: the servers' request handler (k workers, FIFO queue, counters).
+//! - [`client`]: roving clients for `original`/`improved`, routers for the baselines.
+//! - [`engine`]: one live run: arrivals, sampler, join/leave, report.
+//! - [`compare`]: the live-versus-simulated table and its tolerance.
+//!
+//! Why this shape: the live run fills the simulator's own [`Metrics`](crate::simulate::metrics)
+//! and builds the simulator's [`SimReport`](crate::simulate::SimReport), so both report the
+//! same figures by one definition, and tables, JSON and the SVG plot reuse the simulator's
+//! code. [`BalanceArgs`] mirrors [`SimulateArgs`] (the same flags, with defaults scaled so a
+//! run converges in seconds: 100 ms roving interval, 5 s warm-up, 20 s measured) and converts
+//! to it, so "the same configuration" is one [`SimConfig`] for both. The improved policy is
+//! `callosum_client::PoolPolicy::improved()`, and the simulator's improved rules get the
+//! maximum age that policy settles on for the roving interval. `jsq-oracle` and `--crash`
+//! have no live counterpart (no client knows every queue; a leaving server drains).
+
+pub mod client;
+pub mod compare;
+pub mod engine;
+pub mod server;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use callosum_client::PoolPolicy;
+use serde::Serialize;
+
+use crate::simulate::{Policy, SimConfig, SimReport, SimulateArgs};
+pub use engine::{LiveError, LiveReport, run_live};
+
+/// The policies a live run can use, in report order.
+pub const LIVE_POLICIES: [Policy; 5] = [
+    Policy::Original,
+    Policy::Improved,
+    Policy::Random,
+    Policy::RoundRobin,
+    Policy::P2c,
+];
+
+/// The longest time any option may give, seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Options of `callosum-loadgen balance`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BalanceArgs {
+    /// Servers (K), each a callosum-server on 127.0.0.1 with one shard. Default 4.
+    #[arg(long, default_value_t = 4)]
+    pub servers: usize,
+    /// Clients (C), each a roving client (or a baseline router). Default 16.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Pool size per client (max_slots, P), connections, at most 64. Default 8.
+    #[arg(long, default_value_t = 8)]
+    pub max_slots: usize,
+    /// Workers per server (k); requests beyond k queue FIFO. Default 4.
+    #[arg(long, default_value_t = 4)]
+    pub workers: u32,
+    /// Mean service time, milliseconds (exponential). Default 10.
+    #[arg(long, default_value_t = 10.0)]
+    pub service_ms: f64,
+    /// Offered load as a fraction of the capacity of the servers present at the start
+    /// (Σ workers / (service time × slowdown)). Default 0.8.
+    #[arg(long, default_value_t = 0.8)]
+    pub load: f64,
+    /// Roving interval, milliseconds. Default 100 (a run converges in seconds).
+    #[arg(long, default_value_t = 100.0)]
+    pub roving_interval_ms: f64,
+    /// Warm-up, seconds, before measuring. Default 5.
+    #[arg(long, default_value_t = 5.0)]
+    pub warmup_s: f64,
+    /// Measured window, seconds. Default 20.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration_s: f64,
+    /// Interval between samples of the servers' load, milliseconds. Default 10.
+    #[arg(long, default_value_t = 10.0)]
+    pub sample_ms: f64,
+    /// Window for per-window request counts and plots, seconds. Default 1.
+    #[arg(long, default_value_t = 1.0)]
+    pub window_s: f64,
+    /// Seed of the arrivals, service times and routing (and of the simulation). Default 1.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Policies to run, comma-separated (jsq-oracle has no live counterpart). Default
+    /// original,improved,random,round-robin,p2c.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = LIVE_POLICIES.to_vec())]
+    pub policy: Vec<Policy>,
+    /// Make this server (id) slower. Default none.
+    #[arg(long)]
+    pub slow_server: Option<usize>,
+    /// Service-time multiplier of the slow server. Default 3.
+    #[arg(long, default_value_t = 3.0)]
+    pub slow_factor: f64,
+    /// The last server starts this many seconds into the measured window. Default none.
+    #[arg(long)]
+    pub join_at_s: Option<f64>,
+    /// Windows averaged when judging whether the joined server is within 10 % of fair.
+    /// Default 5.
+    #[arg(long, default_value_t = 5)]
+    pub join_smooth_windows: usize,
+    /// A server leaves (drains, then stops) this many seconds into the window. Default none.
+    #[arg(long)]
+    pub leave_at_s: Option<f64>,
+    /// The server (id) that leaves. Default 0.
+    #[arg(long, default_value_t = 0)]
+    pub leave_server: usize,
+    /// Worker threads of the clients' tokio runtime. Default 2.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Seeds the simulator runs for the comparison (seed, seed+1, ...); 0 skips it.
+    /// Default 5.
+    #[arg(long, default_value_t = 5)]
+    pub sim_seeds: u64,
+    /// Print JSON (live reports, simulated reports, comparison) instead of tables. Default
+    /// off.
+    #[arg(long)]
+    pub json: bool,
+    /// Write an SVG plot of per-server load over time (live runs) to this path. Default none.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+}
+
+impl BalanceArgs {
+    /// The same configuration as `simulate` options: the improved rules at the simulator's
+    /// defaults, with the maximum age the client's improved policy uses at this roving
+    /// interval and pool size.
+    pub fn simulate_args(&self) -> SimulateArgs {
+        let roving = Duration::from_secs_f64(self.roving_interval_ms.max(0.0) / 1e3);
+        let max_age = PoolPolicy::improved()
+            .max_slots(self.max_slots)
+            .max_age_for(roving)
+            .map_or(0.0, |a| a.as_secs_f64());
+        SimulateArgs {
+            servers: self.servers,
+            clients: self.clients,
+            max_slots: self.max_slots,
+            workers: self.workers,
+            no_queue: false,
+            service_ms: self.service_ms,
+            load: self.load,
+            roving_interval_ms: self.roving_interval_ms,
+            warmup_s: self.warmup_s,
+            duration_s: self.duration_s,
+            sample_ms: self.sample_ms,
+            window_s: self.window_s,
+            seed: self.seed,
+            policy: self.policy.clone(),
+            slow_server: self.slow_server,
+            slow_factor: self.slow_factor,
+            join_at_s: self.join_at_s,
+            join_smooth_windows: self.join_smooth_windows,
+            leave_at_s: self.leave_at_s,
+            leave_server: self.leave_server,
+            crash: false,
+            max_age_s: max_age,
+            accept_equal: true,
+            random_ties: true,
+            least_outstanding: true,
+            latency_alpha: 0.2,
+            slow_threshold: 1.5,
+            json: self.json,
+            svg: None,
+            threads: 2,
+        }
+    }
+
+    /// The run of `policy` as a [`SimConfig`], checked for what the live run cannot do.
+    pub fn config(&self, policy: Policy) -> Result<SimConfig> {
+        let cfg = SimConfig::from_args(&self.simulate_args(), policy);
+        cfg.validate()?;
+        if policy == Policy::Jsq {
+            bail!("jsq-oracle has no live counterpart (no client knows every queue)");
+        }
+        if self.slow_server.is_some_and(|s| s >= self.servers)
+            || (self.leave_at_s.is_some() && self.leave_server >= self.servers)
+        {
+            bail!("slow-server and leave-server must be server ids below --servers");
+        }
+        // Every time becomes a `Duration`: finite, and at most a day.
+        let times = [
+            Some(self.warmup_s),
+            Some(self.duration_s),
+            Some(self.service_ms / 1e3 * self.slow_factor),
+            Some(self.roving_interval_ms / 1e3),
+            Some(self.sample_ms / 1e3),
+            Some(self.window_s),
+            self.join_at_s,
+            self.leave_at_s,
+        ];
+        if times
+            .iter()
+            .flatten()
+            .any(|t| !(t.is_finite() && (0.0..=MAX_SECONDS).contains(t)))
+        {
+            bail!("every time must be finite, non-negative and at most {MAX_SECONDS} s");
+        }
+        if self.join_at_s.is_some() && self.leave_at_s.is_some() {
+            bail!("a run either joins or leaves a server, not both");
+        }
+        Ok(cfg)
+    }
+}
+
+/// What `--json` prints.
+#[derive(Serialize)]
+struct Output<'a> {
+    config: &'a SimConfig,
+    live: &'a [LiveReport],
+    simulated: &'a [SimReport],
+    comparison: &'a [compare::Row],
+}
+
+/// Runs every requested policy live, then the simulator on the same configuration, and writes
+/// the tables (or JSON) to `out` and the plot if asked.
+pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<()> {
+    let configs = args
+        .policy
+        .iter()
+        .map(|&p| args.config(p))
+        .collect::<Result<Vec<_>>>()?;
+    let mut live = Vec::with_capacity(configs.len());
+    for cfg in &configs {
+        let t0 = std::time::Instant::now();
+        let report = run_live(cfg, args.threads)
+            .with_context(|| format!("live run of {}", cfg.policy.name()))?;
+        eprintln!(
+            "balance: {:<12} {:>8} requests live in {:>6.1} s wall",
+            report.report.policy,
+            report.report.requests,
+            t0.elapsed().as_secs_f64()
+        );
+        live.push(report);
+    }
+    let sims = compare::simulate_seeds(&configs, args.sim_seeds);
+    let rows = compare::rows(&live, &sims);
+    let first: Vec<SimReport> = sims.iter().filter_map(|s| s.first().cloned()).collect();
+    if args.json {
+        let base = configs.first().context("no policy to run")?;
+        serde_json::to_writer_pretty(
+            &mut *out,
+            &Output {
+                config: base,
+                live: &live,
+                simulated: &first,
+                comparison: &rows,
+            },
+        )
+        .context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
+        writeln!(out, "live:")?;
+        write!(out, "{}", crate::simulate::report::table(&reports))?;
+        for l in &live {
+            writeln!(
+                out,
+                "{:<12} live: service {:.2} ms measured (asked {:.2}), {} late samples, {} connections left open after close",
+                l.report.policy,
+                l.service_ms_measured,
+                args.service_ms,
+                l.late_samples,
+                l.conns_open_after_close
+            )?;
+        }
+        if !first.is_empty() {
+            writeln!(out, "\nsimulated (same configuration, seed {}):", args.seed)?;
+            write!(out, "{}", crate::simulate::report::table(&first))?;
+            writeln!(out, "\n{}", compare::table(&rows, args.sim_seeds))?;
+        }
+    }
+    if let Some(path) = &args.svg {
+        let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
+        crate::simulate::plot::plot(
+            path,
+            &reports,
+            args.window_s,
+            args.servers <= crate::simulate::engine::PLOT_EACH_MAX,
+        )?;
+    }
+    Ok(())
+}
