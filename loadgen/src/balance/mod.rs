@@ -30,11 +30,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
 use callosum_client::PoolPolicy;
 use serde::Serialize;
 
-use crate::simulate::{Policy, SimConfig, SimReport, SimulateArgs};
+use crate::simulate::{Policy, SimConfig, SimError, SimReport, SimulateArgs};
 pub use engine::{LiveError, LiveReport, run_live};
 
 /// The policies a live run can use, in report order.
@@ -48,6 +47,34 @@ pub const LIVE_POLICIES: [Policy; 5] = [
 
 /// The longest time any option may give, seconds (a day).
 const MAX_SECONDS: f64 = 86_400.0;
+
+/// Why a live balance run could not run or its results could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BalanceError {
+    /// The options describe a run that cannot happen live.
+    #[error("invalid balance run: {0}")]
+    Invalid(String),
+    /// The configuration the simulator would refuse, or the plot failed.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    /// A policy's live run failed.
+    #[error("live run of {policy}: {source}")]
+    Live {
+        /// The policy.
+        policy: &'static str,
+        /// What failed.
+        source: LiveError,
+    },
+    /// No policy was asked for.
+    #[error("no policy to run")]
+    NoPolicy,
+    /// Writing the tables failed.
+    #[error("writing the results: {0}")]
+    Io(#[from] std::io::Error),
+    /// Serialising the JSON failed.
+    #[error("writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 /// Options of `callosum-loadgen balance`.
 #[derive(Clone, Debug, clap::Args)]
@@ -173,16 +200,20 @@ impl BalanceArgs {
     }
 
     /// The run of `policy` as a [`SimConfig`], checked for what the live run cannot do.
-    pub fn config(&self, policy: Policy) -> Result<SimConfig> {
+    pub fn config(&self, policy: Policy) -> Result<SimConfig, BalanceError> {
         let cfg = SimConfig::from_args(&self.simulate_args(), policy);
         cfg.validate()?;
         if policy == Policy::Jsq {
-            bail!("jsq-oracle has no live counterpart (no client knows every queue)");
+            return Err(BalanceError::Invalid(
+                "jsq-oracle has no live counterpart (no client knows every queue)".into(),
+            ));
         }
         if self.slow_server.is_some_and(|s| s >= self.servers)
             || (self.leave_at_s.is_some() && self.leave_server >= self.servers)
         {
-            bail!("slow-server and leave-server must be server ids below --servers");
+            return Err(BalanceError::Invalid(
+                "slow-server and leave-server must be server ids below --servers".into(),
+            ));
         }
         // Every time becomes a `Duration`: finite, and at most a day.
         let times = [
@@ -200,10 +231,14 @@ impl BalanceArgs {
             .flatten()
             .any(|t| !(t.is_finite() && (0.0..=MAX_SECONDS).contains(t)))
         {
-            bail!("every time must be finite, non-negative and at most {MAX_SECONDS} s");
+            return Err(BalanceError::Invalid(format!(
+                "every time must be finite, non-negative and at most {MAX_SECONDS} s"
+            )));
         }
         if self.join_at_s.is_some() && self.leave_at_s.is_some() {
-            bail!("a run either joins or leaves a server, not both");
+            return Err(BalanceError::Invalid(
+                "a run either joins or leaves a server, not both".into(),
+            ));
         }
         Ok(cfg)
     }
@@ -220,17 +255,19 @@ struct Output<'a> {
 
 /// Runs every requested policy live, then the simulator on the same configuration, and writes
 /// the tables (or JSON) to `out` and the plot if asked.
-pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<()> {
+pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> {
     let configs = args
         .policy
         .iter()
         .map(|&p| args.config(p))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut live = Vec::with_capacity(configs.len());
     for cfg in &configs {
         let t0 = std::time::Instant::now();
-        let report = run_live(cfg, args.threads)
-            .with_context(|| format!("live run of {}", cfg.policy.name()))?;
+        let report = run_live(cfg, args.threads).map_err(|source| BalanceError::Live {
+            policy: cfg.policy.name(),
+            source,
+        })?;
         eprintln!(
             "balance: {:<12} {:>8} requests live in {:>6.1} s wall",
             report.report.policy,
@@ -243,7 +280,7 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<()> {
     let rows = compare::rows(&live, &sims);
     let first: Vec<SimReport> = sims.iter().filter_map(|s| s.first().cloned()).collect();
     if args.json {
-        let base = configs.first().context("no policy to run")?;
+        let base = configs.first().ok_or(BalanceError::NoPolicy)?;
         serde_json::to_writer_pretty(
             &mut *out,
             &Output {
@@ -252,8 +289,7 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<()> {
                 simulated: &first,
                 comparison: &rows,
             },
-        )
-        .context("writing JSON")?;
+        )?;
         writeln!(out)?;
     } else {
         let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
