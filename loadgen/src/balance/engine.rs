@@ -415,6 +415,8 @@ async fn arrive(clients: Arc<Vec<LiveClient>>, sink: Arc<Sink>, rate: f64, seed:
                     }
                 }
             }
+            // Release: this request's recorded latency and failure are visible to the end-of-run
+            // Acquire poll that sees the count drop.
             sink2.in_flight.fetch_sub(1, Ordering::Release);
         });
         next += Duration::from_secs_f64(exp(&mut rng, mean));

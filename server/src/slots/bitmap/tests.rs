@@ -1,3 +1,6 @@
+//! Tests of the bitmap allocator: the original library's cases, a proptest against a
+//! `BTreeSet` model, and a bounded multi-threaded stress test of exclusive ownership.
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
