@@ -14,7 +14,7 @@
 //! Why this shape: the live run fills the simulator's own [`Metrics`](crate::simulate::metrics)
 //! and builds the simulator's [`SimReport`](crate::simulate::SimReport), so both report the
 //! same figures by one definition, and tables, JSON and the SVG plot reuse the simulator's
-//! code. [`BalanceArgs`] mirrors [`SimulateArgs`] (the same flags, with defaults scaled so a
+//! code. [`BalanceArgs`] shares [`ClusterArgs`] with [`SimulateArgs`] (the same flags, with defaults scaled so a
 //! run converges in seconds: 100 ms roving interval, 5 s warm-up, 20 s measured) and converts
 //! to it, so "the same configuration" is one [`SimConfig`] for both. The improved policy is
 //! `callosum_client::PoolPolicy::improved()`, and the simulator's improved rules get the
@@ -33,7 +33,7 @@ use std::time::Duration;
 use callosum_client::PoolPolicy;
 use serde::Serialize;
 
-use crate::simulate::{Policy, SimConfig, SimError, SimReport, SimulateArgs};
+use crate::simulate::{ClusterArgs, Policy, SimConfig, SimError, SimReport, SimulateArgs};
 pub use engine::{LiveError, LiveReport, run_live};
 
 /// The policies a live run can use, in report order.
@@ -79,25 +79,9 @@ pub enum BalanceError {
 /// Options of `callosum-loadgen balance`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BalanceArgs {
-    /// Servers (K), each a callosum-server on 127.0.0.1 with one shard. Default 4.
-    #[arg(long, default_value_t = 4)]
-    pub servers: usize,
-    /// Clients (C), each a roving client (or a baseline router). Default 16.
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
-    /// Pool size per client (max_slots, P), connections, at most 64. Default 8.
-    #[arg(long, default_value_t = 8)]
-    pub max_slots: usize,
-    /// Workers per server (k); requests beyond k queue FIFO. Default 4.
-    #[arg(long, default_value_t = 4)]
-    pub workers: u32,
-    /// Mean service time, milliseconds (exponential). Default 10.
-    #[arg(long, default_value_t = 10.0)]
-    pub service_ms: f64,
-    /// Offered load as a fraction of the capacity of the servers present at the start
-    /// (Σ workers / (service time × slowdown)). Default 0.8.
-    #[arg(long, default_value_t = 0.8)]
-    pub load: f64,
+    /// The cluster, the workload and the events (as `simulate` takes them).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Roving interval, milliseconds. Default 100 (a run converges in seconds).
     #[arg(long, default_value_t = 100.0)]
     pub roving_interval_ms: f64,
@@ -107,38 +91,10 @@ pub struct BalanceArgs {
     /// Measured window, seconds. Default 20.
     #[arg(long, default_value_t = 20.0)]
     pub duration_s: f64,
-    /// Interval between samples of the servers' load, milliseconds. Default 10.
-    #[arg(long, default_value_t = 10.0)]
-    pub sample_ms: f64,
-    /// Window for per-window request counts and plots, seconds. Default 1.
-    #[arg(long, default_value_t = 1.0)]
-    pub window_s: f64,
-    /// Seed of the arrivals, service times and routing (and of the simulation). Default 1.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
     /// Policies to run, comma-separated (jsq-oracle has no live counterpart). Default
     /// original,improved,random,round-robin,p2c.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = LIVE_POLICIES.to_vec())]
     pub policy: Vec<Policy>,
-    /// Make this server (id) slower. Default none.
-    #[arg(long)]
-    pub slow_server: Option<usize>,
-    /// Service-time multiplier of the slow server. Default 3.
-    #[arg(long, default_value_t = 3.0)]
-    pub slow_factor: f64,
-    /// The last server starts this many seconds into the measured window. Default none.
-    #[arg(long)]
-    pub join_at_s: Option<f64>,
-    /// Windows averaged when judging whether the joined server is within 10 % of fair.
-    /// Default 5.
-    #[arg(long, default_value_t = 5)]
-    pub join_smooth_windows: usize,
-    /// A server leaves (drains, then stops) this many seconds into the window. Default none.
-    #[arg(long)]
-    pub leave_at_s: Option<f64>,
-    /// The server (id) that leaves. Default 0.
-    #[arg(long, default_value_t = 0)]
-    pub leave_server: usize,
     /// Worker threads of the clients' tokio runtime. Default 2.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -162,30 +118,16 @@ impl BalanceArgs {
     pub fn simulate_args(&self) -> SimulateArgs {
         let roving = Duration::from_secs_f64(self.roving_interval_ms.max(0.0) / 1e3);
         let max_age = PoolPolicy::improved()
-            .max_slots(self.max_slots)
+            .max_slots(self.cluster.max_slots)
             .max_age_for(roving)
             .map_or(0.0, |a| a.as_secs_f64());
         SimulateArgs {
-            servers: self.servers,
-            clients: self.clients,
-            max_slots: self.max_slots,
-            workers: self.workers,
+            cluster: self.cluster.clone(),
             no_queue: false,
-            service_ms: self.service_ms,
-            load: self.load,
             roving_interval_ms: self.roving_interval_ms,
             warmup_s: self.warmup_s,
             duration_s: self.duration_s,
-            sample_ms: self.sample_ms,
-            window_s: self.window_s,
-            seed: self.seed,
             policy: self.policy.clone(),
-            slow_server: self.slow_server,
-            slow_factor: self.slow_factor,
-            join_at_s: self.join_at_s,
-            join_smooth_windows: self.join_smooth_windows,
-            leave_at_s: self.leave_at_s,
-            leave_server: self.leave_server,
             crash: false,
             max_age_s: max_age,
             accept_equal: true,
@@ -208,8 +150,12 @@ impl BalanceArgs {
                 "jsq-oracle has no live counterpart (no client knows every queue)".into(),
             ));
         }
-        if self.slow_server.is_some_and(|s| s >= self.servers)
-            || (self.leave_at_s.is_some() && self.leave_server >= self.servers)
+        if self
+            .cluster
+            .slow_server
+            .is_some_and(|s| s >= self.cluster.servers)
+            || (self.cluster.leave_at_s.is_some()
+                && self.cluster.leave_server >= self.cluster.servers)
         {
             return Err(BalanceError::Invalid(
                 "slow-server and leave-server must be server ids below --servers".into(),
@@ -219,12 +165,12 @@ impl BalanceArgs {
         let times = [
             Some(self.warmup_s),
             Some(self.duration_s),
-            Some(self.service_ms / 1e3 * self.slow_factor),
+            Some(self.cluster.service_ms / 1e3 * self.cluster.slow_factor),
             Some(self.roving_interval_ms / 1e3),
-            Some(self.sample_ms / 1e3),
-            Some(self.window_s),
-            self.join_at_s,
-            self.leave_at_s,
+            Some(self.cluster.sample_ms / 1e3),
+            Some(self.cluster.window_s),
+            self.cluster.join_at_s,
+            self.cluster.leave_at_s,
         ];
         if times
             .iter()
@@ -235,7 +181,7 @@ impl BalanceArgs {
                 "every time must be finite, non-negative and at most {MAX_SECONDS} s"
             )));
         }
-        if self.join_at_s.is_some() && self.leave_at_s.is_some() {
+        if self.cluster.join_at_s.is_some() && self.cluster.leave_at_s.is_some() {
             return Err(BalanceError::Invalid(
                 "a run either joins or leaves a server, not both".into(),
             ));
@@ -301,13 +247,17 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
                 "{:<12} live: service {:.2} ms measured (asked {:.2}), {} late samples, {} connections left open after close",
                 l.report.policy,
                 l.service_ms_measured,
-                args.service_ms,
+                args.cluster.service_ms,
                 l.late_samples,
                 l.conns_open_after_close
             )?;
         }
         if !first.is_empty() {
-            writeln!(out, "\nsimulated (same configuration, seed {}):", args.seed)?;
+            writeln!(
+                out,
+                "\nsimulated (same configuration, seed {}):",
+                args.cluster.seed
+            )?;
             write!(out, "{}", crate::simulate::report::table(&first))?;
             writeln!(out, "\n{}", compare::table(&rows, args.sim_seeds))?;
         }
@@ -317,8 +267,8 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
         crate::simulate::plot::plot(
             path,
             &reports,
-            args.window_s,
-            args.servers <= crate::simulate::engine::PLOT_EACH_MAX,
+            args.cluster.window_s,
+            args.cluster.servers <= crate::simulate::engine::PLOT_EACH_MAX,
         )?;
     }
     Ok(())

@@ -62,13 +62,14 @@ pub enum SimError {
     },
 }
 
-/// Options of `callosum-loadgen simulate`.
+/// The options `simulate` and `balance` share, with the same meaning and defaults: the
+/// cluster, its workload, and the events (a slow server, a join, a leave).
 #[derive(Clone, Debug, clap::Args)]
-pub struct SimulateArgs {
-    /// Servers (S). Default 4.
+pub struct ClusterArgs {
+    /// Servers (S; K in `balance`). Default 4.
     #[arg(long, default_value_t = 4)]
     pub servers: usize,
-    /// Clients (C), each with a rover and a pool. Default 16.
+    /// Clients (C), each with a rover and a pool (or a baseline router). Default 16.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Pool size per client (max_slots, P), connections, at most 64. Default 8.
@@ -77,10 +78,6 @@ pub struct SimulateArgs {
     /// Workers per server (k); requests beyond k queue FIFO. Default 4.
     #[arg(long, default_value_t = 4)]
     pub workers: u32,
-    /// Servers never queue: every request is served at once (a pure delay); `--workers`
-    /// then only sets the capacity the load is relative to. Default off.
-    #[arg(long)]
-    pub no_queue: bool,
     /// Mean service time, milliseconds (exponential). Default 10.
     #[arg(long, default_value_t = 10.0)]
     pub service_ms: f64,
@@ -88,28 +85,15 @@ pub struct SimulateArgs {
     /// (Σ workers / (service time × slowdown)). Default 0.8.
     #[arg(long, default_value_t = 0.8)]
     pub load: f64,
-    /// Roving interval, milliseconds: each client's rover probes one random server this
-    /// often. Default 1000.
-    #[arg(long, default_value_t = 1000.0)]
-    pub roving_interval_ms: f64,
-    /// Warm-up, seconds of simulated time before measuring. Default 60.
-    #[arg(long, default_value_t = 60.0)]
-    pub warmup_s: f64,
-    /// Measured window, seconds of simulated time. Default 300.
-    #[arg(long, default_value_t = 300.0)]
-    pub duration_s: f64,
     /// Interval between samples of instantaneous load, milliseconds. Default 10.
     #[arg(long, default_value_t = 10.0)]
     pub sample_ms: f64,
     /// Window for per-window request counts and plots, seconds. Default 1.
     #[arg(long, default_value_t = 1.0)]
     pub window_s: f64,
-    /// Seed of every random stream. Default 1.
+    /// Seed of every random stream (arrivals, service times, routing). Default 1.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Policies to run, comma-separated. Default all.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Policy::ALL.to_vec())]
-    pub policy: Vec<Policy>,
     /// Make this server (id) slower. Default none.
     #[arg(long)]
     pub slow_server: Option<usize>,
@@ -130,6 +114,31 @@ pub struct SimulateArgs {
     /// The server (id) that leaves. Default 0.
     #[arg(long, default_value_t = 0)]
     pub leave_server: usize,
+}
+
+/// Options of `callosum-loadgen simulate`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The cluster, the workload and the events (shared with `balance`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Servers never queue: every request is served at once (a pure delay); `--workers`
+    /// then only sets the capacity the load is relative to. Default off.
+    #[arg(long)]
+    pub no_queue: bool,
+    /// Roving interval, milliseconds: each client's rover probes one random server this
+    /// often. Default 1000.
+    #[arg(long, default_value_t = 1000.0)]
+    pub roving_interval_ms: f64,
+    /// Warm-up, seconds of simulated time before measuring. Default 60.
+    #[arg(long, default_value_t = 60.0)]
+    pub warmup_s: f64,
+    /// Measured window, seconds of simulated time. Default 300.
+    #[arg(long, default_value_t = 300.0)]
+    pub duration_s: f64,
+    /// Policies to run, comma-separated. Default all.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Policy::ALL.to_vec())]
+    pub policy: Vec<Policy>,
     /// The leaving server crashes (requests at it fail) instead of draining. Default off.
     #[arg(long)]
     pub crash: bool,
@@ -222,25 +231,25 @@ impl SimConfig {
         let max_age = (args.max_age_s > 0.0).then_some((args.max_age_s * 1e9) as u64);
         SimConfig {
             policy,
-            servers: args.servers,
-            clients: args.clients,
-            max_slots: args.max_slots,
-            workers: args.workers,
+            servers: args.cluster.servers,
+            clients: args.cluster.clients,
+            max_slots: args.cluster.max_slots,
+            workers: args.cluster.workers,
             no_queue: args.no_queue,
-            service_ms: args.service_ms,
-            load: args.load,
+            service_ms: args.cluster.service_ms,
+            load: args.cluster.load,
             roving_interval_ms: args.roving_interval_ms,
             warmup_s: args.warmup_s,
             duration_s: args.duration_s,
-            sample_ms: args.sample_ms,
-            window_s: args.window_s,
-            seed: args.seed,
-            slow_server: args.slow_server,
-            slow_factor: args.slow_factor,
-            join_at_s: args.join_at_s,
-            join_smooth_windows: args.join_smooth_windows,
-            leave_at_s: args.leave_at_s,
-            leave_server: args.leave_server,
+            sample_ms: args.cluster.sample_ms,
+            window_s: args.cluster.window_s,
+            seed: args.cluster.seed,
+            slow_server: args.cluster.slow_server,
+            slow_factor: args.cluster.slow_factor,
+            join_at_s: args.cluster.join_at_s,
+            join_smooth_windows: args.cluster.join_smooth_windows,
+            leave_at_s: args.cluster.leave_at_s,
+            leave_server: args.cluster.leave_server,
             crash: args.crash,
             rules: PoolRules::improved(
                 max_age,
@@ -358,15 +367,15 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
             out,
             "(inf.m/m, inf.cv: instantaneous load max/mean and CV; floor: ⌈N/S⌉/(N/S), the best \
              any policy can do; rate.mm: long-run rate max/mean; win.mm: per-{} s window max/mean)",
-            args.window_s
+            args.cluster.window_s
         )?;
     }
     if let Some(path) = &args.svg {
         plot::plot(
             path,
             &reports,
-            args.window_s,
-            args.servers <= engine::PLOT_EACH_MAX,
+            args.cluster.window_s,
+            args.cluster.servers <= engine::PLOT_EACH_MAX,
         )?;
     }
     Ok(())
