@@ -16,9 +16,10 @@
 //! same figures by one definition, and tables, JSON and the SVG plot reuse the simulator's
 //! code. [`BalanceArgs`] shares [`ClusterArgs`] with [`SimulateArgs`]; its own flags have
 //! defaults scaled so a run converges in seconds (100 ms roving interval, 5 s warm-up, 20 s
-//! measured). It converts to [`SimulateArgs`], so "the same configuration" is one [`SimConfig`] for both. The improved policy is
-//! `callosum_client::PoolPolicy::improved()`, and the simulator's improved rules get the
-//! maximum age that policy settles on for the roving interval. `jsq-oracle` and `--crash`
+//! measured). It converts to [`SimulateArgs`], so "the same configuration" is one
+//! [`SimConfig`] for both. The improved policy is `callosum_client::PoolPolicy::improved()`,
+//! and the simulator's improved rules get the maximum age that policy settles on for the
+//! roving interval. `jsq-oracle` and `--crash`
 //! have no live counterpart (no client knows every queue; a leaving server drains).
 
 pub mod client;
