@@ -49,6 +49,7 @@ macro_rules! not_loom {
 }
 
 not_loom! {
+    mod accept;
     mod config;
     mod connection;
     mod discard;

@@ -3,15 +3,16 @@
 //! thread. Shards share nothing but the slot source and their counters' memory.
 //!
 //! A shard's connections are futures in one `FuturesUnordered`, polled by the shard's single
-//! task together with its accept: each is a task of the shard in all but name (woken and
-//! polled alone, panics caught alone), without the 128-byte-aligned cell a tokio task costs,
-//! because a held connection's memory is mostly that cell.
+//! task together with its pending accepts (several at once, see [`crate::accept`]): each is a
+//! task of the shard in all but name (woken and polled alone, panics caught alone), without
+//! the 128-byte-aligned cell a tokio task costs, because a held connection's memory is mostly
+//! that cell.
 //!
-//! The accept loop never drops a pending `accept` (the accepted descriptor would leak in the
-//! ring); it is stopped by shutting the listening socket down (`SHUT_RD`), which makes the
-//! pending accept fail. Accept errors never stop it and never make it spin: resource
-//! exhaustion backs off (after refusing the waiting clients promptly with a spare
-//! descriptor), anything else is counted and retried.
+//! The loop never drops a pending accept (the accepted descriptor would leak in the ring); it
+//! is stopped by shutting the listening socket down (`SHUT_RD`), which makes the pending
+//! accepts fail. Accept errors never stop it and never make it spin: resource exhaustion
+//! backs off (after refusing the waiting clients promptly with a spare descriptor), anything
+//! else is counted and retried.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,13 +24,16 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
 
 use futures::future::{Fuse, FusedFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use pin_project_lite::pin_project;
 use tokio_uring::net::{TcpListener, TcpStream};
 
+use crate::accept::{self, AcceptOp, AcceptOutput, PeerBuf};
 use crate::connection::{Connection, ShardCtx};
 use crate::error::ServerError;
 use crate::handler::Handler;
@@ -77,7 +81,7 @@ pub(crate) fn run<H: Handler>(
         let shard = tokio_uring::spawn(async move {
             let ctx = Rc::new(ShardCtx::new(index, shared));
             let listener = TcpListener::from_std(listener);
-            serve(&ctx, &listener, &Rc::new(handler)).await;
+            serve(&ctx, listener, &Rc::new(handler)).await;
         });
         if let Err(err) = shard.await {
             tracing::error!(shard = index, "shard task failed: {err}");
@@ -118,54 +122,143 @@ fn pin(index: usize) {
     }
 }
 
-/// Accepts and serves until the server stops, then drains. The pending accept and every
-/// connection are polled by this one loop; during an accept-error backoff no accept is
-/// pending, and the connections keep being served.
-async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: &TcpListener, handler: &Rc<H>) {
-    let mut conns = FuturesUnordered::new();
+pin_project! {
+    /// A shard's work: its pending accepts and its connections, polled together by one
+    /// `FuturesUnordered`, so that a wake-up polls only what was woken.
+    #[project = WorkProj]
+    enum Work<C> {
+        Accept { op: AcceptOp },
+        Serve { #[pin] conn: C },
+    }
+}
+
+/// What a piece of work finished with.
+enum Done {
+    Accepted(AcceptOutput),
+    Closed,
+}
+
+impl<C: Future<Output = ()>> Future for Work<C> {
+    type Output = Done;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        match self.project() {
+            WorkProj::Accept { op } => Pin::new(op).poll(cx).map(Done::Accepted),
+            WorkProj::Serve { conn } => conn.poll(cx).map(|()| Done::Closed),
+        }
+    }
+}
+
+/// The shard's accepts: how many are in flight, and the address buffers of those waiting out
+/// an accept-error backoff.
+struct Accepts {
+    listener: Rc<TcpListener>,
+    in_flight: usize,
+    // Boxed on purpose: each buffer goes back into an accept, which needs it at a stable
+    // heap address.
+    #[allow(clippy::vec_box)]
+    parked: Vec<Box<PeerBuf>>,
+}
+
+impl Accepts {
+    /// Submits [`accept::IN_FLIGHT`] accepts.
+    fn start<C>(listener: TcpListener, work: &mut FuturesUnordered<Work<C>>) -> Self {
+        let mut accepts = Self {
+            listener: Rc::new(listener),
+            in_flight: 0,
+            parked: Vec::new(),
+        };
+        for _ in 0..accept::IN_FLIGHT {
+            accepts.submit(work, PeerBuf::new());
+        }
+        accepts
+    }
+
+    fn submit<C>(&mut self, work: &mut FuturesUnordered<Work<C>>, peer: Box<PeerBuf>) {
+        work.push(Work::Accept {
+            op: accept::submit(&self.listener, peer),
+        });
+        self.in_flight += 1;
+    }
+
+    /// Resubmits the accepts parked during a backoff.
+    fn resume<C>(&mut self, work: &mut FuturesUnordered<Work<C>>) {
+        while let Some(peer) = self.parked.pop() {
+            self.submit(work, peer);
+        }
+    }
+
+    /// Whether any accept is in flight or waiting to be resubmitted.
+    fn active(&self) -> bool {
+        self.in_flight > 0 || !self.parked.is_empty()
+    }
+}
+
+/// Accepts and serves until the server stops, then drains. [`accept::IN_FLIGHT`] accepts are
+/// pending at all times, except during an accept-error backoff, when those that failed wait
+/// (parked) while the connections keep being served. Once the listener is shut down, failed
+/// accepts are not resubmitted, and the loop ends when the last one has completed.
+async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &Rc<H>) {
+    let mut work = FuturesUnordered::new();
+    let mut accepts = Accepts::start(listener, &mut work);
     let mut spare = open_spare();
     let mut backoff = BACKOFF_MIN;
     let mut error_log = LogLimit::new(Duration::from_secs(1));
     let mut refused_log = LogLimit::new(Duration::from_secs(1));
-    let mut accept = pin!(listener.accept().fuse());
     let mut resume = pin!(Fuse::terminated());
-    loop {
-        tokio::select! {
+    while accepts.active() {
+        let done = tokio::select! {
             biased;
-            accepted = &mut accept, if !accept.is_terminated() => match accepted {
-                Ok((stream, peer)) => {
-                    accept.set(listener.accept().fuse());
-                    backoff = BACKOFF_MIN;
-                    if let Some(conn) = admit(ctx, handler, stream, peer, &mut refused_log) {
-                        conns.push(conn);
-                    }
-                }
-                Err(err) => {
-                    if ctx.shared.is_stopping() {
-                        break;
-                    }
-                    ShardCounters::bump(&ctx.counters().accept_errors);
-                    if let Some(suppressed) = error_log.allow() {
-                        tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
-                    }
-                    if is_resource_exhaustion(&err) {
-                        if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                            shed_with_spare(ctx, listener, &mut spare);
-                        }
-                        resume.set(tokio::time::sleep(backoff).fuse());
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    } else {
-                        accept.set(listener.accept().fuse());
-                    }
-                }
-            },
+            Some(done) = work.next() => done,
             () = &mut resume, if !resume.is_terminated() => {
-                accept.set(listener.accept().fuse());
+                if ctx.shared.is_stopping() {
+                    accepts.parked.clear();
+                } else {
+                    accepts.resume(&mut work);
+                }
+                continue;
             }
-            Some(()) = conns.next(), if !conns.is_empty() => {}
+            // Unreachable: while accepts are active, one is in `work` or `resume` is set.
+            else => break,
+        };
+        let Done::Accepted((accepted, peer)) = done else {
+            continue;
+        };
+        accepts.in_flight -= 1;
+        let stopping = ctx.shared.is_stopping();
+        match accepted {
+            Ok((stream, addr)) => {
+                if !stopping {
+                    accepts.submit(&mut work, peer);
+                }
+                backoff = BACKOFF_MIN;
+                if let Some(conn) = admit(ctx, handler, stream, addr, &mut refused_log) {
+                    work.push(Work::Serve { conn });
+                }
+            }
+            // The listener was shut down: this accept is over and not resubmitted.
+            Err(_) if stopping => {}
+            Err(err) => {
+                ShardCounters::bump(&ctx.counters().accept_errors);
+                if let Some(suppressed) = error_log.allow() {
+                    tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
+                }
+                if !is_resource_exhaustion(&err) {
+                    accepts.submit(&mut work, peer);
+                    continue;
+                }
+                if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    shed_with_spare(ctx, &accepts.listener, &mut spare);
+                }
+                accepts.parked.push(peer);
+                if resume.is_terminated() {
+                    resume.set(tokio::time::sleep(backoff).fuse());
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
         }
     }
-    drain(ctx, &mut conns).await;
+    drain(ctx, &mut work).await;
 }
 
 fn is_resource_exhaustion(err: &io::Error) -> bool {
@@ -285,7 +378,7 @@ fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<Ow
 /// After the accept loop stopped: let open connections finish for the drain timeout, then
 /// shut the rest down and give their handlers a moment to see it; whatever is left is
 /// dropped (which shuts it down and frees its slot too).
-async fn drain<F: Future<Output = ()>>(ctx: &ShardCtx, conns: &mut FuturesUnordered<F>) {
+async fn drain<F: Future>(ctx: &ShardCtx, conns: &mut FuturesUnordered<F>) {
     let finish_all = async |conns: &mut FuturesUnordered<F>| while conns.next().await.is_some() {};
     let timeout = ctx.shared.drain_timeout();
     if tokio::time::timeout(timeout, finish_all(conns)).await.is_err() {
