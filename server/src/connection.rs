@@ -24,8 +24,10 @@ use crate::stats::ShardCounters;
 
 /// A connection handed to a [`Handler`](crate::Handler): its socket, its slot, its peer.
 pub struct Connection {
-    // Field order is drop order: the socket closes before the slot guard releases.
-    stream: TcpStream,
+    // Field order is drop order: the socket closes before the slot guard releases. Shared so
+    // that an operation the server submits itself can keep the descriptor open until the
+    // kernel is done with it, as tokio-uring's own operations do.
+    stream: Rc<TcpStream>,
     peer: SocketAddr,
     slot: SlotGuard<Rc<ShardCtx>>,
     /// Set only by the server's own handlers, at a point where they know no operation on the
@@ -38,7 +40,7 @@ impl Connection {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, slot: SlotGuard<Rc<ShardCtx>>) -> Self {
         slot.source().open(stream.as_raw_fd());
         Self {
-            stream,
+            stream: Rc::new(stream),
             peer,
             slot,
             io_settled: false,
@@ -53,6 +55,11 @@ impl Connection {
 
     /// The socket (tokio-uring: reads and writes take owned buffers).
     pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket, shared with the operations the server submits on it.
+    pub(crate) fn shared_stream(&self) -> &Rc<TcpStream> {
         &self.stream
     }
 

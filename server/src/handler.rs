@@ -7,10 +7,9 @@
 //! (returns, panics, is aborted) the server can shut the socket down before it frees the slot.
 
 use std::future::Future;
-use std::io;
 
 use crate::connection::Connection;
-use crate::discard::DiscardBuf;
+use crate::discard::discard_until_closed;
 
 /// Serves one connection after its slot line was sent; the connection is closed and its slot
 /// freed when the returned future completes.
@@ -20,7 +19,7 @@ pub trait Handler: Clone + Send + 'static {
 }
 
 /// Keeps each connection open, discarding its input, until the peer closes it: the plain
-/// Callosum server. Idle connections share one read buffer per shard (see [`DiscardBuf`]).
+/// Callosum server. Idle connections share one read buffer per shard (see [`DiscardBuf`](crate::DiscardBuf)).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hold;
 
@@ -29,18 +28,6 @@ impl Handler for Hold {
         let _ = discard_until_closed(conn).await;
         // Every read above was awaited to its completion: none is in flight.
         conn.settle_io();
-    }
-}
-
-/// Reads and discards until EOF or an error; returns the bytes discarded.
-pub async fn discard_until_closed(conn: &Connection) -> io::Result<u64> {
-    let mut total = 0;
-    loop {
-        let (read, _) = conn.stream().read(DiscardBuf::new()).await;
-        match read? {
-            0 => return Ok(total),
-            n => total += n as u64,
-        }
     }
 }
 

@@ -67,7 +67,8 @@ not_loom! {
     pub use connection::Connection;
     pub use discard::DiscardBuf;
     pub use error::ServerError;
-    pub use handler::{Echo, FnHandler, Handler, Hold, discard_until_closed, handler_fn};
+    pub use discard::discard_until_closed;
+    pub use handler::{Echo, FnHandler, Handler, Hold, handler_fn};
     pub use limits::{grow_fd_table, raise_nofile_limit};
     pub use server::{RunningServer, Server, ServerBuilder, ServerHandle};
     pub use slot_line::{MAX_SLOT_LINE, SlotLine};

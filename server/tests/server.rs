@@ -227,6 +227,18 @@ fn a_handler_aborted_mid_read_closes_its_client_and_then_frees_the_slot() {
 }
 
 #[test]
+fn a_discarding_read_aborted_mid_flight_closes_its_client_and_then_frees_the_slot() {
+    // The server's own receive (poll-first, holding the socket) dropped while in flight.
+    let server = start_server_with(handler_fn(async |conn: &mut Connection| {
+        let _ = tokio::time::timeout(Duration::from_millis(100), discard_until_closed(conn)).await;
+    }));
+    let (mut first, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    assert!(sees_close(&mut first), "client not closed after abort");
+    slot_is_reissued_only_after(&first, server.local_addr(), 0);
+}
+
+#[test]
 fn a_handler_panicking_mid_read_closes_its_client_and_then_frees_the_slot() {
     let server = start_server_with(handler_fn(async |conn: &mut Connection| {
         tokio::select! {
