@@ -8,14 +8,20 @@
 #          spread over 127.0.0.1 ... 127.0.0.16 (one address pair has ~28,000 ephemeral ports)
 #   hold:  19,000 connections held open at once (server and client are separate processes:
 #          each has its own 20,000-descriptor limit)
-# and it prints one markdown table: handshakes/s, p50/p99/p99.9, server CPU per handshake
-# (utime+stime from /proc/PID/stat, over the churn), the load generator's own CPU per
-# handshake, the hold's p50/p99/max, and server RSS per held connection ((RSS at full hold -
-# RSS before the hold) / held). Before each churn the TIME_WAIT sockets of the previous one
-# drain (`ss -Htan state time-wait | wc -l`), so every server starts from the same state.
+# Before each churn the TIME_WAIT sockets of the previous one drain (`ss -Htan state time-wait
+# | wc -l`), so every server starts from the same state.
 #
-# Usage: bash benches/handshake.sh            (about 4-5 minutes, most of it TIME_WAIT drains)
-# Knobs (environment): SERVERS="callosum c tokio node", CHURN_COUNT=200000, CONCURRENCY=64,
+# The machine is shared and noisy (the same binary's CPU per handshake drifts by 10-20 % over
+# minutes), so the servers are measured in ROUNDS interleaved rounds, each in a rotated order,
+# and every ratio to the C server is taken within a round (paired: same minutes, same
+# conditions). It prints markdown tables: per server, the median over rounds of handshakes/s,
+# p50/p99/p99.9, server CPU per handshake (utime+stime from /proc/PID/stat, over the churn),
+# the load generator's own CPU per handshake, the hold's p50/p99/max and server RSS per held
+# connection ((RSS at full hold - RSS before the hold) / held); then the ratios to C, each
+# round's and their median.
+#
+# Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
+# Knobs (environment): SERVERS="callosum c tokio node", ROUNDS=3, CHURN_COUNT=200000, CONCURRENCY=64,
 #   HOLD=19000, SRC_IPS=16, SHARDS=<cores>, CALLOSUM_ARGS="--no-pin", OUT=target/handshake-bench,
 #   TW_MAX=1000 (TIME_WAIT sockets tolerated before a churn), TW_WAIT=65 (most seconds to wait; TIME_WAIT lasts 60 s).
 # Needs: cargo, cc, node, jq, ss. Loopback only. Every run is bounded: a count, a handshake
@@ -24,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SERVERS=${SERVERS:-"callosum c tokio node"}
+ROUNDS=${ROUNDS:-3}
 CHURN_COUNT=${CHURN_COUNT:-200000}
 CONCURRENCY=${CONCURRENCY:-64}
 HOLD=${HOLD:-19000}
@@ -105,53 +112,92 @@ start_server() {
   SERVER_PID=$!
 }
 
-for name in $SERVERS; do
+# One round: every server, in the round's rotation of SERVERS.
+run_server() {
+  local name=$1 round=$2 port
   drain_time_wait
   port=$(free_port)
   start_server "$name" "$port"
   wait_listening "$port"
-  log "$name (pid $SERVER_PID, port $port): churn of $CHURN_COUNT, $CONCURRENCY in flight"
+  log "round $round: $name (pid $SERVER_PID, port $port): churn of $CHURN_COUNT, $CONCURRENCY in flight"
   "$LOADGEN" churn --target "127.0.0.1:$port" --count "$CHURN_COUNT" \
-    --concurrency "$CONCURRENCY" --src-ips "$SRC_IPS" --server-pid "$SERVER_PID" \
-    --no-progress --json "$OUT/$name-churn.json" --hgrm "$OUT/$name-churn.hgrm" >"$OUT/$name-churn.txt"
-  log "$name: hold of $HOLD connections"
+    --concurrency "$CONCURRENCY" --src-ips "$SRC_IPS" --server-pid "$SERVER_PID" --no-progress \
+    --json "$OUT/$name-r$round-churn.json" --hgrm "$OUT/$name-r$round-churn.hgrm" \
+    >"$OUT/$name-r$round-churn.txt"
+  log "round $round: $name: hold of $HOLD connections"
   "$LOADGEN" hold --target "127.0.0.1:$port" --connections "$HOLD" \
-    --concurrency "$CONCURRENCY" --src-ips "$SRC_IPS" --server-pid "$SERVER_PID" \
-    --no-progress --json "$OUT/$name-hold.json" --hgrm "$OUT/$name-hold.hgrm" >"$OUT/$name-hold.txt"
+    --concurrency "$CONCURRENCY" --src-ips "$SRC_IPS" --server-pid "$SERVER_PID" --no-progress \
+    --json "$OUT/$name-r$round-hold.json" --hgrm "$OUT/$name-r$round-hold.hgrm" \
+    >"$OUT/$name-r$round-hold.txt"
   kill "$SERVER_PID"
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
+}
+
+read -r -a servers <<<"$SERVERS"
+for round in $(seq "$ROUNDS"); do
+  shift_by=$(((round - 1) % ${#servers[@]}))
+  for name in "${servers[@]:shift_by}" "${servers[@]:0:shift_by}"; do
+    run_server "$name" "$round"
+  done
 done
+
+# One line of JSON per server and round, the figures the tables need.
+for round in $(seq "$ROUNDS"); do
+  for name in "${servers[@]}"; do
+    jq -c --arg name "$name" --argjson round "$round" \
+      --slurpfile h "$OUT/$name-r$round-hold.json" '
+      .runs[0] as $c | $h[0].runs[0] as $h |
+      {name: $name, round: $round, hs: $c.handshakes_per_s, p50: $c.handshake_us.p50,
+       p99: $c.handshake_us.p99, p999: $c.handshake_us.p999,
+       cpu: $c.cpu.server_us_per_handshake, lgcpu: $c.cpu.loadgen_us_per_handshake,
+       errors: $c.errors.total, hold_p50: $h.handshake_us.p50, hold_p99: $h.handshake_us.p99,
+       hold_max: $h.handshake_us.max, held: $h.hold.held,
+       rss: $h.hold.rss_per_held_connection_bytes}' "$OUT/$name-r$round-churn.json"
+  done
+done >"$OUT/summary.jsonl"
 
 echo
 echo "Handshake benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores; client: callosum-loadgen" \
-  "($CONCURRENCY in flight, $SRC_IPS source addresses); churn $CHURN_COUNT handshakes; hold $HOLD connections"
+  "($CONCURRENCY in flight, $SRC_IPS source addresses); churn $CHURN_COUNT handshakes; hold $HOLD connections;" \
+  "$ROUNDS interleaved rounds"
+echo
+echo "Median over the rounds:"
 echo
 echo "| server | churn hs/s | churn p50 | churn p99 | churn p99.9 | server CPU/hs | loadgen CPU/hs | churn errors | hold p50 | hold p99 | hold max | held | RSS/held conn |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for name in $SERVERS; do
-  c="$OUT/$name-churn.json" h="$OUT/$name-hold.json"
-  jq -r --arg name "$name" --slurpfile h "$h" '
-    def ms: (. / 10 | round) / 100 | tostring + " ms";
-    def us: if . == null then "?" else (. * 10 | round) / 10 | tostring + " µs" end;
-    .runs[0] as $c | $h[0].runs[0] as $h |
-    "| \($name) | \($c.handshakes_per_s | round) | \($c.handshake_us.p50 | ms) | \($c.handshake_us.p99 | ms) | \($c.handshake_us.p999 | ms) | \($c.cpu.server_us_per_handshake | us) | \($c.cpu.loadgen_us_per_handshake | us) | \($c.errors.total) | \($h.handshake_us.p50 | ms) | \($h.handshake_us.p99 | ms) | \($h.handshake_us.max | ms) | \($h.hold.held) | \(if $h.hold.rss_per_held_connection_bytes == null then "?" else ($h.hold.rss_per_held_connection_bytes | round | tostring) + " B" end) |"
-  ' "$c"
-done
+jq -r -s --arg servers "$SERVERS" '
+  def med: map(select(. != null)) | sort |
+    if length == 0 then null
+    elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def ms: if . == null then "?" else (. / 10 | round) / 100 | tostring + " ms" end;
+  def us: if . == null then "?" else (. * 10 | round) / 10 | tostring + " µs" end;
+  . as $all | ($servers | split(" ") | map(select(. != ""))) as $names |
+  $names[] as $n | [$all[] | select(.name == $n)] as $r |
+  "| \($n) | \($r | map(.hs) | med | round) | \($r | map(.p50) | med | ms) | \($r | map(.p99) | med | ms) | \($r | map(.p999) | med | ms) | \($r | map(.cpu) | med | us) | \($r | map(.lgcpu) | med | us) | \($r | map(.errors) | add) | \($r | map(.hold_p50) | med | ms) | \($r | map(.hold_p99) | med | ms) | \($r | map(.hold_max) | med | ms) | \($r | map(.held) | min) | \($r | map(.rss) | med | if . == null then "?" else (round | tostring) + " B" end) |"
+' "$OUT/summary.jsonl"
 if [[ " $SERVERS " == *" c "* ]]; then
   echo
-  echo "Ratios to the C epoll server, measured in this run (hs/s: higher is better; the rest: lower is better):"
+  echo "Ratios to the C epoll server, paired within each round (round 1 / round 2 / ...), then their"
+  echo "median (hs/s: higher is better; the rest: lower is better):"
   echo
   echo "| server | churn hs/s | churn p99 | server CPU/hs | hold p99 |"
-  echo "| --- | ---: | ---: | ---: | ---: |"
-  for name in $SERVERS; do
-    jq -r -n --arg name "$name" \
-      --slurpfile c "$OUT/$name-churn.json" --slurpfile h "$OUT/$name-hold.json" \
-      --slurpfile cc "$OUT/c-churn.json" --slurpfile ch "$OUT/c-hold.json" '
-      def r(a; b): if a == null or b == null or b == 0 then "?" else ((a / b * 100 | round) / 100 | tostring) + "×" end;
-      $c[0].runs[0] as $c | $h[0].runs[0] as $h | $cc[0].runs[0] as $cc | $ch[0].runs[0] as $ch |
-      "| \($name) | \(r($c.handshakes_per_s; $cc.handshakes_per_s)) | \(r($c.handshake_us.p99; $cc.handshake_us.p99)) | \(r($c.cpu.server_us_per_handshake; $cc.cpu.server_us_per_handshake)) | \(r($h.handshake_us.p99; $ch.handshake_us.p99)) |"'
-  done
+  echo "| --- | --- | --- | --- | --- |"
+  jq -r -s --arg servers "$SERVERS" '
+    def med: map(select(. != null)) | sort |
+      if length == 0 then null
+      elif length % 2 == 1 then .[length / 2 | floor]
+      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def x: if . == null then "?" else ((. * 100 | round) / 100 | tostring) + "×" end;
+    . as $all | ($servers | split(" ") | map(select(. != ""))) as $names |
+    def ratios($n; f): [$all[] | select(.name == $n)] | sort_by(.round) | map(
+      .round as $k | ($all[] | select(.name == "c" and .round == $k)) as $c |
+      if (f) == null or ($c | f) == null or ($c | f) == 0 then null else (f) / ($c | f) end);
+    def cell($n; f): ratios($n; f) as $q | "\($q | map(x) | join(" / ")) (median **\($q | med | x)**)";
+    $names[] as $n |
+    "| \($n) | \(cell($n; .hs)) | \(cell($n; .p99)) | \(cell($n; .cpu)) | \(cell($n; .hold_p99)) |"
+  ' "$OUT/summary.jsonl"
 fi
 echo
-echo "Raw results: $OUT/<server>-{churn,hold}.{json,hgrm,txt}"
+echo "Raw results: $OUT/<server>-r<round>-{churn,hold}.{json,hgrm,txt}, $OUT/summary.jsonl"
