@@ -18,7 +18,7 @@ mod cli {
     use std::time::Duration;
 
     use anyhow::Context;
-    use callosum_server::{Echo, Hold, RunningServer, Server, ServerBuilder, Stats};
+    use callosum_server::{Echo, Hold, Keepalive, RunningServer, Server, ServerBuilder, Stats};
     use clap::{Parser, ValueEnum};
     use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -55,8 +55,18 @@ mod cli {
         #[arg(long)]
         metrics: Option<SocketAddr>,
         /// Turn TCP keepalive of accepted connections off.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["keepalive_idle", "keepalive_interval", "keepalive_retries"])]
         no_keepalive: bool,
+        /// Keepalive: seconds a connection is idle before the first probe.
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+        keepalive_idle: u64,
+        /// Keepalive: seconds between probes.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        keepalive_interval: u64,
+        /// Keepalive: unanswered probes before the kernel drops the connection (and its slot
+        /// frees).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+        keepalive_retries: u32,
     }
 
     #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -109,9 +119,11 @@ mod cli {
         if let Some(shards) = args.shards {
             builder = builder.shards(shards);
         }
-        if args.no_keepalive {
-            builder = builder.keepalive(None);
-        }
+        builder = builder.keepalive((!args.no_keepalive).then_some(Keepalive {
+            idle: Duration::from_secs(args.keepalive_idle),
+            interval: Duration::from_secs(args.keepalive_interval),
+            retries: args.keepalive_retries,
+        }));
         // Handlers first: a signal that arrives once the server is up must drain it, never
         // kill the process with the default action.
         let mut signals = Signals::install().context("installing signal handlers")?;

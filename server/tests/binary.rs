@@ -1,12 +1,15 @@
 //! The `callosum-server` binary: serves, drains on SIGTERM and exits 0 with its counters; a
-//! second signal exits at once; the Prometheus endpoint answers.
+//! second signal exits at once; the Prometheus endpoint answers; keepalive flags reach the
+//! accepted sockets.
 #![cfg(not(loom))]
 
 mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use support::*;
 
@@ -141,4 +144,85 @@ fn metrics_are_served_in_the_prometheus_text_format() {
         "metrics never showed the connection: {body}"
     );
     assert!(body.contains("callosum_active_connections 1"), "{body}");
+}
+
+#[test]
+fn keepalive_flags_are_checked_and_reach_the_accepted_sockets() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_callosum-server"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--no-pin"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for bad in [
+        &["--keepalive-idle", "0"][..],
+        &["--keepalive-retries", "0"],
+        &["--no-keepalive", "--keepalive-interval", "5"],
+    ] {
+        let out = run(bad);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("error:"), "{bad:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bad:?}: {stderr}");
+    }
+    let server = spawn_server(&[
+        "--keepalive-idle",
+        "7",
+        "--keepalive-interval",
+        "3",
+        "--keepalive-retries",
+        "2",
+    ]);
+    let (client, slot) = connect_slot(server.addr);
+    assert_eq!(slot, 0);
+    let accepted = peer_socket(&server.child, client.local_addr().unwrap());
+    assert!(accepted.keepalive().unwrap());
+    assert_eq!(
+        accepted.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(7)
+    );
+    assert_eq!(
+        accepted.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(3)
+    );
+    assert_eq!(accepted.tcp_keepalive_retries().unwrap(), 2);
+}
+
+/// A duplicate of the socket `child` accepted from `client` (pidfd_getfd: a parent may take
+/// its child's descriptors), to read the options the server really set.
+fn peer_socket(child: &Child, client: SocketAddr) -> socket2::Socket {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id(), 0) } as RawFd;
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `pidfd` was just opened and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    for entry in std::fs::read_dir(format!("/proc/{}/fd", child.id())).unwrap() {
+        let Ok(target) = entry
+            .unwrap()
+            .file_name()
+            .into_string()
+            .unwrap()
+            .parse::<RawFd>()
+        else {
+            continue;
+        };
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that process and flags;
+        // it returns a new descriptor of ours or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+        if fd < 0 {
+            continue; // closed meanwhile
+        }
+        // SAFETY: `fd` is a new descriptor that only this `OwnedFd` owns.
+        let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        let peer = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        if peer == Some(client) {
+            return socket;
+        }
+    }
+    panic!("no socket of the server has the peer {client}");
 }
