@@ -98,6 +98,9 @@ impl OneshotOutputTransform for Accepted {
 /// a tokio-uring runtime's thread.
 pub(crate) fn submit(listener: &Rc<TcpListener>, mut peer: Box<PeerBuf>) -> AcceptOp {
     peer.len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // The pointers below stay valid while the box moves into the operation's data: a `Box`
+    // owns a heap allocation that moving the `Box` does not move, and tokio-uring keeps the
+    // data alive until the kernel's completion, even if the `AcceptOp` is dropped first.
     let sqe = opcode::Accept::new(
         types::Fd(listener.as_raw_fd()),
         (&raw mut peer.storage).cast(),

@@ -145,7 +145,7 @@ impl ServerBuilder {
             config,
             slots,
             stopping: AtomicBool::new(false),
-            drain_ms: AtomicU64::new(0),
+            drain_ms: AtomicU64::new(DRAIN_UNSET),
             listeners,
             local_addr,
         });
@@ -198,6 +198,9 @@ impl ServerBuilder {
     }
 }
 
+/// `Shared::drain_ms` before the first stop.
+const DRAIN_UNSET: u64 = u64::MAX;
+
 /// What every shard shares.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
@@ -223,20 +226,32 @@ impl Shared {
     }
 
     fn stop(&self, drain: Duration) {
-        // Relaxed: published by the Release swap below.
-        self.drain_ms.store(
-            drain.as_millis().min(u64::MAX as u128) as u64,
+        // The first stop sets the drain timeout; a later one (a second `shutdown`, or dropping
+        // the `RunningServer` with its zero drain) does not shorten it. Relaxed: whichever
+        // stop's swap a shard sees, that stop's exchange (which wrote or read the value) comes
+        // before it, so the shard reads the value set (coherence + the Release swap below).
+        let _ = self.drain_ms.compare_exchange(
+            DRAIN_UNSET,
+            drain.as_millis().min(u128::from(DRAIN_UNSET - 1)) as u64,
+            Ordering::Relaxed,
             Ordering::Relaxed,
         );
         // Release: publishes the drain timeout to shards that see `stopping`.
         if self.stopping.swap(true, Ordering::Release) {
             return;
         }
-        for listener in &self.listeners {
-            // SAFETY: `listener` is an open socket owned by `self`. SHUT_RD on a listening
-            // socket makes its pending accepts fail and refuses new connections.
-            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+        for index in 0..self.listeners.len() {
+            self.shut_listener(index);
         }
+    }
+
+    /// Shuts shard `index`'s listening socket down: its pending accepts fail, and the kernel
+    /// sends new connections to the other shards' listeners.
+    pub(crate) fn shut_listener(&self, index: usize) {
+        // SAFETY: the listener is an open socket owned by `self` (the shard owns a duplicate).
+        // SHUT_RD on a listening socket makes its pending accepts fail and takes it out of
+        // the SO_REUSEPORT group.
+        unsafe { libc::shutdown(self.listeners[index].as_raw_fd(), libc::SHUT_RD) };
     }
 }
 
@@ -248,7 +263,8 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Stops accepting at once, lets open connections finish for up to `drain`, then shuts
-    /// the rest down. Returns immediately; [`RunningServer::wait`] waits for the end.
+    /// the rest down. Returns immediately; [`RunningServer::wait`] waits for the end. Only the
+    /// first call counts: a later one (or dropping the [`RunningServer`]) keeps its drain.
     pub fn shutdown(&self, drain: Duration) {
         self.shared.stop(drain);
     }

@@ -4,15 +4,17 @@
 //!
 //! A shard's connections are futures in one `FuturesUnordered`, polled by the shard's single
 //! task together with its pending accepts (several at once, see [`crate::accept`]): each is a
-//! task of the shard in all but name (woken and polled alone, panics caught alone), without
-//! the 128-byte-aligned cell a tokio task costs, because a held connection's memory is mostly
-//! that cell.
+//! task of the shard in all but name (woken and polled alone, handler panics caught alone),
+//! without the 128-byte-aligned cell a tokio task costs, because a held connection's memory is
+//! mostly that cell. A panic of the shard itself (a bug) shuts its listener down, so the
+//! kernel stops sending it connections, and is reported by `RunningServer::wait`.
 //!
 //! The loop never drops a pending accept (the accepted descriptor would leak in the ring); it
 //! is stopped by shutting the listening socket down (`SHUT_RD`), which makes the pending
-//! accepts fail. Accept errors never stop it and never make it spin: resource exhaustion
-//! backs off (after refusing the waiting clients promptly with a spare descriptor), anything
-//! else is counted and retried.
+//! accepts fail. Accept errors never stop it and never make it spin: an error of one waiting
+//! connection (ECONNABORTED and the like) is retried at once; anything else, resource
+//! exhaustion above all, backs off (after refusing the waiting clients promptly with a spare
+//! descriptor when out of descriptors).
 
 use std::io;
 use std::net::SocketAddr;
@@ -47,7 +49,8 @@ use crate::stats::ShardCounters;
 /// handlers get to notice before the shard drops them.
 const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Backoff after a resource-exhaustion accept error, doubling up to the maximum.
+/// Backoff after an accept error that is not one connection's (resource exhaustion above
+/// all), doubling up to the maximum.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
@@ -72,21 +75,31 @@ pub(crate) fn run<H: Handler>(
     };
     let _ = ready.send(Ok(()));
     drop(ready);
-    runtime.block_on(async move {
+    let ctx_shared = shared.clone();
+    let failed = runtime.block_on(async move {
         // The shard's loop is a task of the runtime's `LocalSet`, beside tokio-uring's
         // completion-dispatch task, not the `block_on` future itself: a completion then wakes
         // it within the same `LocalSet` tick. As the `block_on` future, every wake-up from that
         // task cost tokio one extra non-blocking `epoll_wait` (strace: about one per
         // connection in a churn).
         let shard = tokio_uring::spawn(async move {
-            let ctx = Rc::new(ShardCtx::new(index, shared));
+            let ctx = Rc::new(ShardCtx::new(index, ctx_shared));
             let listener = TcpListener::from_std(listener);
             serve(&ctx, listener, &Rc::new(handler)).await;
         });
-        if let Err(err) = shard.await {
-            tracing::error!(shard = index, "shard task failed: {err}");
-        }
+        shard.await.err()
     });
+    if let Some(err) = failed {
+        // A panic outside a connection (a bug, or tokio-uring failing to submit). Its
+        // connections were dropped (each shut down, its slot freed); its listener would still
+        // take its share of new connections and never accept them: shut it down, then let the
+        // thread end in the panic, for `RunningServer::wait` to report.
+        shared.shut_listener(index);
+        tracing::error!(shard = index, "shard failed: {err}; its listener is shut down");
+        if err.is_panic() {
+            std::panic::resume_unwind(err.into_panic());
+        }
+    }
     tracing::debug!(shard = index, "shard stopped");
 }
 
@@ -136,6 +149,9 @@ pin_project! {
 enum Done {
     Accepted(AcceptOutput),
     Closed,
+    /// A connection's future panicked outside its handler (say, the slot source's release
+    /// while the connection dropped): unwinding dropped the connection, closing it.
+    Panicked(String),
 }
 
 impl<C: Future<Output = ()>> Future for Work<C> {
@@ -144,7 +160,14 @@ impl<C: Future<Output = ()>> Future for Work<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
         match self.project() {
             WorkProj::Accept { op } => Pin::new(op).poll(cx).map(Done::Accepted),
-            WorkProj::Serve { conn } => conn.poll(cx).map(|()| Done::Closed),
+            // Caught here, so one connection's panic cannot take the shard's loop (and its
+            // pending accepts) down with it. No cost unless it panics.
+            WorkProj::Serve { conn } => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| conn.poll(cx))) {
+                    Ok(poll) => poll.map(|()| Done::Closed),
+                    Err(panic) => Poll::Ready(Done::Panicked(panic_message(&*panic))),
+                }
+            }
         }
     }
 }
@@ -209,7 +232,8 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
     while accepts.active() {
         let done = tokio::select! {
             biased;
-            Some(done) = work.next() => done,
+            // First, so that a steady stream of closing connections cannot keep parked
+            // accepts waiting beyond their backoff.
             () = &mut resume, if !resume.is_terminated() => {
                 if ctx.shared.is_stopping() {
                     accepts.parked.clear();
@@ -218,11 +242,18 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
                 }
                 continue;
             }
+            Some(done) = work.next() => done,
             // Unreachable: while accepts are active, one is in `work` or `resume` is set.
             else => break,
         };
-        let Done::Accepted((accepted, peer)) = done else {
-            continue;
+        let (accepted, peer) = match done {
+            Done::Accepted(accepted) => accepted,
+            Done::Closed => continue,
+            Done::Panicked(message) => {
+                ShardCounters::bump(&ctx.counters().handler_panics);
+                tracing::error!(shard = ctx.index, %message, "connection panicked; closed");
+                continue;
+            }
         };
         accepts.in_flight -= 1;
         let stopping = ctx.shared.is_stopping();
@@ -240,13 +271,18 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
             Err(_) if stopping => {}
             Err(err) => {
                 ShardCounters::bump(&ctx.counters().accept_errors);
-                if let Some(suppressed) = error_log.allow() {
-                    tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
-                }
-                if !is_resource_exhaustion(&err) {
+                if is_client_side(&err) {
+                    // The client's connection failed before it was accepted: the next one
+                    // waiting is unaffected.
+                    tracing::debug!(shard = ctx.index, error = %err, "accept: connection lost");
                     accepts.submit(&mut work, peer);
                     continue;
                 }
+                if let Some(suppressed) = error_log.allow() {
+                    tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
+                }
+                // Anything else (resource exhaustion, or an error of the listener itself that
+                // would fail again at once) waits out a backoff: retrying at once would spin.
                 if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
                     shed_with_spare(ctx, &accepts.listener, &mut spare);
                 }
@@ -261,10 +297,26 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
     drain(ctx, &mut work).await;
 }
 
-fn is_resource_exhaustion(err: &io::Error) -> bool {
+/// Errors of one waiting connection rather than of the listener (accept(2): "already-pending
+/// network errors", a connection aborted or refused by a firewall rule, an interrupted call):
+/// the next accept may succeed at once.
+fn is_client_side(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(
+            libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
     )
 }
 
@@ -277,12 +329,24 @@ fn admit<H: Handler>(
     peer: SocketAddr,
     refused_log: &mut LogLimit,
 ) -> Option<impl Future<Output = ()> + use<H>> {
-    let Some(slot) = SlotGuard::acquire(ctx.clone()) else {
-        ShardCounters::bump(&ctx.counters().refused);
-        if let Some(suppressed) = refused_log.allow() {
-            tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
+    // A slot source is the user's code: its panic refuses this connection (the stream drops,
+    // closed without a line), not the shard.
+    let acquired = std::panic::catch_unwind(AssertUnwindSafe(|| SlotGuard::acquire(ctx.clone())));
+    let slot = match acquired {
+        Ok(Some(slot)) => slot,
+        Ok(None) => {
+            ShardCounters::bump(&ctx.counters().refused);
+            if let Some(suppressed) = refused_log.allow() {
+                tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
+            }
+            return None; // `stream` drops here: closed without a slot line
         }
-        return None; // `stream` drops here: closed without a slot line
+        Err(panic) => {
+            ShardCounters::bump(&ctx.counters().handshake_errors);
+            let message = panic_message(&*panic);
+            tracing::error!(shard = ctx.index, %peer, %message, "slot source panicked; connection closed");
+            return None;
+        }
     };
     ShardCounters::bump(&ctx.counters().accepted);
     let line = SlotLine::new(slot.slot());
@@ -313,19 +377,31 @@ async fn serve_connection<H: Handler>(handler: Rc<H>, mut conn: Connection, unse
             return;
         }
     }
-    let served = AssertUnwindSafe(handler.handle(&mut conn))
-        .catch_unwind()
-        .await;
+    // Both the call (a handler's synchronous part) and the future it returns may panic.
+    let (handler, conn_ref) = (&*handler, &mut conn);
+    let start = AssertUnwindSafe(move || {
+        let conn = conn_ref; // moved, not reborrowed: the future keeps the borrow
+        handler.handle(conn)
+    });
+    let served = match std::panic::catch_unwind(start) {
+        Ok(serving) => AssertUnwindSafe(serving).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
     if let Err(panic) = served {
         ShardCounters::bump(&conn_counters(&conn).handler_panics);
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let message = panic_message(&*panic);
         tracing::error!(slot = conn.slot(), peer = %conn.peer_addr(), %message, "handler panicked; connection closed");
     }
     // `conn` drops: shut down, closed, slot freed.
+}
+
+/// A panic's message, when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 fn conn_counters(conn: &Connection) -> &ShardCounters {

@@ -5,16 +5,19 @@
 
 mod support;
 
+use std::future::Future;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use callosum_server::{
-    Connection, ServerError, SlotError, SlotSource, Slots, discard_until_closed, handler_fn,
+    Connection, Handler, ServerError, SlotError, SlotSource, Slots, discard_until_closed,
+    handler_fn,
 };
+use futures::FutureExt;
 use support::*;
 
 // --- The original server's cases ------------------------------------------------------------
@@ -253,6 +256,130 @@ fn a_handler_panicking_mid_read_closes_its_client_and_then_frees_the_slot() {
     assert!(eventually(|| server.stats().handler_panics == 1));
 }
 
+/// Panics in its synchronous part (before it returns a future), the first time only.
+#[derive(Clone, Default)]
+struct PanicsOnceBeforeItsFuture(Arc<AtomicBool>);
+
+impl Handler for PanicsOnceBeforeItsFuture {
+    fn handle(&self, conn: &mut Connection) -> impl Future<Output = ()> {
+        if !self.0.swap(true, Ordering::SeqCst) {
+            panic!("handler fails before returning its future");
+        }
+        discard_until_closed(conn).map(drop)
+    }
+}
+
+#[test]
+fn a_handler_panicking_before_returning_its_future_closes_its_client_and_frees_the_slot() {
+    let server = start_server_with(PanicsOnceBeforeItsFuture::default());
+    let (mut first, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    assert!(sees_close(&mut first), "client not closed after panic");
+    slot_is_reissued_only_after(&first, server.local_addr(), 0);
+    assert!(eventually(|| server.stats().handler_panics == 1));
+}
+
+/// The allocator, except that its first acquire, or its first release, panics.
+struct PanicsOnce {
+    slots: Slots,
+    in_acquire: bool,
+    panicked: AtomicBool,
+}
+
+impl PanicsOnce {
+    fn new(in_acquire: bool) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Slots::new(1000),
+            in_acquire,
+            panicked: AtomicBool::new(false),
+        })
+    }
+
+    fn panic_once(&self, now: bool) {
+        if now && !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("slot source fails");
+        }
+    }
+}
+
+impl SlotSource for PanicsOnce {
+    fn acquire(&self) -> Option<u32> {
+        self.panic_once(self.in_acquire);
+        self.slots.acquire()
+    }
+
+    fn release(&self, slot: u32) -> Result<(), SlotError> {
+        self.panic_once(!self.in_acquire);
+        self.slots.release(slot)
+    }
+}
+
+/// Both shards serve: 64 connections (about half on each) get the slots `first..first + 64`.
+fn every_shard_serves(addr: SocketAddr, first: u32) {
+    let clients: Vec<_> = (0..64).map(|_| connect_slot(addr)).collect();
+    let mut slots: Vec<u32> = clients.iter().map(|(_, slot)| *slot).collect();
+    slots.sort_unstable();
+    assert_eq!(slots, (first..first + 64).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_slot_source_panicking_in_acquire_refuses_that_connection_and_the_shard_serves_on() {
+    let source = PanicsOnce::new(true);
+    let server = builder().slot_source(source.clone()).start().unwrap();
+    let mut first = connect(server.local_addr());
+    assert!(
+        read_line(&mut first).map_or(true, |line| line.is_empty()),
+        "the connection whose slot request panicked gets no slot line"
+    );
+    every_shard_serves(server.local_addr(), 0);
+    let stats = server.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(stats.handshake_errors, 1);
+    assert_eq!(source.slots.in_use(), 0);
+}
+
+#[test]
+fn a_slot_source_panicking_in_release_closes_that_connection_and_the_shard_serves_on() {
+    // The panic unwinds out of the connection's drop, outside its handler.
+    let source = PanicsOnce::new(false);
+    let server = builder().slot_source(source.clone()).start().unwrap();
+    let (first, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    drop(first);
+    assert!(eventually(|| server.stats().handler_panics == 1));
+    // Slot 0 stays taken: the source panicked instead of releasing it.
+    every_shard_serves(server.local_addr(), 1);
+    let stats = server.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(stats.active, 0);
+}
+
+#[test]
+fn a_failing_listener_backs_off_instead_of_spinning() {
+    // Shut one shard's listening socket down behind the server's back: its accepts fail at
+    // once (EINVAL) for good. Retried at once, they would fail tens of thousands of times per
+    // second; backing off (5 ms doubling to 100 ms) they fail a few dozen times in 300 ms.
+    let server = start_server();
+    let addr = server.local_addr();
+    let listener = (0..1024)
+        .find(|&fd| {
+            // SAFETY: a descriptor number is only inspected (getsockopt: EBADF if unused), and
+            // the one shut down is this server's listener, open until the server stops.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            let socket = socket2::SockRef::from(&fd);
+            socket.is_listener().unwrap_or(false)
+                && socket.local_addr().ok().and_then(|a| a.as_socket()) == Some(addr)
+        })
+        .expect("a listening socket of the server");
+    // SAFETY: `listener` is an open listening socket of this process.
+    unsafe { libc::shutdown(listener, libc::SHUT_RD) };
+    std::thread::sleep(Duration::from_millis(300));
+    let errors = server.stats().accept_errors;
+    assert!(errors >= 1, "the failing accepts are counted");
+    assert!(errors < 1000, "{errors} accept errors in 300 ms: spinning");
+    // The other shard serves on.
+    let clients: Vec<_> = (0..16).map(|_| connect_slot(addr)).collect();
+    assert_eq!(clients.len(), 16);
+}
+
 // --- Shutdown and start-up errors --------------------------------------------------------------
 
 #[test]
@@ -288,6 +415,27 @@ fn drain_timeout_shuts_the_remaining_connections_down() {
     );
     assert_eq!(stats.active, 0);
     assert_eq!(slots.in_use(), 0);
+}
+
+#[test]
+fn a_later_shutdown_does_not_shorten_the_first_ones_drain() {
+    let server = start_server();
+    let (mut client, _) = connect_slot(server.local_addr());
+    server.handle().shutdown(Duration::from_secs(10));
+    // Stopped again at once with no drain (as dropping the server does): the first drain
+    // must stand.
+    server.handle().shutdown(Duration::ZERO);
+    let dropper = std::thread::spawn(move || drop(server));
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    match client.read(&mut buf) {
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the held connection was closed during its drain: {other:?}"),
+    }
+    drop(client); // the connection finishes: the drain ends
+    dropper.join().unwrap();
 }
 
 #[test]
