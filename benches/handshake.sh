@@ -22,7 +22,13 @@
 # connection ((RSS at full hold - RSS before the hold) / held, from the first hold, when the
 # process is fresh); then the ratios to C, each round's and their median.
 #
+# SIDE_BY_SIDE=N instead runs Callosum and the C server at the same time, N times: one churn
+# of SBS_COUNT split round-robin between them, each server's CPU per handshake from
+# /proc/PID/stat, and their ratio per run and its median. Both see the same seconds of the
+# machine, so this resolves a few percent of CPU that the rounds cannot.
+#
 # Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
+#        SIDE_BY_SIDE=6 bash benches/handshake.sh    (about 5 seconds per run)
 # Knobs (environment): SERVERS="callosum c tokio node", ROUNDS=3, CHURN_COUNT=200000, CONCURRENCY=64,
 #   HOLD=19000, HOLD_REPS=3, SRC_IPS=16, SHARDS=<cores>, CALLOSUM_ARGS="--no-pin", OUT=target/handshake-bench,
 #   TW_MAX=1000 (TIME_WAIT sockets tolerated before a churn), TW_WAIT=65 (most seconds to wait; TIME_WAIT lasts 60 s).
@@ -43,6 +49,8 @@ HOLD_REPS=${HOLD_REPS:-3}
 OUT=${OUT:-target/handshake-bench}
 TW_MAX=${TW_MAX:-1000}
 TW_WAIT=${TW_WAIT:-65}
+SIDE_BY_SIDE=${SIDE_BY_SIDE:-0}
+SBS_COUNT=${SBS_COUNT:-100000}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 for tool in cargo cc node jq ss; do
@@ -61,7 +69,12 @@ LOADGEN="$TARGET_DIR/release/callosum-loadgen"
 CALLOSUM="$TARGET_DIR/release/callosum-server"
 
 SERVER_PID=""
-cleanup() { if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi; }
+SIDE_PIDS=()
+cleanup() {
+  for pid in "$SERVER_PID" "${SIDE_PIDS[@]}"; do
+    if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
+  done
+}
 trap cleanup EXIT
 
 # A port nothing listens on (from the range below the ephemeral ports).
@@ -148,6 +161,68 @@ run_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=""
 }
+
+# Server CPU time (utime + stime) of process $1, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# Side by side: Callosum and the C server at once, one churn split round-robin between them
+# (the target listed first alternates), so both see the same seconds of this noisy machine;
+# their CPU per handshake is compared within each run.
+side_by_side() {
+  local clk_tck run pc pcc tc tcc order dc dcc per
+  clk_tck=$(getconf CLK_TCK)
+  per=$((SBS_COUNT / 2))
+  # One drain first; between runs the TIME_WAIT sockets pile up, but both servers share them.
+  drain_time_wait
+  for run in $(seq "$SIDE_BY_SIDE"); do
+    pc=$(free_port)
+    start_server callosum "$pc"
+    SIDE_PIDS=("$SERVER_PID")
+    pcc=$(free_port)
+    while [[ "$pcc" == "$pc" ]]; do pcc=$(free_port); done
+    start_server c "$pcc"
+    SIDE_PIDS+=("$SERVER_PID")
+    SERVER_PID=""
+    wait_listening "$pc"
+    wait_listening "$pcc"
+    order=("--target" "127.0.0.1:$pc" "--target" "127.0.0.1:$pcc")
+    if ((run % 2 == 0)); then order=("--target" "127.0.0.1:$pcc" "--target" "127.0.0.1:$pc"); fi
+    tc=$(cpu_ticks "${SIDE_PIDS[0]}")
+    tcc=$(cpu_ticks "${SIDE_PIDS[1]}")
+    "$LOADGEN" churn "${order[@]}" --count "$SBS_COUNT" --concurrency "$CONCURRENCY" \
+      --src-ips "$SRC_IPS" --no-progress --json "$OUT/side-by-side-$run.json" \
+      >"$OUT/side-by-side-$run.txt"
+    dc=$(($(cpu_ticks "${SIDE_PIDS[0]}") - tc))
+    dcc=$(($(cpu_ticks "${SIDE_PIDS[1]}") - tcc))
+    kill "${SIDE_PIDS[@]}"
+    wait "${SIDE_PIDS[@]}" 2>/dev/null || true
+    SIDE_PIDS=()
+    jq -n -c --argjson run "$run" --argjson c "$dc" --argjson cc "$dcc" --argjson tck "$clk_tck" \
+      --argjson per "$per" --slurpfile r "$OUT/side-by-side-$run.json" '
+      {run: $run, errors: $r[0].runs[0].errors.total, hs: $r[0].runs[0].handshakes_per_s,
+       callosum_us: ($c * 1e6 / $tck / $per), c_us: ($cc * 1e6 / $tck / $per),
+       ratio: (if $cc == 0 then null else $c / $cc end)}'
+  done >"$OUT/side-by-side.jsonl"
+  echo
+  echo "Side by side, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: Callosum and the C epoll server at once," \
+    "one churn of $SBS_COUNT split between them ($CONCURRENCY in flight, $SRC_IPS source addresses)"
+  echo
+  echo "| run | handshakes/s (both) | errors | Callosum CPU/hs | C CPU/hs | Callosum / C |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
+  jq -r -s '
+    def med: sort | if length % 2 == 1 then .[length / 2 | floor]
+      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def r2: (. * 100 | round) / 100;
+    (.[] | "| \(.run) | \(.hs | round) | \(.errors) | \(.callosum_us * 10 | round / 10) µs | \(.c_us * 10 | round / 10) µs | \(.ratio | r2)× |"),
+    "| median | | | | | **\(map(.ratio) | med | r2)×** |"' "$OUT/side-by-side.jsonl"
+  echo
+  echo "Raw results: $OUT/side-by-side-<run>.{json,txt}, $OUT/side-by-side.jsonl"
+}
+
+if ((SIDE_BY_SIDE > 0)); then
+  side_by_side
+  exit 0
+fi
 
 read -r -a servers <<<"$SERVERS"
 for round in $(seq "$ROUNDS"); do
