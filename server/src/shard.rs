@@ -250,8 +250,7 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
             Done::Accepted(accepted) => accepted,
             Done::Closed => continue,
             Done::Panicked(message) => {
-                ShardCounters::bump(&ctx.counters().handler_panics);
-                tracing::error!(shard = ctx.index, %message, "connection panicked; closed");
+                note_panic(ctx, &message);
                 continue;
             }
         };
@@ -395,6 +394,12 @@ async fn serve_connection<H: Handler>(handler: Rc<H>, mut conn: Connection, unse
     // `conn` drops: shut down, closed, slot freed.
 }
 
+/// Counts and logs a panic of a connection's future outside its handler.
+fn note_panic(ctx: &ShardCtx, message: &str) {
+    ShardCounters::bump(&ctx.counters().handler_panics);
+    tracing::error!(shard = ctx.index, %message, "connection panicked; closed");
+}
+
 /// A panic's message, when it has one.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -454,8 +459,14 @@ fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<Ow
 /// After the accept loop stopped: let open connections finish for the drain timeout, then
 /// shut the rest down and give their handlers a moment to see it; whatever is left is
 /// dropped (which shuts it down and frees its slot too).
-async fn drain<F: Future>(ctx: &ShardCtx, conns: &mut FuturesUnordered<F>) {
-    let finish_all = async |conns: &mut FuturesUnordered<F>| while conns.next().await.is_some() {};
+async fn drain<C: Future<Output = ()>>(ctx: &ShardCtx, conns: &mut FuturesUnordered<Work<C>>) {
+    let finish_all = async |conns: &mut FuturesUnordered<Work<C>>| {
+        while let Some(done) = conns.next().await {
+            if let Done::Panicked(message) = done {
+                note_panic(ctx, &message);
+            }
+        }
+    };
     let timeout = ctx.shared.drain_timeout();
     if tokio::time::timeout(timeout, finish_all(conns)).await.is_err() {
         tracing::info!(
