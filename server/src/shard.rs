@@ -3,11 +3,12 @@
 //! thread. Shards share nothing but the slot source and their counters' memory.
 //!
 //! A shard's connections are futures in one `FuturesUnordered`, polled by the shard's single
-//! task together with its pending accepts (several at once, see [`crate::accept`]): each is a
-//! task of the shard in all but name (woken and polled alone, handler panics caught alone),
-//! without the 128-byte-aligned cell a tokio task costs, because a held connection's memory is
-//! mostly that cell. A panic of the shard itself (a bug) shuts its listener down, so the
-//! kernel stops sending it connections, and is reported by `RunningServer::wait`.
+//! task, which also polls its few pending accepts itself (see [`crate::accept`]): each
+//! connection is a task of the shard in all but name (woken and polled alone, its panics
+//! caught alone), without the 128-byte-aligned cell a tokio task costs, because a held
+//! connection's memory is mostly that cell. A panic of the shard itself (a bug) shuts its
+//! listener down, so the kernel stops sending it connections, and is reported by
+//! `RunningServer::wait`.
 //!
 //! The loop never drops a pending accept (the accepted descriptor would leak in the ring); it
 //! is stopped by shutting the listening socket down (`SHUT_RD`), which makes the pending
