@@ -25,7 +25,8 @@
 # SIDE_BY_SIDE=N instead runs Callosum and the C server at the same time, N times: one churn
 # of SBS_COUNT split round-robin between them, each server's CPU per handshake from
 # /proc/PID/stat, and their ratio per run and its median. Both see the same seconds of the
-# machine, so this resolves a few percent of CPU that the rounds cannot.
+# machine, so its medians agree within a few percent from one set to the next, where the
+# rounds' CPU ratios move by 15 %.
 #
 # Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
 #        SIDE_BY_SIDE=6 bash benches/handshake.sh    (about 5 seconds per run)
