@@ -501,3 +501,27 @@ async fn drain<C: Future<Output = ()>>(ctx: &ShardCtx, conns: &mut FuturesUnorde
         let _ = tokio::time::timeout(FORCE_CLOSE_GRACE, finish_all(conns)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handler::Hold;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<F, A, B, C, Fut>(_: &F) -> usize
+    where
+        F: Fn(A, B, C) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn a_held_connections_future_stays_small() {
+        // Every held connection costs this much (plus the `FuturesUnordered` task around it
+        // and the socket): catching a panic in the wrong place once made the compiler keep
+        // the handler's future twice, 618 instead of 490 B of RSS per held connection.
+        // 280 B with Rust 1.95; the margin is one pointer-sized field.
+        let size = future_size(&serve_connection::<Hold>);
+        assert!(size <= 288, "a held connection's future grew to {size} B");
+    }
+}
