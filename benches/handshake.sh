@@ -59,6 +59,12 @@ for tool in cargo cc node jq ss; do
 done
 mkdir -p "$OUT"
 
+# jq: the median of an array, nulls left out (null when nothing is left).
+JQ_MED='def med: map(select(. != null)) | sort |
+  if length == 0 then null
+  elif length % 2 == 1 then .[length / 2 | floor]
+  else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
+
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 log "building callosum-server, callosum-loadgen and the baselines"
@@ -210,9 +216,7 @@ side_by_side() {
   echo
   echo "| run | handshakes/s (both) | errors | Callosum CPU/hs | C CPU/hs | Callosum / C |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
-  jq -r -s '
-    def med: sort | if length % 2 == 1 then .[length / 2 | floor]
-      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  jq -r -s "$JQ_MED"'
     def r2: (. * 100 | round) / 100;
     (.[] | "| \(.run) | \(.hs | round) | \(.errors) | \(.callosum_us * 10 | round / 10) µs | \(.c_us * 10 | round / 10) µs | \(.ratio | r2)× |"),
     "| median | | | | | **\(map(.ratio) | med | r2)×** |"' "$OUT/side-by-side.jsonl"
@@ -239,11 +243,7 @@ for round in $(seq "$ROUNDS"); do
     holds=()
     for rep in $(seq "$HOLD_REPS"); do holds+=("$OUT/$name-r$round-hold$rep.json"); done
     # The round's hold figures: medians over its holds; RSS from the first (a fresh process).
-    jq -s -c --arg name "$name" --argjson round "$round" '
-      def med: map(select(. != null)) | sort |
-        if length == 0 then null
-        elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    jq -s -c --arg name "$name" --argjson round "$round" "$JQ_MED"'
       .[0].runs[0] as $c | [.[1:][] | .runs[0]] as $h |
       {name: $name, round: $round, hs: $c.handshakes_per_s, p50: $c.handshake_us.p50,
        p99: $c.handshake_us.p99, p999: $c.handshake_us.p999,
@@ -264,11 +264,7 @@ echo "Median over the rounds:"
 echo
 echo "| server | churn hs/s | churn p50 | churn p99 | churn p99.9 | server CPU/hs | loadgen CPU/hs | churn errors | hold p50 | hold p99 | hold max | held | RSS/held conn |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-jq -r -s --arg servers "$SERVERS" '
-  def med: map(select(. != null)) | sort |
-    if length == 0 then null
-    elif length % 2 == 1 then .[length / 2 | floor]
-    else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+jq -r -s --arg servers "$SERVERS" "$JQ_MED"'
   def ms: if . == null then "?" else (. / 10 | round) / 100 | tostring + " ms" end;
   def us: if . == null then "?" else (. * 10 | round) / 10 | tostring + " µs" end;
   . as $all | ($servers | split(" ") | map(select(. != ""))) as $names |
@@ -282,11 +278,7 @@ if [[ " $SERVERS " == *" c "* ]]; then
   echo
   echo "| server | churn hs/s | churn p99 | server CPU/hs | hold p99 |"
   echo "| --- | --- | --- | --- | --- |"
-  jq -r -s --arg servers "$SERVERS" '
-    def med: map(select(. != null)) | sort |
-      if length == 0 then null
-      elif length % 2 == 1 then .[length / 2 | floor]
-      else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  jq -r -s --arg servers "$SERVERS" "$JQ_MED"'
     def x: if . == null then "?" else ((. * 100 | round) / 100 | tostring) + "×" end;
     . as $all | ($servers | split(" ") | map(select(. != ""))) as $names |
     def ratios($n; f): [$all[] | select(.name == $n)] | sort_by(.round) | map(
