@@ -196,7 +196,9 @@ impl Accepts {
     /// Submits an accept into a free place (there is one: each accept that ends frees its
     /// place before its buffer comes back).
     fn submit(&mut self, peer: Box<PeerBuf>) {
-        if let Some(free) = self.ops.iter_mut().find(|op| op.is_none()) {
+        let free = self.ops.iter_mut().find(|op| op.is_none());
+        debug_assert!(free.is_some(), "more accepts than places");
+        if let Some(free) = free {
             *free = Some(accept::submit(&self.listener, peer));
         }
     }
