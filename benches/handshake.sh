@@ -26,7 +26,8 @@
 # of SBS_COUNT split round-robin between them, each server's CPU per handshake from
 # /proc/PID/stat, and their ratio per run and its median. Both see the same seconds of the
 # machine, so its medians agree within a few percent from one set to the next, where the
-# rounds' CPU ratios move by 15 %.
+# rounds' CPU ratios move by 15 %. It is another operating point, though: each server gets
+# half the load, so it makes more trips through its event loop per handshake (README).
 #
 # Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
 #        SIDE_BY_SIDE=6 bash benches/handshake.sh    (about 5 seconds per run)
