@@ -215,3 +215,65 @@ fn forbid_io_uring_setup() {
         );
     }
 }
+
+/// The kernel's descriptor-table size for this process (`FDSize` in /proc/self/status).
+fn fd_table_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
+    line["FDSize:".len()..].trim().parse().unwrap()
+}
+
+/// Child: lowers its soft descriptor limit (the hard one stays), starts a server and reports
+/// the soft and hard limits and the table size before and after.
+fn limits_child() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid, writable rlimit.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+    let hard = rl.rlim_max;
+    rl.rlim_cur = 256.min(hard);
+    // SAFETY: a valid rlimit; lowering the soft limit is always allowed.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) }, 0);
+    let table_before = fd_table_size();
+    let server = builder().shards(1).start().expect("server starts");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+    say(format_args!(
+        "@limits {} {} {} {}",
+        rl.rlim_cur,
+        rl.rlim_max,
+        table_before,
+        fd_table_size()
+    ));
+    server.shutdown(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn start_raises_the_soft_descriptor_limit_and_grows_the_table_up_front() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok("limits") {
+        return limits_child();
+    }
+    let mut child = spawn_child(
+        "start_raises_the_soft_descriptor_limit_and_grows_the_table_up_front",
+        "limits",
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let line = child_line(&mut out, "@limits ");
+    let [soft, hard, before, after]: [u64; 4] = line
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(soft, hard, "soft limit not raised to the hard one");
+    // Only meaningful when the hard limit is above the table a fresh process starts with.
+    if hard > before {
+        assert!(
+            after >= hard.min(1 << 21),
+            "descriptor table not grown up front: {before} -> {after}, hard limit {hard}"
+        );
+    }
+}
