@@ -1,6 +1,6 @@
 //! The `callosum-server` binary: serves, drains on SIGTERM and exits 0 with its counters; a
 //! second signal exits at once; the Prometheus endpoint answers; keepalive flags reach the
-//! accepted sockets.
+//! accepted sockets; echo mode echoes and `--max-slots` refuses beyond the limit.
 #![cfg(not(loom))]
 
 mod support;
@@ -225,4 +225,31 @@ fn peer_socket(child: &Child, client: SocketAddr) -> socket2::Socket {
         }
     }
     panic!("no socket of the server has the peer {client}");
+}
+
+#[test]
+fn echo_mode_echoes_and_max_slots_refuses_beyond_the_limit() {
+    let server = spawn_server(&["--mode", "echo", "--max-slots", "1"]);
+    let (mut held, slot) = connect_slot(server.addr);
+    assert_eq!(slot, 0);
+    held.write_all(b"ping\r\n").unwrap();
+    let mut echoed = [0u8; 6];
+    held.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"ping\r\n");
+
+    // The only slot is taken: closed without a slot line.
+    let mut refused = connect(server.addr);
+    let mut got = Vec::new();
+    match refused.read_to_end(&mut got) {
+        Ok(_) => assert!(got.is_empty(), "refused connection got {got:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+
+    // Once it frees, the next connection gets it.
+    drop(held);
+    assert!(eventually(|| {
+        let mut probe = connect(server.addr);
+        let mut line = [0u8; 3];
+        probe.read_exact(&mut line).is_ok() && &line == b"0\r\n"
+    }));
 }
