@@ -1,6 +1,6 @@
 //! Start-up and resource limits, each in a child process (this test binary run again with
-//! `CALLOSUM_TEST_CHILD` set), because they change process-wide state: the descriptor limit,
-//! or a seccomp filter.
+//! `CALLOSUM_TEST_CHILD` set), because they change process-wide state (the descriptor limit,
+//! a seccomp filter) or look at the server's own threads (core pinning).
 #![cfg(not(loom))]
 
 mod support;
@@ -275,5 +275,74 @@ fn start_raises_the_soft_descriptor_limit_and_grows_the_table_up_front() {
             after >= hard.min(1 << 21),
             "descriptor table not grown up front: {before} -> {after}, hard limit {hard}"
         );
+    }
+}
+
+/// Each `callosum-shard-*` thread of this process with its allowed CPUs
+/// (`Cpus_allowed_list` in /proc/self/task/TID/status), sorted by name.
+fn shard_cpus() -> Vec<(String, String)> {
+    let mut shards = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("callosum-shard") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        shards.push((name.to_string(), cpus));
+    }
+    shards.sort();
+    shards
+}
+
+/// Child: a pinned server of two shards; reports each shard thread's allowed CPUs.
+fn pinned_child() {
+    let server = builder()
+        .shards(2)
+        .pin(true)
+        .start()
+        .expect("server starts");
+    // Each shard pins itself as its thread starts, before it reports ready to `start`.
+    for (name, cpus) in shard_cpus() {
+        say(format_args!("@shard {name} {cpus}"));
+    }
+    say(format_args!("@done"));
+    server.shutdown(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn pinned_shards_each_run_on_one_core_of_their_own() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok("pinned") {
+        return pinned_child();
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default().len();
+    let mut child = spawn_child("pinned_shards_each_run_on_one_core_of_their_own", "pinned");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut cpus = Vec::new();
+    loop {
+        let line = child_line(&mut out, "@");
+        if line == "done" {
+            break;
+        }
+        let cpu = line.rsplit(' ').next().unwrap().to_string();
+        cpus.push(cpu);
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(cpus.len(), 2, "expected two shard threads, got {cpus:?}");
+    for cpu in &cpus {
+        assert!(
+            cpu.parse::<usize>().is_ok(),
+            "shard allowed on {cpu}, not on one core"
+        );
+    }
+    if cores >= 2 {
+        assert_ne!(cpus[0], cpus[1], "both shards pinned to the same core");
     }
 }
