@@ -1,6 +1,7 @@
 //! The `callosum-server` binary: serves, drains on SIGTERM and exits 0 with its counters; a
 //! second signal exits at once; the Prometheus endpoint answers; keepalive flags reach the
-//! accepted sockets; echo mode echoes and `--max-slots` refuses beyond the limit.
+//! accepted sockets; echo mode echoes, `--max-slots` refuses beyond the limit, and `--backlog`
+//! reaches every listener.
 #![cfg(not(loom))]
 
 mod support;
@@ -252,4 +253,34 @@ fn echo_mode_echoes_and_max_slots_refuses_beyond_the_limit() {
         let mut line = [0u8; 3];
         probe.read_exact(&mut line).is_ok() && &line == b"0\r\n"
     }));
+}
+
+/// The accept backlog of each listening socket on `port`, from `ss` (Linux reports a
+/// listener's backlog only through `sock_diag`; `ss` shows it as Send-Q).
+fn listen_backlogs(port: u16) -> Vec<u32> {
+    let out = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss (iproute2)");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| line.split_whitespace().nth(2).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn backlog_flag_reaches_every_shards_listener() {
+    let server = spawn_server(&["--backlog", "123"]);
+    assert_eq!(listen_backlogs(server.addr.port()), [123, 123]);
+    let server = spawn_server(&[]);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The default is 4096; the kernel caps it at net.core.somaxconn.
+    let default = 4096.min(somaxconn);
+    assert_eq!(listen_backlogs(server.addr.port()), [default, default]);
 }
