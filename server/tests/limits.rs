@@ -1,6 +1,6 @@
 //! Start-up and resource limits, each in a child process (this test binary run again with
 //! `CALLOSUM_TEST_CHILD` set), because they change process-wide state (the descriptor limit,
-//! a seccomp filter) or look at the server's own threads (core pinning).
+//! a seccomp filter, a dropped capability) or look at the server's own threads (core pinning).
 #![cfg(not(loom))]
 
 mod support;
@@ -345,4 +345,89 @@ fn pinned_shards_each_run_on_one_core_of_their_own() {
     if cores >= 2 {
         assert_ne!(cpus[0], cpus[1], "both shards pinned to the same core");
     }
+}
+
+/// `CAP_NET_BIND_SERVICE`: binding ports below `net.ipv4.ip_unprivileged_port_start`.
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+/// Removes `cap` from this process's effective and permitted capability sets.
+fn drop_capability(cap: u32) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version-3 header and the two data words it expects.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective &= !bit;
+        data[word].permitted &= !bit;
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+/// Child: without `CAP_NET_BIND_SERVICE`, starts a server on a privileged port and reports
+/// the error's variant and message.
+fn privileged_port_child() {
+    drop_capability(CAP_NET_BIND_SERVICE);
+    match builder()
+        .host([127, 0, 0, 1].into())
+        .port(1023)
+        .shards(1)
+        .start()
+    {
+        Ok(server) => {
+            say(format_args!("@started"));
+            server.shutdown(Duration::ZERO).unwrap();
+        }
+        Err(err @ ServerError::PermissionDenied { .. }) => {
+            say(format_args!("@denied {err}"));
+        }
+        Err(err) => say(format_args!("@other {err:?}")),
+    }
+}
+
+#[test]
+fn a_privileged_port_without_the_capability_is_a_clear_startup_error() {
+    if std::env::var(CHILD_ENV).as_deref() == Ok("privileged-port") {
+        return privileged_port_child();
+    }
+    let unprivileged_from: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .map_or(1024, |s| s.trim().parse().unwrap());
+    let mut child = spawn_child(
+        "a_privileged_port_without_the_capability_is_a_clear_startup_error",
+        "privileged-port",
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let said = child_line(&mut out, "@");
+    assert!(child.wait().unwrap().success());
+    if unprivileged_from <= 1023 {
+        // Port 1023 needs no capability on this host: nothing to refuse.
+        return;
+    }
+    let message = said
+        .strip_prefix("denied ")
+        .unwrap_or_else(|| panic!("expected PermissionDenied, got {said}"));
+    assert!(message.contains("CAP_NET_BIND_SERVICE"), "{message}");
 }
