@@ -393,10 +393,22 @@ fn shutdown_drains_open_connections_then_returns_with_no_slot_in_use() {
     let clients: Vec<_> = (0..20).map(|_| connect_slot(addr)).collect();
     let closer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
-        drop(clients); // the connections finish during the drain
+        // Shutdown began meanwhile: the drain must have left every connection open...
+        let still_open = clients.iter().filter(|(c, _)| !is_closed_now(c)).count();
+        drop(clients); // ... for them to finish now
+        still_open
     });
+    let started = std::time::Instant::now();
     let stats = server.shutdown(Duration::from_secs(5)).unwrap();
-    closer.join().unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "shutdown returned before its connections finished"
+    );
+    assert_eq!(
+        closer.join().unwrap(),
+        20,
+        "the drain closed connections early"
+    );
     assert_eq!(stats.accepted, 20);
     assert_eq!(stats.active, 0);
     assert_eq!(slots.in_use(), 0);
