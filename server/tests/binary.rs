@@ -82,6 +82,10 @@ fn sigterm_drains_and_exits_zero_with_final_counters() {
     signal(&server.child, libc::SIGTERM);
     // Stops accepting at once, while the held connection may still finish.
     assert!(eventually(|| TcpStream::connect(server.addr).is_err()));
+    assert!(
+        !is_closed_now(&client),
+        "the drain closed the held connection early"
+    );
     drop(client);
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
