@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use callosum_server::ServerError;
@@ -15,16 +15,24 @@ use support::*;
 
 const CHILD_ENV: &str = "CALLOSUM_TEST_CHILD";
 
-/// Runs this test binary again, only `test`, as a child with `role`.
-fn spawn_child(test: &str, role: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// In the child process of `test` (this test binary run again with `CHILD_ENV` set to the
+/// test's name), runs `child` and returns `None`. Otherwise starts that child, running only
+/// `test`, and returns it with its stdout.
+fn run_as_child(test: &str, child: fn()) -> Option<(Child, BufReader<ChildStdout>)> {
+    if std::env::var(CHILD_ENV).as_deref() == Ok(test) {
+        child();
+        return None;
+    }
+    let mut process = Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, role)
+        .env(CHILD_ENV, test)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn child test process")
+        .expect("spawn child test process");
+    let out = BufReader::new(process.stdout.take().unwrap());
+    Some((process, out))
 }
 
 /// The rest of the child's next line that holds `prefix` (libtest prints its own text too,
@@ -83,14 +91,12 @@ fn low_limit_server() {
 
 #[test]
 fn server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again() {
-    if std::env::var(CHILD_ENV).as_deref() == Ok("low-limit") {
-        return low_limit_server();
-    }
-    let mut child = spawn_child(
+    let Some((mut child, mut out)) = run_as_child(
         "server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again",
-        "low-limit",
-    );
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+        low_limit_server,
+    ) else {
+        return;
+    };
     let mut stdin = child.stdin.take().unwrap();
     let port: u16 = child_line(&mut out, "@port ").parse().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -156,11 +162,12 @@ fn server_without_io_uring() {
 
 #[test]
 fn io_uring_blocked_by_seccomp_is_a_clear_error() {
-    if std::env::var(CHILD_ENV).as_deref() == Ok("no-uring") {
-        return server_without_io_uring();
-    }
-    let mut child = spawn_child("io_uring_blocked_by_seccomp_is_a_clear_error", "no-uring");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let Some((mut child, mut out)) = run_as_child(
+        "io_uring_blocked_by_seccomp_is_a_clear_error",
+        server_without_io_uring,
+    ) else {
+        return;
+    };
     let reason = child_line(&mut out, "@refused ");
     assert!(!reason.is_empty());
     assert!(child.wait().unwrap().success());
@@ -252,14 +259,12 @@ fn limits_child() {
 
 #[test]
 fn start_raises_the_soft_descriptor_limit_and_grows_the_table_up_front() {
-    if std::env::var(CHILD_ENV).as_deref() == Ok("limits") {
-        return limits_child();
-    }
-    let mut child = spawn_child(
+    let Some((mut child, mut out)) = run_as_child(
         "start_raises_the_soft_descriptor_limit_and_grows_the_table_up_front",
-        "limits",
-    );
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+        limits_child,
+    ) else {
+        return;
+    };
     let line = child_line(&mut out, "@limits ");
     let [soft, hard, before, after]: [u64; 4] = line
         .split(' ')
@@ -319,12 +324,13 @@ fn pinned_child() {
 
 #[test]
 fn pinned_shards_each_run_on_one_core_of_their_own() {
-    if std::env::var(CHILD_ENV).as_deref() == Ok("pinned") {
-        return pinned_child();
-    }
     let cores = core_affinity::get_core_ids().unwrap_or_default().len();
-    let mut child = spawn_child("pinned_shards_each_run_on_one_core_of_their_own", "pinned");
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let Some((mut child, mut out)) = run_as_child(
+        "pinned_shards_each_run_on_one_core_of_their_own",
+        pinned_child,
+    ) else {
+        return;
+    };
     let mut cpus = Vec::new();
     loop {
         let line = child_line(&mut out, "@");
@@ -409,17 +415,15 @@ fn privileged_port_child() {
 
 #[test]
 fn a_privileged_port_without_the_capability_is_a_clear_startup_error() {
-    if std::env::var(CHILD_ENV).as_deref() == Ok("privileged-port") {
-        return privileged_port_child();
-    }
     let unprivileged_from: u32 =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
             .map_or(1024, |s| s.trim().parse().unwrap());
-    let mut child = spawn_child(
+    let Some((mut child, mut out)) = run_as_child(
         "a_privileged_port_without_the_capability_is_a_clear_startup_error",
-        "privileged-port",
-    );
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+        privileged_port_child,
+    ) else {
+        return;
+    };
     let said = child_line(&mut out, "@");
     assert!(child.wait().unwrap().success());
     if unprivileged_from <= 1023 {
