@@ -276,15 +276,15 @@ fn listen_backlogs(port: u16) -> Vec<u32> {
 
 #[test]
 fn backlog_flag_reaches_every_shards_listener() {
-    let server = spawn_server(&["--backlog", "123"]);
-    assert_eq!(listen_backlogs(server.addr.port()), [123, 123]);
-    let server = spawn_server(&[]);
+    let custom = spawn_server(&["--backlog", "123"]);
+    assert_eq!(listen_backlogs(custom.addr.port()), [123, 123]);
+    let default = spawn_server(&[]);
     let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     // The default is 4096; the kernel caps it at net.core.somaxconn.
-    let default = 4096.min(somaxconn);
-    assert_eq!(listen_backlogs(server.addr.port()), [default, default]);
+    let expected = 4096.min(somaxconn);
+    assert_eq!(listen_backlogs(default.addr.port()), [expected, expected]);
 }

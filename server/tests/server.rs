@@ -398,12 +398,8 @@ fn shutdown_drains_open_connections_then_returns_with_no_slot_in_use() {
         drop(clients); // ... for them to finish now
         still_open
     });
-    let started = std::time::Instant::now();
+    // Returning before its connections finished would leave them active in `stats`.
     let stats = server.shutdown(Duration::from_secs(5)).unwrap();
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "shutdown returned before its connections finished"
-    );
     assert_eq!(
         closer.join().unwrap(),
         20,
