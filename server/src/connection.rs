@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use tokio_uring::net::TcpStream;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::slots::{SlotError, SlotGuard, SlotSource};
 use crate::stats::ShardCounters;
 

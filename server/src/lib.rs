@@ -26,7 +26,9 @@
 //!   for custom policies, and the [`SlotGuard`] that releases a slot once.
 //! - `server`: [`Server`] builder, [`RunningServer`], [`ServerHandle`].
 //! - `config`: [`ServerConfig`] and [`Keepalive`], the settings as plain data.
-//! - `shard`: one pinned thread with its own io_uring and `SO_REUSEPORT` listener.
+//! - `shared`: what every shard shares: settings, slot source, counters, the stop flag.
+//! - `shard`: one thread with its own io_uring and `SO_REUSEPORT` listener: the shard's loop.
+//! - `accept`: the shard's pending io_uring accepts, with retry, backoff and shedding.
 //! - `listener`: binding the shards' listeners (and refusing a port in use).
 //! - `connection`: [`Connection`], which shuts its socket down before freeing its slot.
 //! - `handler`: the [`Handler`] trait, [`Hold`] and [`Echo`].
@@ -60,6 +62,7 @@ not_loom! {
     mod log_limit;
     pub mod prometheus;
     mod server;
+    mod shared;
     mod shard;
     mod slot_line;
     mod stats;

@@ -6,9 +6,7 @@
 //! that serves or a clear error, and no thread is left behind.
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,8 +17,9 @@ use crate::handler::{Handler, Hold};
 use crate::limits;
 use crate::listener::bind_shard_listeners;
 use crate::shard;
+use crate::shared::Shared;
 use crate::slots::{SlotSource, Slots};
-use crate::stats::{Counters, Stats};
+use crate::stats::Stats;
 
 /// Entry point: `Server::builder().port(4040).start()?`.
 #[derive(Debug)]
@@ -140,15 +139,7 @@ impl ServerBuilder {
                 addr: local_addr,
                 source,
             })?;
-        let shared = Arc::new(Shared {
-            counters: Counters::new(config.shards),
-            config,
-            slots,
-            stopping: AtomicBool::new(false),
-            drain_ms: AtomicU64::new(DRAIN_UNSET),
-            listeners,
-            local_addr,
-        });
+        let shared = Arc::new(Shared::new(config, slots, listeners, local_addr));
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(shared.config.shards);
@@ -198,63 +189,6 @@ impl ServerBuilder {
     }
 }
 
-/// `Shared::drain_ms` before the first stop.
-const DRAIN_UNSET: u64 = u64::MAX;
-
-/// What every shard shares.
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    pub(crate) slots: Arc<dyn SlotSource + Send + Sync>,
-    pub(crate) counters: Counters,
-    stopping: AtomicBool,
-    drain_ms: AtomicU64,
-    /// The listening sockets (shards own duplicates): shutting one down stops its shard's
-    /// pending accept.
-    listeners: Vec<TcpListener>,
-    local_addr: SocketAddr,
-}
-
-impl Shared {
-    pub(crate) fn is_stopping(&self) -> bool {
-        // Acquire: pairs with the Release in `stop`, so the drain timeout set before is seen.
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn drain_timeout(&self) -> Duration {
-        // Relaxed: ordered by the Acquire load of `stopping` that precedes every call.
-        Duration::from_millis(self.drain_ms.load(Ordering::Relaxed))
-    }
-
-    fn stop(&self, drain: Duration) {
-        // The first stop sets the drain timeout; a later one (a second `shutdown`, or dropping
-        // the `RunningServer` with its zero drain) does not shorten it. Relaxed: whichever
-        // stop's swap a shard sees, that stop's exchange (which wrote or read the value) comes
-        // before it, so the shard reads the value set (coherence + the Release swap below).
-        let _ = self.drain_ms.compare_exchange(
-            DRAIN_UNSET,
-            drain.as_millis().min(u128::from(DRAIN_UNSET - 1)) as u64,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        // Release: publishes the drain timeout to shards that see `stopping`.
-        if self.stopping.swap(true, Ordering::Release) {
-            return;
-        }
-        for index in 0..self.listeners.len() {
-            self.shut_listener(index);
-        }
-    }
-
-    /// Shuts shard `index`'s listening socket down: its pending accepts fail, and the kernel
-    /// sends new connections to the other shards' listeners.
-    pub(crate) fn shut_listener(&self, index: usize) {
-        // SAFETY: the listener is an open socket owned by `self` (the shard owns a duplicate).
-        // SHUT_RD on a listening socket makes its pending accepts fail and takes it out of
-        // the SO_REUSEPORT group.
-        unsafe { libc::shutdown(self.listeners[index].as_raw_fd(), libc::SHUT_RD) };
-    }
-}
-
 /// A cloneable handle on a running server: stop it, read its counters. `Send + Sync`.
 #[derive(Clone)]
 pub struct ServerHandle {
@@ -281,14 +215,14 @@ impl ServerHandle {
 
     /// The address the server listens on (with the port resolved when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local_addr
+        self.shared.local_addr()
     }
 }
 
 impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandle")
-            .field("local_addr", &self.shared.local_addr)
+            .field("local_addr", &self.shared.local_addr())
             .field("stopping", &self.is_stopping())
             .finish()
     }

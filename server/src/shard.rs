@@ -12,14 +12,11 @@
 //!
 //! The loop never drops a pending accept (the accepted descriptor would leak in the ring); it
 //! is stopped by shutting the listening socket down (`SHUT_RD`), which makes the pending
-//! accepts fail. Accept errors never stop it and never make it spin: an error of one waiting
-//! connection (ECONNABORTED and the like) is retried at once; anything else, resource
-//! exhaustion above all, backs off (after refusing the waiting clients promptly with a spare
-//! descriptor when out of descriptors).
+//! accepts fail. What a failed accept does (retry, back off, shed) is [`crate::accept`]'s.
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,21 +24,20 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::future::{Fuse, FusedFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use pin_project_lite::pin_project;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::accept::{self, AcceptOp, AcceptOutput, PeerBuf};
+use crate::accept::{Accepts, Completed};
 use crate::connection::{Connection, ShardCtx};
 use crate::error::ServerError;
 use crate::handler::Handler;
 use crate::log_limit::LogLimit;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::slot_line::{self, Sent, SlotLine};
 use crate::slots::SlotGuard;
 use crate::stats::ShardCounters;
@@ -49,11 +45,6 @@ use crate::stats::ShardCounters;
 /// After a drain times out and the remaining connections are shut down, how long their
 /// handlers get to notice before the shard drops them.
 const FORCE_CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// Backoff after an accept error that is not one connection's (resource exhaustion above
-/// all), doubling up to the maximum.
-const BACKOFF_MIN: Duration = Duration::from_millis(5);
-const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Runs shard `index` on the calling thread until the server stops and the drain is over.
 /// Reports on `ready` once whether its runtime could start.
@@ -167,115 +158,40 @@ impl<C: Future<Output = ()>> Future for Serve<C> {
     }
 }
 
-/// The shard's accepts: [`accept::IN_FLIGHT`] operations polled by the loop itself (they
-/// are few, and this spares each accept a `FuturesUnordered` task: an allocation, a push and
-/// a wake through its queue), and the address buffers of those waiting out a backoff.
-struct Accepts {
-    listener: Rc<TcpListener>,
-    ops: [Option<AcceptOp>; accept::IN_FLIGHT],
-    // Boxed on purpose: each buffer goes back into an accept, which needs it at a stable
-    // heap address.
-    #[allow(clippy::vec_box)]
-    parked: Vec<Box<PeerBuf>>,
-}
-
-impl Accepts {
-    /// Submits [`accept::IN_FLIGHT`] accepts.
-    fn start(listener: TcpListener) -> Self {
-        let mut accepts = Self {
-            listener: Rc::new(listener),
-            ops: Default::default(),
-            parked: Vec::new(),
-        };
-        for _ in 0..accept::IN_FLIGHT {
-            accepts.submit(PeerBuf::new());
-        }
-        accepts
-    }
-
-    /// Submits an accept into a free place (there is one: each accept that ends frees its
-    /// place before its buffer comes back).
-    fn submit(&mut self, peer: Box<PeerBuf>) {
-        let free = self.ops.iter_mut().find(|op| op.is_none());
-        debug_assert!(free.is_some(), "more accepts than places");
-        if let Some(free) = free {
-            *free = Some(accept::submit(&self.listener, peer));
-        }
-    }
-
-    /// Resubmits the accepts parked during a backoff.
-    fn resume(&mut self) {
-        while let Some(peer) = self.parked.pop() {
-            self.submit(peer);
-        }
-    }
-
-    /// The first accept that has completed, if any.
-    fn poll_accepted(&mut self, cx: &mut Context<'_>) -> Poll<AcceptOutput> {
-        for place in &mut self.ops {
-            if let Some(op) = place
-                && let Poll::Ready(output) = Pin::new(op).poll(cx)
-            {
-                *place = None;
-                return Poll::Ready(output);
-            }
-        }
-        Poll::Pending
-    }
-
-    /// Whether any accept is in flight or waiting to be resubmitted.
-    fn active(&self) -> bool {
-        self.ops.iter().any(Option::is_some) || !self.parked.is_empty()
-    }
-}
-
 /// What woke the shard's loop.
 enum Event {
-    /// The accept-error backoff is over.
-    Resume,
-    Accepted(AcceptOutput),
+    Accepted(Completed),
+    /// No accept is left: the server stopped.
+    Stopped,
     Ended(Done),
 }
 
-/// Accepts and serves until the server stops, then drains. [`accept::IN_FLIGHT`] accepts are
-/// pending at all times, except during an accept-error backoff, when those that failed wait
-/// (parked) while the connections keep being served. Once the listener is shut down, failed
-/// accepts are not resubmitted, and the loop ends when the last one has completed.
+/// Accepts and serves until the server stops, then drains. [`crate::accept::IN_FLIGHT`] accepts are
+/// pending at all times, except during an accept-error backoff, while the connections keep
+/// being served. Once the listener is shut down, failed accepts are not resubmitted, and the
+/// loop ends when the last one has completed.
 async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &Rc<H>) {
     let mut work = FuturesUnordered::new();
-    let mut accepts = Accepts::start(listener);
-    let mut spare = open_spare();
-    let mut backoff = BACKOFF_MIN;
-    let mut error_log = LogLimit::new(Duration::from_secs(1));
+    let mut accepts = Accepts::start(ctx.clone(), listener);
     let mut refused_log = LogLimit::new(Duration::from_secs(1));
-    let mut resume = pin!(Fuse::terminated());
-    while accepts.active() {
+    loop {
         let event = std::future::poll_fn(|cx| {
-            // The backoff first, so that a steady stream of closing connections cannot keep
-            // parked accepts waiting beyond it; then accepts, as the C server does.
-            if !resume.is_terminated() && resume.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Resume);
-            }
-            if let Poll::Ready(accepted) = accepts.poll_accepted(cx) {
-                return Poll::Ready(Event::Accepted(accepted));
+            // Accepts first, as the C server does.
+            match accepts.poll_accepted(cx) {
+                Poll::Ready(Some(completed)) => return Poll::Ready(Event::Accepted(completed)),
+                Poll::Ready(None) => return Poll::Ready(Event::Stopped),
+                Poll::Pending => {}
             }
             match work.poll_next_unpin(cx) {
                 Poll::Ready(Some(done)) => Poll::Ready(Event::Ended(done)),
-                // No connection (an empty set): an accept or the backoff will wake the loop.
+                // No connection (an empty set): an accept or its backoff will wake the loop.
                 Poll::Ready(None) | Poll::Pending => Poll::Pending,
             }
         })
         .await;
-        let (accepted, peer) = match event {
-            Event::Resume => {
-                if ctx.shared.is_stopping() {
-                    accepts.parked.clear();
-                } else {
-                    accepts.resume();
-                }
-                continue;
-            }
-            Event::Accepted(accepted) => accepted,
+        let Completed { result, buf } = match event {
+            Event::Accepted(completed) => completed,
+            Event::Stopped => break,
             Event::Ended(Done::Closed) => continue,
             Event::Ended(Done::Panicked(message)) => {
                 note_panic(ctx, &message);
@@ -283,67 +199,19 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
             }
         };
         let stopping = ctx.shared.is_stopping();
-        match accepted {
+        match result {
             Ok((stream, addr)) => {
-                if !stopping {
-                    accepts.submit(peer);
-                }
-                backoff = BACKOFF_MIN;
+                accepts.succeeded(buf, stopping);
                 if let Some(conn) = admit(ctx, handler, stream, addr, &mut refused_log) {
                     work.push(Serve { conn });
                 }
             }
             // The listener was shut down: this accept is over and not resubmitted.
             Err(_) if stopping => {}
-            Err(err) => {
-                ShardCounters::bump(&ctx.counters().accept_errors);
-                if is_client_side(&err) {
-                    // The client's connection failed before it was accepted: the next one
-                    // waiting is unaffected.
-                    tracing::debug!(shard = ctx.index, error = %err, "accept: connection lost");
-                    accepts.submit(peer);
-                    continue;
-                }
-                if let Some(suppressed) = error_log.allow() {
-                    tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
-                }
-                // Anything else (resource exhaustion, or an error of the listener itself that
-                // would fail again at once) waits out a backoff: retrying at once would spin.
-                if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                    shed_with_spare(ctx, &accepts.listener, &mut spare);
-                }
-                accepts.parked.push(peer);
-                if resume.is_terminated() {
-                    resume.set(tokio::time::sleep(backoff).fuse());
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
+            Err(err) => accepts.failed(&err, buf),
         }
     }
     drain(ctx, &mut work).await;
-}
-
-/// Errors of one waiting connection rather than of the listener (accept(2): "already-pending
-/// network errors", a connection aborted or refused by a firewall rule, an interrupted call):
-/// the next accept may succeed at once.
-fn is_client_side(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(
-            libc::ECONNABORTED
-                | libc::EINTR
-                | libc::EAGAIN
-                | libc::EPROTO
-                | libc::EPERM
-                | libc::ENETDOWN
-                | libc::ENOPROTOOPT
-                | libc::EHOSTDOWN
-                | libc::ENONET
-                | libc::EHOSTUNREACH
-                | libc::EOPNOTSUPP
-                | libc::ENETUNREACH
-        )
-    )
 }
 
 /// Gives a slot to a freshly accepted connection and sends its slot line; returns the future
@@ -436,49 +304,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 fn conn_counters(conn: &Connection) -> &ShardCounters {
     conn.shard_ctx().counters()
-}
-
-/// A descriptor held in reserve so that, when the process is out of descriptors, the shard
-/// can still accept the clients waiting in its backlog and close them at once (they see a
-/// prompt close instead of hanging until their connect times out).
-fn open_spare() -> Option<OwnedFd> {
-    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
-}
-
-fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
-    let Some(fd) = spare.take() else {
-        *spare = open_spare();
-        return;
-    };
-    drop(fd);
-    let mut shed = 0u32;
-    while shed < 64 {
-        // SAFETY: a non-blocking accept on our own listening socket; the peer address is not
-        // asked for (null pointers are allowed).
-        let conn = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            )
-        };
-        if conn < 0 {
-            break;
-        }
-        // SAFETY: `conn` was just returned by accept4 and is ours alone.
-        unsafe { libc::close(conn) };
-        ShardCounters::bump(&ctx.counters().refused);
-        shed += 1;
-    }
-    if shed > 0 {
-        tracing::debug!(
-            shard = ctx.index,
-            shed,
-            "out of descriptors: closed waiting clients"
-        );
-    }
-    *spare = open_spare();
 }
 
 /// After the accept loop stopped: let open connections finish for the drain timeout, then
