@@ -63,9 +63,10 @@ pub struct CommonArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Bind outgoing connections to 127.0.0.1 ..= 127.0.0.N (loopback targets), to use more
-    /// than one address pair's ephemeral ports.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
-    pub src_ips: u8,
+    /// than one address pair's ephemeral ports. Default: enough for the run's connects
+    /// (loopback targets), else 1.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub src_ips: Option<u8>,
     /// Handshake timeout (connect plus slot line), seconds.
     #[arg(long, default_value = "5", value_parser = parse_secs)]
     pub timeout: Duration,
@@ -337,7 +338,7 @@ mod tests {
             }
         ));
         assert_eq!(config.phases[0].warmup, Duration::from_millis(500));
-        assert_eq!(config.src_ips, 16);
+        assert_eq!(config.src_ips, Some(16));
         assert_eq!(out.json, Some(PathBuf::from("x.json")));
     }
 

@@ -22,8 +22,11 @@ pub struct Config {
     /// Worker threads, each with its own current-thread runtime. Default: the number of cores.
     pub workers: usize,
     /// Bind outgoing connections to 127.0.0.1 ..= 127.0.0.N, round-robin (loopback targets
-    /// only), to get more than one address pair's ephemeral ports. Default 1 (no bind).
-    pub src_ips: u8,
+    /// only), to get more than one address pair's ephemeral ports. Default `None`: for
+    /// loopback targets, as many as keep each pair's connects within the TIME_WAIT period
+    /// well inside the ephemeral port range ([`crate::limits::port_plan`]); otherwise 1 (no
+    /// bind).
+    pub src_ips: Option<u8>,
     /// Give up on one handshake (connect plus slot line) after this long; counted as a
     /// timeout. Default 5 s.
     pub timeout: Duration,
@@ -58,7 +61,7 @@ impl Default for Config {
                 },
             ],
             workers: default_workers(),
-            src_ips: 1,
+            src_ips: None,
             timeout: Duration::from_secs(5),
             server_pid: None,
             progress: true,
@@ -67,14 +70,14 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The source addresses to bind, in round-robin order; empty means "let the kernel pick".
+    /// The source addresses to bind, in round-robin order; empty means "let the kernel pick"
+    /// (one address, or `src_ips` not resolved yet).
     pub fn source_addrs(&self) -> Vec<Ipv4Addr> {
-        if self.src_ips <= 1 {
+        let n = self.src_ips.unwrap_or(1);
+        if n <= 1 {
             return Vec::new();
         }
-        (1..=self.src_ips)
-            .map(|i| Ipv4Addr::new(127, 0, 0, i))
-            .collect()
+        (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect()
     }
 
     /// True when the run starts its own server.

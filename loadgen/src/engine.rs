@@ -76,6 +76,14 @@ impl Shutdown {
 /// Runs every phase of `config` and returns the report. Checks the limits first and refuses a
 /// run that cannot fit them, before anything starts.
 pub fn run(config: &Config, shutdown: &Shutdown) -> Result<Report, LoadgenError> {
+    let ports = limits::port_plan(config);
+    if let Some(warning) = ports.warning() {
+        tracing::warn!("{warning}");
+    }
+    let config = &Config {
+        src_ips: Some(ports.src_ips),
+        ..config.clone()
+    };
     limits::check(config)?;
     let embedded = if config.is_embedded() {
         Some(EmbeddedServer::start(&config.embedded)?)

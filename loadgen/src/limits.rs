@@ -4,10 +4,20 @@
 //!
 //! A run that would die half-way with `EMFILE` or `EADDRNOTAVAIL` wastes the reader's time and
 //! produces misleading numbers, so the tool refuses it up front and says what to change.
+//!
+//! A churn that merely comes close to the port range is worse: nothing fails, but every closed
+//! connection's port sits in TIME_WAIT for 60 s, and each `connect` searches the range for a
+//! free port, longer the fuller it is. The run then measures the kernel's port allocator, not
+//! the server (from one source address, a 3 s loopback churn ran at half the rate and ten
+//! times the p99 latency of the same churn spread over 16). So [`port_plan`] estimates the
+//! connects per (source address, target) pair within the TIME_WAIT period and, for loopback
+//! targets, spreads them over enough 127.0.0.x source addresses to keep each pair within a
+//! quarter of the range; for other targets it warns with the figures and the remedies.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use crate::config::{Config, PhaseKind};
+use crate::config::{Config, Pacing, PhaseKind};
 
 /// Descriptors kept free for everything that is not a measured connection: listeners, epoll
 /// and io_uring instances, eventfds, files, plus this many per thread.
@@ -15,6 +25,18 @@ const RESERVE_FDS: u64 = 128;
 const RESERVE_FDS_PER_THREAD: u64 = 8;
 /// Descriptors [`max_hold`] keeps free beyond the reserve.
 const ESTIMATE_MARGIN: u64 = 32;
+
+/// How long a closed connection's port stays in TIME_WAIT on Linux (`TCP_TIMEWAIT_LEN`, fixed).
+const TIME_WAIT: Duration = Duration::from_secs(60);
+/// The connect rate a closed-loop churn bounded by time alone is assumed to reach, per target
+/// (loopback on a small host serves about 60,000 handshakes/s; the estimate errs high, as
+/// spreading over more addresses costs nothing).
+const ASSUMED_PEAK_RATE: f64 = 100_000.0;
+/// The share of the ephemeral port range one address pair may use within the TIME_WAIT period
+/// before `connect`'s search for a free port starts to show in the latencies.
+const PORT_BUDGET: f64 = 0.25;
+/// The most source addresses an automatic spread uses (127.0.0.1 ..= 127.0.0.254).
+const MAX_SRC_IPS: u8 = 254;
 
 /// Why a run was refused before it started.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +128,117 @@ pub fn max_hold(config: &Config) -> Option<u64> {
     Some(available.saturating_sub(reserve + ESTIMATE_MARGIN) / sides)
 }
 
+/// How a run's connects fall on the ephemeral ports of each (source address, target) pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PortPlan {
+    /// Source addresses to spread over (127.0.0.1 ..= 127.0.0.N; 1: no bind).
+    pub src_ips: u8,
+    /// Estimated connects per target within one TIME_WAIT period (held connections included).
+    pub connects_per_target: u64,
+    /// Ports in `net.ipv4.ip_local_port_range` (`None`: unreadable, nothing checked).
+    pub ports: Option<u64>,
+    /// Whether every target is an IPv4 loopback address (the embedded server is), so that
+    /// source addresses can be spread over 127.0.0.x.
+    pub loopback: bool,
+}
+
+impl PortPlan {
+    /// Estimated connects per (source address, target) pair within one TIME_WAIT period.
+    pub fn per_pair(&self) -> u64 {
+        self.connects_per_target
+            .div_ceil(u64::from(self.src_ips.max(1)))
+    }
+
+    /// Whether each pair stays within its budget of the port range.
+    pub fn fits(&self) -> bool {
+        self.ports
+            .is_none_or(|ports| self.per_pair() as f64 <= ports as f64 * PORT_BUDGET)
+    }
+
+    /// What to tell the user when the plan does not fit: the figures and the remedies.
+    pub fn warning(&self) -> Option<String> {
+        if self.fits() {
+            return None;
+        }
+        let ports = self.ports?;
+        let remedy = if self.loopback {
+            "raise --src-ips (up to 254)"
+        } else {
+            "run several load generators from other addresses and merge their results, widen \
+             net.ipv4.ip_local_port_range, or set net.ipv4.tcp_tw_reuse=1 on this client"
+        };
+        Some(format!(
+            "about {} connects per (source address, target) pair within the {} s TIME_WAIT \
+             period against {ports} ephemeral ports: connect will search for free ports and \
+             the run will measure that, not the server; {remedy}",
+            self.per_pair(),
+            TIME_WAIT.as_secs(),
+        ))
+    }
+}
+
+/// Estimates the connects per target within one TIME_WAIT period and picks the source
+/// addresses: `config.src_ips` when given; otherwise, for loopback targets, the fewest that
+/// keep each pair within [`PORT_BUDGET`] of the range, and 1 for other targets (which the
+/// caller warns about when it does not fit: see [`PortPlan::warning`]).
+pub fn port_plan(config: &Config) -> PortPlan {
+    plan_for_range(config, ephemeral_ports())
+}
+
+fn plan_for_range(config: &Config, ports: Option<u64>) -> PortPlan {
+    let connects_per_target =
+        connects_within_time_wait(config) / config.targets.len().max(1) as u64;
+    let loopback = config
+        .targets
+        .iter()
+        .all(|t| t.is_ipv4() && t.ip().is_loopback());
+    let src_ips = match (config.src_ips, ports) {
+        (Some(n), _) => n.max(1),
+        (None, Some(ports)) if loopback => {
+            let budget = (ports as f64 * PORT_BUDGET).max(1.0);
+            let needed = (connects_per_target as f64 / budget).ceil();
+            needed.clamp(1.0, f64::from(MAX_SRC_IPS)) as u8
+        }
+        (None, _) => 1,
+    };
+    PortPlan {
+        src_ips,
+        connects_per_target,
+        ports,
+        loopback,
+    }
+}
+
+/// The connects of every phase that fall within one TIME_WAIT period of each other, over all
+/// targets: a churn's count, or its rate (the open-loop rate, else [`ASSUMED_PEAK_RATE`] per
+/// target) over its warmup and duration capped at the period; a hold's connections.
+fn connects_within_time_wait(config: &Config) -> u64 {
+    let targets = config.targets.len().max(1) as f64;
+    let total: f64 = config
+        .phases
+        .iter()
+        .map(|phase| match phase.kind {
+            PhaseKind::Hold { connections, .. } => connections as f64,
+            PhaseKind::Churn { duration, count } => {
+                let rate = match phase.pacing {
+                    Pacing::Open { rate, .. } => rate,
+                    Pacing::Closed { .. } => ASSUMED_PEAK_RATE * targets,
+                };
+                let by_time =
+                    duration.map(|d| rate * (d + phase.warmup).min(TIME_WAIT).as_secs_f64());
+                match (count, by_time) {
+                    (Some(count), Some(by_time)) => (count as f64).min(by_time),
+                    (Some(count), None) => count as f64,
+                    (None, by_time) => by_time.unwrap_or(0.0),
+                }
+            }
+        })
+        .sum();
+    total as u64
+}
+
 /// Raises `RLIMIT_NOFILE` and checks every phase of `config` against the limits, before
-/// anything starts.
+/// anything starts. `config.src_ips` must be resolved ([`port_plan`]).
 pub fn check(config: &Config) -> Result<(), LimitError> {
     validate(config)?;
     let limit = callosum_server::raise_nofile_limit()
@@ -120,7 +251,7 @@ pub fn check(config: &Config) -> Result<(), LimitError> {
     let open = open_fds();
     let available = limit.saturating_sub(open);
     let ports = ephemeral_ports();
-    let pairs = (config.targets.len().max(1) * usize::from(config.src_ips.max(1))) as u64;
+    let pairs = (config.targets.len().max(1) * usize::from(config.src_ips.unwrap_or(1))) as u64;
     for phase in &config.phases {
         let needed = fds_needed(config, &phase.kind, phase.pacing.in_flight());
         if needed > available {
@@ -160,7 +291,7 @@ fn validate(config: &Config) -> Result<(), LimitError> {
     if config.phases.is_empty() {
         return bad("no phase to run");
     }
-    if config.src_ips > 1 {
+    if config.src_ips.is_some_and(|n| n > 1) {
         if let Some(t) = config
             .targets
             .iter()
@@ -255,11 +386,80 @@ mod tests {
     fn src_ips_need_loopback_targets() {
         let mut config = hold(10);
         config.targets = vec!["10.0.0.1:80".parse().unwrap()];
-        config.src_ips = 4;
+        config.src_ips = Some(4);
         assert!(matches!(
             check(&config),
             Err(LimitError::SrcIpsNeedLoopback(_))
         ));
+    }
+
+    /// The range of a default Linux host (32768-60999).
+    const PORTS: Option<u64> = Some(28_232);
+
+    #[test]
+    fn the_default_run_spreads_its_loopback_churn_over_enough_source_addresses() {
+        let plan = plan_for_range(&Config::default(), PORTS);
+        // 3.5 s at the assumed 100,000/s plus a hold of 4,000, at most 7,058 per pair.
+        assert_eq!(plan.connects_per_target, 354_000);
+        assert_eq!(plan.src_ips, 51);
+        assert!(plan.fits() && plan.warning().is_none(), "{plan:?}");
+    }
+
+    #[test]
+    fn a_given_src_ips_is_kept_and_warned_about_when_too_few() {
+        let config = Config {
+            src_ips: Some(2),
+            ..Config::default()
+        };
+        let plan = plan_for_range(&config, PORTS);
+        assert_eq!(plan.src_ips, 2);
+        let warning = plan.warning().expect("177,000 per pair cannot fit");
+        assert!(warning.contains("177000 connects per (source address, target) pair"));
+        assert!(warning.contains("--src-ips"), "{warning}");
+    }
+
+    #[test]
+    fn a_counted_or_paced_churn_is_estimated_from_its_count_or_rate() {
+        let mut config = hold(0);
+        config.phases[0].kind = PhaseKind::Churn {
+            duration: None,
+            count: Some(5_000),
+        };
+        assert_eq!(plan_for_range(&config, PORTS).src_ips, 1);
+        config.phases[0].kind = PhaseKind::Churn {
+            duration: Some(Duration::from_secs(600)),
+            count: None,
+        };
+        config.phases[0].pacing = Pacing::Open {
+            rate: 1_000.0,
+            max_in_flight: 64,
+        };
+        // The TIME_WAIT period caps the window: 60 s at 1,000/s.
+        let plan = plan_for_range(&config, PORTS);
+        assert_eq!((plan.connects_per_target, plan.src_ips), (60_000, 9));
+    }
+
+    #[test]
+    fn a_remote_target_is_not_spread_but_warned_about_with_the_remedies() {
+        let config = Config {
+            targets: vec!["192.0.2.1:4040".parse().unwrap()],
+            ..Config::default()
+        };
+        let plan = plan_for_range(&config, PORTS);
+        assert_eq!(plan.src_ips, 1);
+        let warning = plan
+            .warning()
+            .expect("354,000 connects cannot fit one pair");
+        assert!(warning.contains("28232 ephemeral ports"), "{warning}");
+        assert!(warning.contains("tcp_tw_reuse"), "{warning}");
+        assert!(warning.contains("merge"), "{warning}");
+    }
+
+    #[test]
+    fn an_unreadable_port_range_spreads_nothing_and_warns_about_nothing() {
+        let plan = plan_for_range(&Config::default(), None);
+        assert_eq!(plan.src_ips, 1);
+        assert!(plan.warning().is_none());
     }
 
     #[test]

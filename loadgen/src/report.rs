@@ -330,7 +330,7 @@ impl RunReport {
                 },
             },
             workers: config.workers,
-            src_ips: config.src_ips.max(1),
+            src_ips: config.src_ips.unwrap_or(1),
             warmup_s: secs(phase.warmup),
             elapsed_s,
             window_s,

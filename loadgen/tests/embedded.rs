@@ -77,6 +77,30 @@ fn a_bounded_churn_then_a_hold_like_the_default_job() {
 }
 
 #[test]
+fn a_time_bounded_churn_spreads_over_loopback_source_addresses_by_itself() {
+    // 1 s at 32 in flight could reach the port range's budget of one address pair: with
+    // `src_ips` left unset, the run binds to several 127.0.0.x source addresses.
+    let churn = Phase {
+        kind: PhaseKind::Churn {
+            duration: Some(Duration::from_secs(1)),
+            count: None,
+        },
+        pacing: Pacing::Closed { concurrency: 32 },
+        warmup: Duration::ZERO,
+    };
+    let config = embedded(vec![churn]);
+    let expected = callosum_loadgen::limits::port_plan(&config).src_ips;
+    assert!(expected > 1, "the estimate asks for a spread: {expected}");
+    let report = within(Duration::from_secs(60), move || {
+        callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
+    });
+    let r = &report.runs[0];
+    assert_eq!(r.src_ips, expected);
+    assert_eq!(r.errors.total, 0, "{:?}", r.errors);
+    assert!(r.succeeded > 0);
+}
+
+#[test]
 fn an_embedded_hold_beyond_half_the_descriptors_is_refused_before_starting() {
     // 60 % of the descriptor limit (19,000 here, with the hard limit of 20,000 per process)
     // would fit one side of the connections, but not both ends in one process.

@@ -70,7 +70,7 @@ fn hold_2000_against_the_c_server_gets_slots_0_to_1999_once_each() {
 fn a_bounded_churn_counts_every_handshake() {
     let server = c_server();
     let mut config = config(vec![server.addr], churn(3_000, 16));
-    config.src_ips = 4;
+    config.src_ips = Some(4);
     let report = run(config);
     let r = &report.runs[0];
     assert_eq!(r.attempted, 3_000);
