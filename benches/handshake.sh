@@ -32,7 +32,7 @@
 # Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
 #        SIDE_BY_SIDE=6 bash benches/handshake.sh    (about 5 seconds per run)
 # Knobs (environment): SERVERS="callosum c tokio node", ROUNDS=3, CHURN_COUNT=200000, CONCURRENCY=64,
-#   HOLD=19000, HOLD_REPS=3, SRC_IPS=16, SHARDS=<cores>, CALLOSUM_ARGS="--no-pin", OUT=target/handshake-bench,
+#   HOLD=19000, HOLD_REPS=3, SRC_IPS=16, SHARDS=<cores>, CALLOSUM_ARGS="" (the defaults), OUT=target/handshake-bench,
 #   TW_MAX=1000 (TIME_WAIT sockets tolerated before a churn), TW_WAIT=65 (most seconds to wait; TIME_WAIT lasts 60 s).
 # Needs: cargo, cc, node, jq, ss. Loopback only. Every run is bounded: a count, a handshake
 # timeout, and bounded waits.
@@ -46,7 +46,7 @@ CONCURRENCY=${CONCURRENCY:-64}
 HOLD=${HOLD:-19000}
 SRC_IPS=${SRC_IPS:-16}
 SHARDS=${SHARDS:-$(nproc)}
-CALLOSUM_ARGS=${CALLOSUM_ARGS:---no-pin}
+CALLOSUM_ARGS=${CALLOSUM_ARGS:-}
 HOLD_REPS=${HOLD_REPS:-3}
 OUT=${OUT:-target/handshake-bench}
 TW_MAX=${TW_MAX:-1000}

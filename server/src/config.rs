@@ -46,7 +46,12 @@ pub struct ServerConfig {
     pub max_slots: u32,
     /// Listen backlog of each shard's listener. Default: 4096.
     pub backlog: u32,
-    /// Pin each shard to a core. Default: on.
+    /// Pin each shard to a core of its own. Default: off. Each shard gets a fixed share of
+    /// the new connections (`SO_REUSEPORT` hashes them), so a pinned shard whose core also
+    /// runs other work (a sidecar, the application, a load client) becomes the bottleneck:
+    /// side by side with the C reference server, pinned shards ran at 0.60-0.71x its
+    /// handshake rate where unpinned ones ran at 0.98-1.20x. Pin only where the shards'
+    /// cores are reserved for the server (`isolcpus`, a cpuset).
     pub pin: bool,
     /// TCP keepalive of accepted connections; `None` turns it off. Default: on, see
     /// [`Keepalive`].
@@ -63,7 +68,7 @@ impl Default for ServerConfig {
             shards: std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             max_slots: 1_000_000,
             backlog: 4096,
-            pin: true,
+            pin: false,
             keepalive: Some(Keepalive::default()),
             ring_entries: 2048,
         }

@@ -42,9 +42,12 @@ mod cli {
         /// Listen backlog of each shard.
         #[arg(long, default_value_t = 4096)]
         backlog: u32,
-        /// Do not pin shards to cores.
-        #[arg(long)]
+        /// Unpinned shards, the default (kept for scripts written when pinning was).
+        #[arg(long, hide = true)]
         no_pin: bool,
+        /// Pin each shard to a core of its own (only where those cores run nothing else).
+        #[arg(long, conflicts_with = "no_pin")]
+        pin: bool,
         /// Seconds open connections get to finish after a shutdown signal.
         #[arg(long, default_value_t = 10.0)]
         drain_timeout: f64,
@@ -115,7 +118,7 @@ mod cli {
             .port(args.port)
             .max_slots(args.max_slots)
             .backlog(args.backlog)
-            .pin(!args.no_pin);
+            .pin(args.pin);
         if let Some(shards) = args.shards {
             builder = builder.shards(shards);
         }

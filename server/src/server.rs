@@ -70,7 +70,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Pin each shard to a core. Default: on.
+    /// Pin each shard to a core of its own; only worth it where those cores are reserved
+    /// for the server (see [`ServerConfig::pin`]). Default: off.
     pub fn pin(mut self, pin: bool) -> Self {
         self.config.pin = pin;
         self

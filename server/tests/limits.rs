@@ -435,3 +435,53 @@ fn a_privileged_port_without_the_capability_is_a_clear_startup_error() {
         .unwrap_or_else(|| panic!("expected PermissionDenied, got {said}"));
     assert!(message.contains("CAP_NET_BIND_SERVICE"), "{message}");
 }
+
+/// Child: a server of two shards with the default settings; reports each shard thread's
+/// allowed CPUs and the process's.
+fn default_pinning_child() {
+    let server = callosum_server::Server::builder()
+        .host(std::net::Ipv4Addr::LOCALHOST.into())
+        .port(0)
+        .shards(2)
+        .start()
+        .expect("server starts");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let process = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for (name, cpus) in shard_cpus() {
+        say(format_args!("@shard {name} {cpus}"));
+    }
+    say(format_args!("@process {process}"));
+    server.shutdown(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn shards_are_unpinned_by_default_and_may_run_on_every_core_of_the_process() {
+    let Some((mut child, mut out)) = run_as_child(
+        "shards_are_unpinned_by_default_and_may_run_on_every_core_of_the_process",
+        default_pinning_child,
+    ) else {
+        return;
+    };
+    let mut shards = Vec::new();
+    let process = loop {
+        let line = child_line(&mut out, "@");
+        match line.strip_prefix("process ") {
+            Some(process) => break process.to_string(),
+            None => shards.push(line.rsplit(' ').next().unwrap().to_string()),
+        }
+    };
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        shards.len(),
+        2,
+        "expected two shard threads, got {shards:?}"
+    );
+    for cpus in &shards {
+        assert_eq!(cpus, &process, "a default shard is confined to {cpus}");
+    }
+}
