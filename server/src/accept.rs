@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use io_uring::{cqueue, opcode, types};
 use socket2::{SockAddr, SockAddrStorage};
-use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::net::TcpListener;
 use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use crate::connection::ShardCtx;
@@ -90,7 +90,7 @@ struct Accepted;
 type AcceptOp = InFlightOneshot<AcceptData, Accepted>;
 
 /// What an accept yields: the connection or the error, and its address buffer.
-type AcceptOutput = (io::Result<(TcpStream, SocketAddr)>, Box<PeerBuf>);
+type AcceptOutput = (io::Result<(OwnedFd, SocketAddr)>, Box<PeerBuf>);
 
 impl OneshotOutputTransform for Accepted {
     type Output = AcceptOutput;
@@ -102,7 +102,7 @@ impl OneshotOutputTransform for Accepted {
             return (Err(io::Error::from_raw_os_error(-fd)), data.peer);
         }
         // SAFETY: a successful accept returns a new descriptor that nothing else owns.
-        let stream = TcpStream::from_std(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        let stream = unsafe { OwnedFd::from_raw_fd(fd) };
         // An accepted TCP socket always has an IPv4 or IPv6 peer; the fallback is unreachable
         // in practice and only keeps this total.
         let peer = data
@@ -137,7 +137,9 @@ fn submit(listener: &Rc<TcpListener>, mut peer: Box<PeerBuf>) -> AcceptOp {
 /// A completed accept, with the buffer its address was written into: hand the buffer back to
 /// [`Accepts::succeeded`] or [`Accepts::failed`].
 pub(crate) struct Completed {
-    pub(crate) result: io::Result<(TcpStream, SocketAddr)>,
+    /// The accepted socket and its peer, or why the accept failed.
+    pub(crate) result: io::Result<(OwnedFd, SocketAddr)>,
+    /// The address buffer, for the next accept.
     pub(crate) buf: Box<PeerBuf>,
 }
 

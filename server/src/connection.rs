@@ -127,11 +127,11 @@ impl ShardCtx {
         &self.shared.counters.shards[self.index]
     }
 
-    fn open(&self, fd: RawFd) {
+    pub(crate) fn open(&self, fd: RawFd) {
         self.open.borrow_mut().insert(fd);
     }
 
-    fn close(&self, fd: RawFd) {
+    pub(crate) fn close(&self, fd: RawFd) {
         self.open.borrow_mut().remove(fd);
         ShardCounters::bump(&self.counters().closed);
     }

@@ -11,19 +11,21 @@
 //! `read`, for one flag: `IORING_RECVSEND_POLL_FIRST` (Linux 5.19) arms the readiness poll at
 //! once instead of first trying a receive that, on a connection just accepted or idle, finds
 //! nothing. Kernels that refuse the flag get plain receives from then on. The operation holds
-//! the connection's socket (an `Rc`), so the descriptor stays open until the kernel is done
-//! with it even if the read is dropped unfinished.
+//! what keeps the connection's descriptor open (a handler's shared socket, or a held
+//! connection's own descriptor: see [`crate::held`]), so it stays open until the kernel is done
+//! with it even if the receive is dropped unfinished.
 
 use std::cell::UnsafeCell;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::buf::{IoBuf, IoBufMut};
 use tokio_uring::net::TcpStream;
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use crate::connection::Connection;
 
@@ -84,11 +86,49 @@ unsafe impl IoBufMut for DiscardBuf {
 pub async fn discard_until_closed(conn: &Connection) -> io::Result<u64> {
     let mut total = 0;
     loop {
-        match recv(conn.shared_stream()).await? {
-            0 => return Ok(total),
-            n => total += n as u64,
+        let stream = RecvStream {
+            stream: Rc::clone(conn.shared_stream()),
+            _buf: DiscardBuf::new(),
+        };
+        match submit_recv(stream).await.0 {
+            Received::Bytes(n) => total += n as u64,
+            Received::Eof => return Ok(total),
+            Received::Failed(err) => return Err(err),
+            Received::PollFirstRefused => {}
         }
     }
+}
+
+/// What a receive into the discard area keeps while in flight: the socket's descriptor (kept
+/// open by whoever implements this) and the area (kept alive).
+pub(crate) trait RecvTarget: Unpin + 'static {
+    /// The socket to receive from.
+    fn fd(&self) -> RawFd;
+}
+
+/// A handler's connection as a receive's target: the shared socket and the area.
+struct RecvStream {
+    stream: Rc<TcpStream>,
+    _buf: DiscardBuf,
+}
+
+impl RecvTarget for RecvStream {
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+/// How one receive into the discard area ended.
+pub(crate) enum Received {
+    /// That many bytes arrived (and were thrown away).
+    Bytes(usize),
+    /// The peer closed the connection.
+    Eof,
+    /// The socket failed (reset, timed out by keepalive, shut down under it).
+    Failed(io::Error),
+    /// The kernel refused the poll-first flag; every receive from now on goes without it:
+    /// submit it again.
+    PollFirstRefused,
 }
 
 /// Whether receives may ask for poll-first; cleared, for the whole process, the first time
@@ -99,32 +139,26 @@ static POLL_FIRST: AtomicBool = AtomicBool::new(true);
 /// `IORING_RECVSEND_POLL_FIRST`, a flag of the SQE's `ioprio` field for receives and sends.
 const RECVSEND_POLL_FIRST: u16 = 1 << 0;
 
-/// One receive into the discard area.
-async fn recv(stream: &Rc<TcpStream>) -> io::Result<usize> {
-    loop {
-        let poll_first = POLL_FIRST.load(Ordering::Relaxed);
-        let mut buf = DiscardBuf::new();
-        let mut sqe = opcode::Recv::new(
-            types::Fd(stream.as_raw_fd()),
-            buf.stable_mut_ptr(),
-            AREA_LEN as u32,
-        )
-        .build();
-        if poll_first {
-            sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
-        }
-        let data = RecvData {
-            _stream: Rc::clone(stream),
-            _buf: buf,
-        };
-        match UnsubmittedOneshot::new(data, Received, sqe).submit().await {
-            Err(err) if poll_first && err.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::debug!("io_uring receive refused poll-first ({err}); using plain receives");
-                POLL_FIRST.store(false, Ordering::Relaxed);
-            }
-            result => return result,
-        }
+/// Submits one receive into this thread's discard area from `target`'s socket; the operation
+/// resolves to how it ended and hands `target` back.
+pub(crate) fn submit_recv<D: RecvTarget>(target: D) -> InFlightOneshot<D, Receive<D>> {
+    let poll_first = POLL_FIRST.load(Ordering::Relaxed);
+    // The area is the thread's: every `DiscardBuf` points to it, and the target holds one.
+    let mut area = DiscardBuf::new();
+    let mut sqe = opcode::Recv::new(
+        types::Fd(target.fd()),
+        area.stable_mut_ptr(),
+        AREA_LEN as u32,
+    )
+    .build();
+    if poll_first {
+        sqe = with_ioprio(sqe, RECVSEND_POLL_FIRST);
     }
+    let receive = Receive {
+        poll_first,
+        _target: PhantomData,
+    };
+    UnsubmittedOneshot::new(target, receive, sqe).submit()
 }
 
 /// Sets an SQE's `ioprio` field, which io-uring 0.6 offers no setter for on receives.
@@ -139,26 +173,29 @@ fn with_ioprio(sqe: squeue::Entry, ioprio: u16) -> squeue::Entry {
     }
 }
 
-/// What a receive holds while in flight: the socket (kept open) and the area (kept alive).
-struct RecvData {
-    _stream: Rc<TcpStream>,
-    _buf: DiscardBuf,
+/// Turns a receive's completion into how it ended, handing its target back.
+pub(crate) struct Receive<D> {
+    /// Whether this receive asked for poll-first.
+    poll_first: bool,
+    _target: PhantomData<fn() -> D>,
 }
 
-/// Turns a receive's completion into the byte count.
-struct Received;
+impl<D> OneshotOutputTransform for Receive<D> {
+    type Output = (Received, D);
+    type StoredData = D;
 
-impl OneshotOutputTransform for Received {
-    type Output = io::Result<usize>;
-    type StoredData = RecvData;
-
-    fn transform_oneshot_output(self, _data: RecvData, cqe: cqueue::Entry) -> io::Result<usize> {
-        let n = cqe.result();
-        if n < 0 {
-            Err(io::Error::from_raw_os_error(-n))
-        } else {
-            Ok(n as usize)
-        }
+    fn transform_oneshot_output(self, target: D, cqe: cqueue::Entry) -> (Received, D) {
+        let received = match cqe.result() {
+            0 => Received::Eof,
+            n if n > 0 => Received::Bytes(n as usize),
+            n if self.poll_first && -n == libc::EINVAL => {
+                tracing::debug!("io_uring receive refused poll-first; using plain receives");
+                POLL_FIRST.store(false, Ordering::Relaxed);
+                Received::PollFirstRefused
+            }
+            n => Received::Failed(io::Error::from_raw_os_error(-n)),
+        };
+        (received, target)
     }
 }
 

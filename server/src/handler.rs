@@ -16,6 +16,14 @@ use crate::discard::discard_until_closed;
 pub trait Handler: Clone + Send + 'static {
     /// Serves `conn` until the application is done with it.
     fn handle(&self, conn: &mut Connection) -> impl Future<Output = ()>;
+
+    /// Whether this handler only holds each connection open, discarding its input, until the
+    /// peer closes it, as [`Hold`] does. The server then keeps those connections in a compact
+    /// table of its own (tens of bytes each instead of a future of hundreds) and does not
+    /// call [`handle`](Self::handle). Default: `false`.
+    fn holds_only(&self) -> bool {
+        false
+    }
 }
 
 /// Keeps each connection open, discarding its input, until the peer closes it: the plain
@@ -24,10 +32,16 @@ pub trait Handler: Clone + Send + 'static {
 pub struct Hold;
 
 impl Handler for Hold {
+    /// What the server's table of held connections does, as a future: called only where a
+    /// slot line had to be finished by a write first.
     async fn handle(&self, conn: &mut Connection) {
         let _ = discard_until_closed(conn).await;
         // Every read above was awaited to its completion: none is in flight.
         conn.settle_io();
+    }
+
+    fn holds_only(&self) -> bool {
+        true
     }
 }
 

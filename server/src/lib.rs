@@ -32,6 +32,7 @@
 //! - `listener`: binding the shards' listeners (and refusing a port in use).
 //! - `connection`: [`Connection`], which shuts its socket down before freeing its slot.
 //! - `handler`: the [`Handler`] trait, [`Hold`] and [`Echo`].
+//! - `held`: the shard's compact table of connections that are only held open ([`Hold`]).
 //! - `discard`: the shard-wide buffer idle connections read into.
 //! - `slot_line`: formatting and sending the slot line without allocating.
 //! - `limits`: raising `RLIMIT_NOFILE` and growing the descriptor table up front.
@@ -57,6 +58,7 @@ not_loom! {
     mod discard;
     mod error;
     mod handler;
+    mod held;
     mod limits;
     mod listener;
     mod log_limit;

@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use crate::accept::{Accepts, Completed};
 use crate::connection::{Connection, ShardCtx};
 use crate::error::ServerError;
 use crate::handler::Handler;
+use crate::held::{Ended, Held};
 use crate::log_limit::LogLimit;
 use crate::shared::Shared;
 use crate::slot_line::{self, Sent, SlotLine};
@@ -172,6 +173,7 @@ enum Event {
 /// loop ends when the last one has completed.
 async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &Rc<H>) {
     let mut work = FuturesUnordered::new();
+    let mut held = Held::new(ctx.clone());
     let mut accepts = Accepts::start(ctx.clone(), listener);
     let mut refused_log = LogLimit::new(Duration::from_secs(1));
     loop {
@@ -182,6 +184,7 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
                 Poll::Ready(None) => return Poll::Ready(Event::Stopped),
                 Poll::Pending => {}
             }
+            held.poll(cx, |ended| note_held(ctx, ended));
             match work.poll_next_unpin(cx) {
                 Poll::Ready(Some(done)) => Poll::Ready(Event::Ended(done)),
                 // No connection (an empty set): an accept or its backoff will wake the loop.
@@ -200,9 +203,10 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
         };
         let stopping = ctx.shared.is_stopping();
         match result {
-            Ok((stream, addr)) => {
+            Ok((socket, addr)) => {
                 accepts.succeeded(buf, stopping);
-                if let Some(conn) = admit(ctx, handler, stream, addr, &mut refused_log) {
+                let admitted = admit(ctx, handler, &mut held, socket, addr, &mut refused_log);
+                if let Admitted::Served(conn) = admitted {
                     work.push(Serve { conn });
                 }
             }
@@ -211,19 +215,31 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
             Err(err) => accepts.failed(&err, buf),
         }
     }
-    drain(ctx, &mut work).await;
+    drain(ctx, &mut work, &mut held).await;
 }
 
-/// Gives a slot to a freshly accepted connection and sends its slot line; returns the future
-/// that serves it. With no slot free, closes it without a line.
+/// What became of an accepted connection.
+enum Admitted<F> {
+    /// Refused, or closed at once: nothing left to serve.
+    Closed,
+    /// Kept in the shard's table of held connections.
+    Held,
+    /// To be served by the handler: the connection's future.
+    Served(F),
+}
+
+/// Gives a slot to a freshly accepted connection and sends its slot line; then holds it in
+/// the shard's table (a [`Handler::holds_only`] handler, and the whole line sent) or returns
+/// the future that serves it. With no slot free, closes it without a line.
 fn admit<H: Handler>(
     ctx: &Rc<ShardCtx>,
     handler: &Rc<H>,
-    stream: TcpStream,
+    held: &mut Held,
+    socket: OwnedFd,
     peer: SocketAddr,
     refused_log: &mut LogLimit,
-) -> Option<impl Future<Output = ()> + use<H>> {
-    // A slot source is the user's code: its panic refuses this connection (the stream drops,
+) -> Admitted<impl Future<Output = ()> + use<H>> {
+    // A slot source is the user's code: its panic refuses this connection (the socket drops,
     // closed without a line), not the shard.
     let acquired = std::panic::catch_unwind(AssertUnwindSafe(|| SlotGuard::acquire(ctx.clone())));
     let slot = match acquired {
@@ -233,29 +249,37 @@ fn admit<H: Handler>(
             if let Some(suppressed) = refused_log.allow() {
                 tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
             }
-            return None; // `stream` drops here: closed without a slot line
+            return Admitted::Closed; // `socket` drops here: closed without a slot line
         }
         Err(panic) => {
             ShardCounters::bump(&ctx.counters().handshake_errors);
             let message = panic_message(&*panic);
             tracing::error!(shard = ctx.index, %peer, %message, "slot source panicked; connection closed");
-            return None;
+            return Admitted::Closed;
         }
     };
     ShardCounters::bump(&ctx.counters().accepted);
     let line = SlotLine::new(slot.slot());
-    let unsent = match slot_line::send_now(stream.as_raw_fd(), &line) {
+    let unsent = match slot_line::send_now(socket.as_raw_fd(), &line) {
+        Ok(Sent::All) if handler.holds_only() => {
+            held.hold(socket, slot);
+            return Admitted::Held;
+        }
         Ok(Sent::All) => 0,
         Ok(Sent::Partly(n)) => line.as_bytes().len() - n,
         Err(_) => {
             ShardCounters::bump(&ctx.counters().handshake_errors);
             // Counted as opened then closed at once: the connection frees its slot on drop.
-            drop(Connection::new(stream, peer, slot));
-            return None;
+            drop(Connection::new(stream(socket), peer, slot));
+            return Admitted::Closed;
         }
     };
-    let conn = Connection::new(stream, peer, slot);
-    Some(serve_connection(handler.clone(), conn, unsent as u8))
+    let conn = Connection::new(stream(socket), peer, slot);
+    Admitted::Served(serve_connection(handler.clone(), conn, unsent as u8))
+}
+
+fn stream(socket: OwnedFd) -> TcpStream {
+    TcpStream::from_std(std::net::TcpStream::from(socket))
 }
 
 /// A connection's task: finish the slot line if the first send fell short, run the handler,
@@ -287,6 +311,13 @@ async fn serve_connection<H: Handler>(handler: Rc<H>, mut conn: Connection, unse
     // `conn` drops: shut down, closed, slot freed.
 }
 
+/// Notes a held connection's end: only a panic of the slot source's release needs it.
+fn note_held(ctx: &ShardCtx, ended: Ended) {
+    if let Ended::Panicked(message) = ended {
+        note_panic(ctx, &message);
+    }
+}
+
 /// Counts and logs a panic of a connection's future outside its handler.
 fn note_panic(ctx: &ShardCtx, message: &str) {
     ShardCounters::bump(&ctx.counters().handler_panics);
@@ -294,7 +325,7 @@ fn note_panic(ctx: &ShardCtx, message: &str) {
 }
 
 /// A panic's message, when it has one.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -309,23 +340,39 @@ fn conn_counters(conn: &Connection) -> &ShardCounters {
 /// After the accept loop stopped: let open connections finish for the drain timeout, then
 /// shut the rest down and give their handlers a moment to see it; whatever is left is
 /// dropped (which shuts it down and frees its slot too).
-async fn drain<C: Future<Output = ()>>(ctx: &ShardCtx, conns: &mut FuturesUnordered<Serve<C>>) {
-    let finish_all = async |conns: &mut FuturesUnordered<Serve<C>>| {
-        while let Some(done) = conns.next().await {
-            if let Done::Panicked(message) = done {
-                note_panic(ctx, &message);
+async fn drain<C: Future<Output = ()>>(
+    ctx: &ShardCtx,
+    conns: &mut FuturesUnordered<Serve<C>>,
+    held: &mut Held,
+) {
+    let finish_all = async |conns: &mut FuturesUnordered<Serve<C>>, held: &mut Held| {
+        std::future::poll_fn(|cx| {
+            held.poll(cx, |ended| note_held(ctx, ended));
+            while let Poll::Ready(Some(done)) = conns.poll_next_unpin(cx) {
+                if let Done::Panicked(message) = done {
+                    note_panic(ctx, &message);
+                }
             }
-        }
+            if conns.is_empty() && held.len() == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     };
     let timeout = ctx.shared.drain_timeout();
-    if tokio::time::timeout(timeout, finish_all(conns)).await.is_err() {
+    if tokio::time::timeout(timeout, finish_all(conns, held))
+        .await
+        .is_err()
+    {
         tracing::info!(
             shard = ctx.index,
-            open = conns.len(),
+            open = conns.len() + held.len(),
             "drain timeout: shutting down the remaining connections"
         );
         ctx.shut_down_all();
-        let _ = tokio::time::timeout(FORCE_CLOSE_GRACE, finish_all(conns)).await;
+        let _ = tokio::time::timeout(FORCE_CLOSE_GRACE, finish_all(conns, held)).await;
     }
 }
 

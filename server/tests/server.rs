@@ -6,7 +6,7 @@
 mod support;
 
 use std::future::Future;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -136,6 +136,53 @@ fn slot_is_freed_after_the_connection_errors() {
     assert!(eventually(|| server.stats().active == 0));
     let (_b, slot) = connect_slot(server.local_addr());
     assert_eq!(slot, 0);
+}
+
+#[test]
+fn a_held_connection_discards_a_megabyte_then_frees_its_slot_when_closed() {
+    // Hold keeps connections in the shard's table of held connections: its receives must
+    // keep going after data (each one resubmitted) and end at the close.
+    let slots = Arc::new(Slots::new(1000));
+    let server = builder().slot_source(slots.clone()).start().unwrap();
+    let (mut a, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    let chunk = vec![7u8; 64 * 1024];
+    for _ in 0..16 {
+        a.write_all(&chunk).unwrap();
+    }
+    // Still held after all that input: the next client gets slot 1.
+    let (_b, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 1);
+    a.shutdown(std::net::Shutdown::Write).unwrap();
+    // The server closes its side once it has read everything and the end of stream.
+    assert!(
+        sees_close(&mut a),
+        "the server did not close the held connection"
+    );
+    // The socket closes before the slot is freed: wait for the slot itself.
+    assert!(eventually(|| slots.in_use() == 1));
+    let (_c, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+}
+
+#[test]
+fn held_connections_on_every_shard_are_freed_in_any_order() {
+    let slots = Arc::new(Slots::new(1000));
+    let server = builder().slot_source(slots.clone()).start().unwrap();
+    let addr = server.local_addr();
+    let mut held: Vec<_> = (0..200).map(|_| connect_slot(addr)).collect();
+    assert_eq!(server.stats().active, 200);
+    // Close every other one, from the highest slot down, then the rest.
+    held.sort_by_key(|(_, slot)| std::cmp::Reverse(*slot));
+    let (odd, even): (Vec<_>, Vec<_>) = held.into_iter().partition(|(_, s)| s % 2 == 1);
+    drop(odd);
+    assert!(eventually(|| slots.in_use() == 100));
+    let (_x, slot) = connect_slot(addr);
+    assert_eq!(slot, 1, "the lowest slot freed is reissued first");
+    drop(even);
+    assert!(eventually(|| slots.in_use() == 1));
+    let stats = server.shutdown(Duration::from_secs(5)).unwrap();
+    assert_eq!(stats.active, 0);
 }
 
 // --- Slots over sockets -------------------------------------------------------------------
