@@ -232,6 +232,7 @@ pub(crate) struct PhaseResult {
     pub(crate) held_slots: Vec<Vec<u32>>,
     pub(crate) closed_by_server: u64,
     pub(crate) rss_per_held: Option<f64>,
+    pub(crate) kernel_per_held: Option<sysinfo::KernelShare>,
     pub(crate) server_stats: Option<ServerStats>,
     pub(crate) violations: Vec<(u64, Vec<u32>)>,
 }
@@ -316,6 +317,7 @@ fn run_phase(
                 .flatten(),
             config.server_pid.and_then(|p| sysinfo::pid_cpu(p).ok()),
             sysinfo::process_cpu(),
+            hold.then(sysinfo::kernel_memory),
         ));
         let _ = shared.timing.set(timing(Instant::now(), phase, duration));
         shared.go.open();
@@ -353,12 +355,16 @@ fn run_phase(
             }
             let held = shared.ok.load(Ordering::Relaxed);
             let rss_now = sysinfo::rss(rss_pid).ok();
+            let kernel_now = sysinfo::kernel_memory();
             snapshot = Some((
                 before
                     .and_then(|b| b.0)
                     .zip(rss_now)
                     .filter(|_| held > 0)
                     .map(|(b, n)| (n as f64 - b as f64) / held as f64),
+                before
+                    .and_then(|b| b.3)
+                    .and_then(|b| kernel_now.per_held(&b, held)),
                 embedded.and_then(EmbeddedServer::stats),
             ));
         }
@@ -371,7 +377,8 @@ fn run_phase(
     })?;
 
     let end = opened_at.unwrap_or_else(Instant::now);
-    let (_, server_cpu_before, process_cpu_before) = before.unwrap_or((None, None, Duration::ZERO));
+    let (_, server_cpu_before, process_cpu_before, _) =
+        before.unwrap_or((None, None, Duration::ZERO, None));
     let Timing {
         start, warmup_end, ..
     } = *shared.timing();
@@ -400,9 +407,9 @@ fn run_phase(
     let window = rec.last_completion.map_or(Duration::ZERO, |last| {
         last.saturating_duration_since(window_start)
     });
-    let (rss_per_held, server_stats) = match snapshot {
-        Some((rss, stats)) => (rss, stats),
-        None => (None, embedded.and_then(EmbeddedServer::stats)),
+    let (rss_per_held, kernel_per_held, server_stats) = match snapshot {
+        Some((rss, kernel, stats)) => (rss, kernel, stats),
+        None => (None, None, embedded.and_then(EmbeddedServer::stats)),
     };
     let result = PhaseResult {
         rec,
@@ -414,6 +421,7 @@ fn run_phase(
         held_slots,
         closed_by_server,
         rss_per_held,
+        kernel_per_held,
         server_stats,
         violations: shared
             .targets

@@ -189,6 +189,9 @@ pub struct HoldReport {
     /// (RSS at full hold − RSS before) / held, bytes: of this process for the embedded server
     /// (both ends of every connection), of `--server-pid` otherwise; null when unknown.
     pub rss_per_held_connection_bytes: Option<f64>,
+    /// The kernel's memory per held connection (host-wide growth over the hold; on one host,
+    /// both ends of every connection); null when unreadable.
+    pub kernel_per_held_connection: Option<crate::sysinfo::KernelShare>,
 }
 
 /// The slots held on one target at the end of a hold.
@@ -309,6 +312,7 @@ impl RunReport {
                         .collect(),
                     per_target,
                     rss_per_held_connection_bytes: r.rss_per_held,
+                    kernel_per_held_connection: r.kernel_per_held,
                 })
             }
             PhaseKind::Churn { .. } => None,
@@ -519,6 +523,16 @@ impl RunReport {
                 let _ = writeln!(
                     t,
                     "memory      {rss:.0} B RSS per held connection ({whose})"
+                );
+            }
+            if let Some(k) = &h.kernel_per_held_connection {
+                let bytes = |b: Option<f64>| b.map_or("?".to_owned(), |b| format!("{b:.0} B"));
+                let _ = writeln!(
+                    t,
+                    "kernel      {} objects + {} socket buffers per held connection (host-wide, \
+                     both ends on one host)",
+                    bytes(k.slab_bytes),
+                    bytes(k.socket_buffer_bytes),
                 );
             }
         }

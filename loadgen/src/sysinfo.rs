@@ -1,8 +1,15 @@
 //! CPU time and memory readings: the load generator's own (per worker thread and per process,
-//! from `getrusage`) and an external server's (from `/proc/PID/stat` and `/proc/PID/statm`).
+//! from `getrusage`), an external server's (from `/proc/PID/stat` and `/proc/PID/statm`), and
+//! the kernel's memory for TCP connections (`/proc/slabinfo` and `/proc/net/sockstat`).
 //!
 //! Worker threads read their own `RUSAGE_THREAD`, so the figure is the engine's CPU alone even
 //! when an embedded server shares the process.
+//!
+//! A held connection costs the kernel far more than the server process: its socket, inode,
+//! file and dentry objects, its epoll item on the client side, and whatever its socket
+//! buffers hold. Read before and at full hold, the difference per held connection is what a
+//! deployer sizes a host by. The readings are host-wide: other work creating or closing
+//! sockets at the same time moves them.
 
 use std::io;
 use std::time::Duration;
@@ -57,6 +64,99 @@ fn parse_stat_cpu(stat: &str, ticks_per_s: u64) -> Option<Duration> {
     ))
 }
 
+/// The slab caches a TCP connection's kernel objects come from.
+const TCP_SLABS: &[&str] = &[
+    "TCP",
+    "TCPv6",
+    "tcp_bind_bucket",
+    "sock_inode_cache",
+    "filp",
+    "dentry",
+    "eventpoll_epi",
+    "eventpoll_pwq",
+];
+
+/// The kernel's memory for TCP connections, host-wide, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelMemory {
+    /// Bytes of the [`TCP_SLABS`] caches' active objects (`/proc/slabinfo`, which needs root).
+    pub slab_bytes: Option<u64>,
+    /// Bytes held by TCP socket buffers (`mem` of the `TCP:` line of `/proc/net/sockstat`).
+    pub socket_buffer_bytes: Option<u64>,
+}
+
+impl KernelMemory {
+    /// The growth from `before` to `self`, per held connection.
+    pub fn per_held(&self, before: &KernelMemory, held: u64) -> Option<KernelShare> {
+        let per = |now: Option<u64>, then: Option<u64>| {
+            now.zip(then)
+                .filter(|_| held > 0)
+                .map(|(n, t)| (n as f64 - t as f64) / held as f64)
+        };
+        let share = KernelShare {
+            slab_bytes: per(self.slab_bytes, before.slab_bytes),
+            socket_buffer_bytes: per(self.socket_buffer_bytes, before.socket_buffer_bytes),
+        };
+        (share.slab_bytes.is_some() || share.socket_buffer_bytes.is_some()).then_some(share)
+    }
+}
+
+/// The kernel's memory per held connection: its growth, host-wide, from before a hold to full
+/// hold, over the connections held. On one host it covers both ends of every connection.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct KernelShare {
+    /// Bytes of kernel objects (socket, inode, file, dentry, epoll item); null if
+    /// `/proc/slabinfo` is unreadable (it needs root).
+    pub slab_bytes: Option<f64>,
+    /// Bytes of TCP socket buffers.
+    pub socket_buffer_bytes: Option<f64>,
+}
+
+/// Reads [`KernelMemory`] now; a part that cannot be read is `None`.
+pub fn kernel_memory() -> KernelMemory {
+    KernelMemory {
+        slab_bytes: std::fs::read_to_string("/proc/slabinfo")
+            .ok()
+            .and_then(|text| tcp_slab_bytes(&text)),
+        socket_buffer_bytes: std::fs::read_to_string("/proc/net/sockstat")
+            .ok()
+            .and_then(|text| tcp_buffer_pages(&text))
+            .map(|pages| pages * page_size()),
+    }
+}
+
+/// The bytes of the active objects of the [`TCP_SLABS`] caches in a `/proc/slabinfo` text
+/// (version 2.1: `name active_objs num_objs objsize …`).
+fn tcp_slab_bytes(slabinfo: &str) -> Option<u64> {
+    let mut total = None;
+    for line in slabinfo.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        if !TCP_SLABS.contains(&name) {
+            continue;
+        }
+        let active: u64 = fields.next()?.parse().ok()?;
+        let objsize: u64 = fields.nth(1)?.parse().ok()?;
+        *total.get_or_insert(0) += active * objsize;
+    }
+    total
+}
+
+/// The pages of TCP socket buffers in a `/proc/net/sockstat` text
+/// (`TCP: inuse 3 orphan 0 tw 12 alloc 5 mem 418`).
+fn tcp_buffer_pages(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut fields = line.split_whitespace();
+    fields.find(|&f| f == "mem")?;
+    fields.next()?.parse().ok()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if page > 0 { page as u64 } else { 4096 }
+}
+
 /// Resident set size of process `pid` (or of this process when `None`), in bytes.
 pub fn rss(pid: Option<u32>) -> io::Result<u64> {
     let path = match pid {
@@ -69,9 +169,7 @@ pub fn rss(pid: Option<u32>) -> io::Result<u64> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable statm"))?;
-    // SAFETY: sysconf has no memory effects.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Ok(pages * if page > 0 { page as u64 } else { 4096 })
+    Ok(pages * page_size())
 }
 
 #[cfg(test)]
@@ -83,6 +181,24 @@ mod tests {
         let stat = "1234 (my (odd) server) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4";
         assert_eq!(parse_stat_cpu(stat, 100), Some(Duration::from_secs(3)));
         assert_eq!(parse_stat_cpu("garbage", 100), None);
+    }
+
+    #[test]
+    fn slabinfo_sums_the_tcp_caches_active_objects_only() {
+        let text = "slabinfo - version: 2.1\n\
+            # name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables\n\
+            TCP                   68    117   2368   13    8 : tunables    0    0    0 : slabdata      9      9      0\n\
+            eventpoll_epi      49410  68608    128   32    1 : tunables    0    0    0 : slabdata   2144   2144      0\n\
+            kmalloc-64          9999   9999     64   64    1 : tunables    0    0    0 : slabdata      1      1      0\n";
+        assert_eq!(tcp_slab_bytes(text), Some(68 * 2368 + 49410 * 128));
+        assert_eq!(tcp_slab_bytes("slabinfo - version: 2.1\n"), None);
+    }
+
+    #[test]
+    fn sockstat_gives_the_tcp_memory_pages() {
+        let text = "sockets: used 24\nTCP: inuse 3 orphan 0 tw 35125 alloc 3 mem 418\nUDP: inuse 0 mem 7\n";
+        assert_eq!(tcp_buffer_pages(text), Some(418));
+        assert_eq!(tcp_buffer_pages("UDP: inuse 0 mem 7\n"), None);
     }
 
     #[test]

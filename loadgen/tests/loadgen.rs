@@ -212,8 +212,14 @@ fn the_json_output_parses_and_has_the_documented_fields() {
             "closed_by_server",
             "latency_by_held_quarter",
             "per_target",
-            "rss_per_held_connection_bytes"
+            "rss_per_held_connection_bytes",
+            "kernel_per_held_connection"
         ])
+    );
+    // Root can read /proc/slabinfo; everyone can read /proc/net/sockstat.
+    assert_eq!(
+        keys(&hold["kernel_per_held_connection"]),
+        sorted(&["slab_bytes", "socket_buffer_bytes"])
     );
     assert_eq!(
         keys(&hold["per_target"][0]),
