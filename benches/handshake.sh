@@ -29,6 +29,9 @@
 # rounds' CPU ratios move by 15 %. It is another operating point, though: each server gets
 # half the load, so it makes more trips through its event loop per handshake (README).
 #
+# BUSY_CORE=K keeps core K busy with a spinning shell for the whole run (bounded by BUSY_SECS,
+# default 3600): a shared host, where the server's cores also run other work.
+#
 # Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
 #        SIDE_BY_SIDE=6 bash benches/handshake.sh    (about 5 seconds per run)
 # Knobs (environment): SERVERS="callosum c tokio node", ROUNDS=3, CHURN_COUNT=200000, CONCURRENCY=64,
@@ -53,9 +56,11 @@ TW_MAX=${TW_MAX:-1000}
 TW_WAIT=${TW_WAIT:-65}
 SIDE_BY_SIDE=${SIDE_BY_SIDE:-0}
 SBS_COUNT=${SBS_COUNT:-100000}
+BUSY_CORE=${BUSY_CORE:-}
+BUSY_SECS=${BUSY_SECS:-3600}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-for tool in cargo cc node jq ss; do
+for tool in cargo cc node jq ss ${BUSY_CORE:+taskset timeout}; do
   command -v "$tool" >/dev/null || { echo "handshake.sh: needs $tool" >&2; exit 2; }
 done
 mkdir -p "$OUT"
@@ -78,12 +83,19 @@ CALLOSUM="$TARGET_DIR/release/callosum-server"
 
 SERVER_PID=""
 SIDE_PIDS=()
+BUSY_PID=""
 cleanup() {
-  for pid in "$SERVER_PID" "${SIDE_PIDS[@]}"; do
+  for pid in "$SERVER_PID" "$BUSY_PID" "${SIDE_PIDS[@]}"; do
     if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; fi
   done
 }
 trap cleanup EXIT
+
+if [[ -n "$BUSY_CORE" ]]; then
+  timeout "$BUSY_SECS" taskset -c "$BUSY_CORE" sh -c 'while :; do :; done' &
+  BUSY_PID=$!
+  log "core $BUSY_CORE kept busy (pid $BUSY_PID, at most ${BUSY_SECS}s)"
+fi
 
 # A port nothing listens on (from the range below the ephemeral ports).
 free_port() {
