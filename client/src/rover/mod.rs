@@ -299,9 +299,9 @@ async fn run<K: Connector>(
     let mut attempts = JoinSet::new();
     let mut next = Instant::now();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = tx.closed() => return,
+        // The receiver dropped before the next tick ends the schedule.
+        if tokio::time::timeout_at(next, tx.closed()).await.is_ok() {
+            return;
         }
         // Room for this attempt's event first: a consumer that stalls pauses the schedule
         // instead of piling up attempts that each hold an open socket.
