@@ -38,14 +38,26 @@
 //! `random_tie_break`, `least_outstanding`, `slow_penalty`), to switch one off.
 #![deny(missing_docs)]
 
+pub mod discovery;
+pub mod failure;
 pub mod handshake;
+pub mod observe;
 pub mod pool;
 pub mod rover;
 pub mod roving;
+#[cfg(feature = "tower")]
+pub mod service;
 
+pub use discovery::{Discovery, DiscoveryError, DnsDiscovery, StaticDiscovery};
+pub use failure::Failure;
 pub use handshake::{Handshake, HandshakeError, Prefixed, read_handshake};
 pub use pool::{
     AcquireError, Lease, Liveness, Offer, Pool, PoolError, PoolPolicy, ServerKey, SlowPenalty,
 };
-pub use rover::{Rover, RoverError, RoverEvent, RoverOptions, ServerId};
-pub use roving::{Connection, Counters, RovingClient, RovingClientBuilder};
+pub use rover::{
+    ConnectError, Connected, Connector, Rover, RoverError, RoverEvent, RoverOptions, ServerId,
+    TcpConnector,
+};
+pub use roving::{BuildError, Connection, Counters, RovingClient, RovingClientBuilder};
+#[cfg(feature = "tower")]
+pub use service::{LeaseService, ServiceError};

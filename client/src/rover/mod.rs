@@ -38,6 +38,7 @@ use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use backoff::Backoff;
 pub use connect::{ConnectError, Connected, Connector, TcpConnector};
@@ -247,6 +248,17 @@ impl<K: Connector> Rover<K> {
         self.shared.servers().ids()
     }
 
+    /// Whether `id` is in the server set.
+    pub fn contains(&self, id: &ServerId) -> bool {
+        self.shared.servers().contains(id)
+    }
+
+    /// How many servers are backing off now (left out of the random pick after failed
+    /// connects), and how many there are: `(backing_off, servers)`.
+    pub fn backing_off(&self) -> (usize, usize) {
+        self.shared.servers().backing_off(Instant::now())
+    }
+
     /// Starts roving: one attempt now, then one every roving interval. Starting again
     /// restarts the schedule (the previous events stream ends). Must be called within a
     /// tokio runtime.
@@ -346,8 +358,26 @@ async fn attempt<K: Connector>(
     else {
         return;
     };
-    let event = match connector.connect(&server, options.connect_timeout).await {
+    let span = tracing::debug_span!("connect", %server, slot = tracing::field::Empty);
+    let event = attempt_once(&rover, &*connector, &options, server, generation)
+        .instrument(span)
+        .await;
+    // Room was reserved before the attempt; if the receiver is gone meanwhile, the event
+    // (and its stream) is dropped.
+    permit.send(event);
+}
+
+/// Connects and reads the slot line; the event to report.
+async fn attempt_once<K: Connector>(
+    rover: &Weak<Shared<K>>,
+    connector: &K,
+    options: &RoverOptions,
+    server: ServerId,
+    generation: u64,
+) -> RoverEvent<K::Stream> {
+    match connector.connect(&server, options.connect_timeout).await {
         Err(ConnectError { addr, error }) => {
+            tracing::trace!(?addr, %error, "connect failed");
             if let Some(shared) = rover.upgrade() {
                 shared.servers().failed(
                     &server,
@@ -365,6 +395,8 @@ async fn attempt<K: Connector>(
         Ok(Connected { addr, stream }) => {
             match read_handshake(stream, options.handshake_timeout).await {
                 Ok(Handshake { slot, stream }) => {
+                    tracing::Span::current().record("slot", slot);
+                    tracing::trace!(?addr, slot, "connected");
                     if let Some(shared) = rover.upgrade() {
                         shared.servers().succeeded(&server, generation);
                     }
@@ -376,17 +408,17 @@ async fn attempt<K: Connector>(
                     }
                 }
                 // The stream was dropped (closed) inside the failed handshake.
-                Err(source) => RoverEvent::Error(RoverError::Protocol {
-                    server,
-                    addr,
-                    source,
-                }),
+                Err(source) => {
+                    tracing::trace!(?addr, %source, "handshake failed");
+                    RoverEvent::Error(RoverError::Protocol {
+                        server,
+                        addr,
+                        source,
+                    })
+                }
             }
         }
-    };
-    // Room was reserved before the attempt; if the receiver is gone meanwhile, the event
-    // (and its stream) is dropped.
-    permit.send(event);
+    }
 }
 
 #[cfg(test)]
