@@ -82,16 +82,11 @@ async fn a_name_with_two_addresses_is_two_servers_and_the_pool_spreads_over_both
     // Two instances on one port at two addresses: what a headless Service name resolves to.
     let (a, server_a) = support::start_server_on(loopback(2), 0, Hold);
     let (b, server_b) = support::start_server_on(loopback(3), a.port(), Hold);
-    let client = RovingClient::builder()
-        .server(format!("db.callosum.svc:{}", a.port()))
-        .discovery(Answers::new(&[a, b]))
-        .max_slots(4)
-        .roving_interval(Duration::from_millis(5))
-        .build()
-        .expect("valid settings");
-    until("slots [0, 0, 1, 1]", || {
-        client.pool().held_slots() == [0, 0, 1, 1]
-    })
+    let client = support::two_on_each(
+        RovingClient::builder()
+            .server(format!("db.callosum.svc:{}", a.port()))
+            .discovery(Answers::new(&[a, b])),
+    )
     .await;
     let spread = spread(&client);
     println!("one name, two addresses, max_slots = 4: {spread:?}");
@@ -181,16 +176,8 @@ async fn connect_failures_bring_the_next_lookup_forward() {
 async fn drop_server_closes_that_servers_pooled_connections() {
     let (a, server_a) = support::start_server().await;
     let (b, _server_b) = support::start_server().await;
-    let client = RovingClient::builder()
-        .servers([a.to_string(), b.to_string()])
-        .max_slots(4)
-        .roving_interval(Duration::from_millis(5))
-        .build()
-        .expect("valid settings");
-    until("slots [0, 0, 1, 1]", || {
-        client.pool().held_slots() == [0, 0, 1, 1]
-    })
-    .await;
+    let client =
+        support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
     assert!(client.drop_server(&a.to_string()));
     // Out of the pool at once, closed at the server soon after.
     assert_eq!(client.pool().len(), 2);

@@ -31,17 +31,8 @@ async fn until(what: &str, every: Duration, mut done: impl FnMut() -> bool) {
 async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
     let (a, _server_a) = support::start_server().await;
     let (b, _server_b) = support::start_server().await;
-    let interval = Duration::from_millis(5);
-    let client = RovingClient::builder()
-        .servers([a.to_string(), b.to_string()])
-        .max_slots(4)
-        .roving_interval(interval)
-        .build()
-        .expect("valid settings");
-    until("slots [0, 0, 1, 1]", interval, || {
-        client.pool().held_slots() == [0, 0, 1, 1]
-    })
-    .await;
+    let client =
+        support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
     // Two on each server: lease all four and look.
     let leases = lease_all(&client);
     let mut held: Vec<(String, u32)> = leases

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use callosum_client::{RovingClient, RovingClientBuilder};
 use callosum_server::{Handler, Hold, RunningServer, Server, Slots};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -35,6 +36,21 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     })
     .await;
     assert!(waited.is_ok(), "{what} within {BOUND:?}");
+}
+
+/// Builds `builder` with `max_slots = 4` and a 5 ms roving interval over two servers, and
+/// waits until it holds the two lowest slots on each: `[0, 0, 1, 1]`.
+pub async fn two_on_each(builder: RovingClientBuilder) -> RovingClient {
+    let client = builder
+        .max_slots(4)
+        .roving_interval(Duration::from_millis(5))
+        .build()
+        .expect("valid settings");
+    until("slots [0, 0, 1, 1]", || {
+        client.pool().held_slots() == [0, 0, 1, 1]
+    })
+    .await;
+    client
 }
 
 /// Starts a `callosum-server` (one unpinned shard, hold mode) on `127.0.0.1:0`.
