@@ -16,6 +16,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use callosum_client::rover::connect_tcp;
 use callosum_client::{ConnectError, Connected, Connector, RovingClient, ServerId};
 use callosum_server::Server;
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -52,24 +53,7 @@ impl Connector for TunedTcp {
         server: &ServerId,
         timeout: Duration,
     ) -> Result<Connected<TcpStream>, ConnectError> {
-        // Under the default discovery, every id is an address.
-        let addr: SocketAddr = server.as_str().parse().map_err(|_| ConnectError {
-            addr: None,
-            error: io::Error::new(io::ErrorKind::InvalidInput, "expected an address"),
-        })?;
-        let failed = |error| ConnectError {
-            addr: Some(addr),
-            error,
-        };
-        let socket = self.socket(addr).map_err(failed)?;
-        let stream = tokio::time::timeout(timeout, socket.connect(addr))
-            .await
-            .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
-            .map_err(failed)?;
-        Ok(Connected {
-            addr: Some(addr),
-            stream,
-        })
+        connect_tcp(server, timeout, |addr| self.socket(addr)).await
     }
 }
 

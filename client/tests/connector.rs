@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use callosum_client::rover::connect_tcp;
 use callosum_client::{
     ConnectError, Connected, Connector, RovingClient, ServerId, StaticDiscovery,
 };
@@ -36,25 +37,13 @@ impl Connector for FromSource {
         timeout: Duration,
     ) -> Result<Connected<TcpStream>, ConnectError> {
         self.connects.fetch_add(1, Ordering::SeqCst);
-        let addr: SocketAddr = server.as_str().parse().map_err(|_| ConnectError {
-            addr: None,
-            error: io::Error::new(io::ErrorKind::InvalidInput, "not an address"),
-        })?;
-        let failed = |error| ConnectError {
-            addr: Some(addr),
-            error,
-        };
-        let socket = TcpSocket::new_v4().map_err(failed)?;
-        socket.bind(SocketAddr::new(SOURCE, 0)).map_err(failed)?;
-        socket.set_nodelay(true).map_err(failed)?;
-        let stream = tokio::time::timeout(timeout, socket.connect(addr))
-            .await
-            .map_err(|_| failed(io::ErrorKind::TimedOut.into()))?
-            .map_err(failed)?;
-        Ok(Connected {
-            addr: Some(addr),
-            stream,
+        connect_tcp(server, timeout, |_addr| {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(SOURCE, 0))?;
+            socket.set_nodelay(true)?;
+            Ok(socket)
         })
+        .await
     }
 }
 

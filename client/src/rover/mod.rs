@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use backoff::Backoff;
-pub use connect::{ConnectError, Connected, Connector, TcpConnector};
+pub use connect::{ConnectError, Connected, Connector, TcpConnector, connect_tcp};
 pub use servers::{InvalidServerId, ServerId};
 use servers::{Pick, Servers};
 
