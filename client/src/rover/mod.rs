@@ -360,8 +360,11 @@ async fn attempt<K: Connector>(
     };
     let span = tracing::debug_span!("connect", %server, slot = tracing::field::Empty);
     let event = attempt_once(&rover, &*connector, &options, server, generation)
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+    if let RoverEvent::Connected { slot, .. } = &event {
+        span.record("slot", slot);
+    }
     // Room was reserved before the attempt; if the receiver is gone meanwhile, the event
     // (and its stream) is dropped.
     permit.send(event);
@@ -395,7 +398,6 @@ async fn attempt_once<K: Connector>(
         Ok(Connected { addr, stream }) => {
             match read_handshake(stream, options.handshake_timeout).await {
                 Ok(Handshake { slot, stream }) => {
-                    tracing::Span::current().record("slot", slot);
                     tracing::trace!(?addr, slot, "connected");
                     if let Some(shared) = rover.upgrade() {
                         shared.servers().succeeded(&server, generation);

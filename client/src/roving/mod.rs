@@ -346,7 +346,6 @@ where
             observe::acquired(started.elapsed(), acquired.is_ok());
             match acquired {
                 Ok(lease) => {
-                    let span = tracing::Span::current();
                     span.record("slot", lease.slot());
                     span.record("server", tracing::field::display(lease.server()));
                     Ok(lease)
@@ -359,7 +358,7 @@ where
                 Err(error) => Err(error),
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await
     }
 
