@@ -6,7 +6,7 @@
 //! parts share one state: the rover's events go through the feed task into the pool
 //! (`feed`); the configured names go through a [`Discovery`] into the rover's server set,
 //! one server per address by default (`membership`); and every event is counted once for
-//! [`Counters`] and the `metrics` facade (`counters`, [`observe`](crate::observe)). Dropping
+//! [`Counters`] and the `metrics` facade (`counters`, [`observe`]). Dropping
 //! the client stops the rover and both tasks; connections still leased are closed when their
 //! leases end.
 //!
