@@ -18,6 +18,8 @@
 //! Attempts are never closer than the roving interval. With backoff off, the pick is always
 //! uniform over the whole set, as in the original.
 //!
+//! Each attempt runs in a `connect` tracing span (`server`, and `slot` once read).
+//!
 //! - [`backoff`]: the backoff schedule.
 //! - [`connect`]: the connector trait and the TCP connector.
 //! - `servers`: the server set and the pick.

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 
-/// A server's id: `host:port`, the host a name or an address (resolved at each connect).
+/// A server's id: `host:port`, the host a name or an address. The roving client's default
+/// discovery makes every server id an address; a name given to the rover itself is
+/// resolved by the connector at each connect.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerId(Arc<str>);
 

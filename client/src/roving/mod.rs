@@ -43,7 +43,8 @@ use crate::failure::Failure;
 use crate::observe;
 use crate::pool::{AcquireError, Lease, Liveness, Pool, PoolError, PoolPolicy};
 use crate::rover::{
-    Backoff, Connector, InvalidServerId, Rover, RoverOptions, ServerId, TcpConnector,
+    Backoff, Connector, InvalidServerId, MIN_ROVING_INTERVAL, Rover, RoverOptions, ServerId,
+    TcpConnector,
 };
 
 /// Why a roving client could not be built.
@@ -201,9 +202,10 @@ where
         self
     }
 
-    /// Time between two discoveries (DNS lookups, by default). Default 30 s.
+    /// Time between two discoveries (DNS lookups, by default). Default 30 s; at least
+    /// 1 ms.
     pub fn discovery_interval(mut self, interval: Duration) -> Self {
-        self.discovery_interval = interval;
+        self.discovery_interval = interval.max(MIN_ROVING_INTERVAL);
         self
     }
 
