@@ -20,7 +20,9 @@
 //!
 //! The pool learns each connection's server from [`Pool::offer_from`] as a [`ServerKey`]
 //! (an opaque number: the roving client numbers its servers), which is all "leases at the
-//! same server" needs; plain [`Pool::offer`] leaves the server unknown.
+//! same server" needs; plain [`Pool::offer`] leaves the server unknown. When a server leaves,
+//! [`Pool::evict_server`] takes all its connections out at once (the leased ones close on
+//! return, as evicted ones do).
 //!
 //! - [`policy`]: the options (`max_slots`, the improved rules), default = the original.
 //! - [`liveness`]: the "still open?" check of idle connections.
@@ -43,10 +45,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use liveness::Liveness;
-
-use crate::failure::Failure;
 pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy, SlowPenalty};
 use state::{Inner, slot_of};
+
+use crate::failure::Failure;
 
 /// Why a pool could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +97,10 @@ pub enum AcquireError {
     /// 127.0.0.1:9: Connection refused (os error 111)".
     #[error(
         "no idle connection within {timeout:?}; {backing_off} of {servers} servers backing off; {}",
-        last_error.as_ref().map_or_else(|| "no connect error since the last connection".to_owned(), |e| format!("last error: {e}"))
+        last_error.as_ref().map_or_else(
+            || "no connect error since the last connection".to_owned(),
+            |e| format!("last error: {e}"),
+        )
     )]
     Unavailable {
         /// The timeout that expired.

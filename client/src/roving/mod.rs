@@ -69,6 +69,7 @@ pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_DISCOVERY_MIN_GAP: Duration = Duration::from_secs(5);
 
 /// Settings of a [`RovingClient`] over the connector `K`.
+#[derive(Clone)]
 #[must_use]
 pub struct RovingClientBuilder<K = TcpConnector> {
     servers: Vec<String>,
