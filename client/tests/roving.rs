@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::collections::HashSet;
 
 use callosum_client::rover::Backoff;
-use callosum_client::{Connection, Lease, PoolPolicy, RovingClient};
+use callosum_client::{AcquireError, Connection, Failure, Lease, PoolPolicy, RovingClient};
 use tokio::io::AsyncWriteExt;
 
 /// Upper bound on convergence; a test failing it is a bug, not slowness.
@@ -31,17 +31,8 @@ async fn until(what: &str, every: Duration, mut done: impl FnMut() -> bool) {
 async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
     let (a, _server_a) = support::start_server().await;
     let (b, _server_b) = support::start_server().await;
-    let interval = Duration::from_millis(5);
-    let client = RovingClient::builder()
-        .servers([a.to_string(), b.to_string()])
-        .max_slots(4)
-        .roving_interval(interval)
-        .build()
-        .expect("valid settings");
-    until("slots [0, 0, 1, 1]", interval, || {
-        client.pool().held_slots() == [0, 0, 1, 1]
-    })
-    .await;
+    let client =
+        support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
     // Two on each server: lease all four and look.
     let leases = lease_all(&client);
     let mut held: Vec<(String, u32)> = leases
@@ -190,4 +181,62 @@ async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
         server_a.slots.in_use() + server_b.slots.in_use() <= 6
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_acquire_against_a_closed_port_says_why_it_timed_out() {
+    let refusing = support::refusing_addr();
+    let timeout = Duration::from_millis(500);
+    let client = RovingClient::builder()
+        .server(refusing.to_string())
+        .roving_interval(Duration::from_millis(50))
+        .acquire_timeout(timeout)
+        .build()
+        .expect("valid settings");
+    let error = client.acquire().await.expect_err("nothing listens");
+    match &error {
+        AcquireError::Unavailable {
+            timeout: waited,
+            servers,
+            backing_off,
+            last_error: Some(Failure::Connect { addr, error, .. }),
+        } => {
+            assert_eq!(*waited, timeout);
+            assert_eq!((*backing_off, *servers), (1, 1));
+            assert_eq!(*addr, Some(refusing));
+            assert_eq!(error.kind(), std::io::ErrorKind::ConnectionRefused);
+        }
+        other => panic!("expected the cause, got {other:?}"),
+    }
+    let message = error.to_string();
+    let expected = format!(
+        "no idle connection within 500ms; 1 of 1 servers backing off; last error: connect {refusing}: Connection refused"
+    );
+    assert!(message.starts_with(&expected), "{message}");
+}
+
+#[tokio::test]
+async fn an_acquire_that_times_out_with_healthy_servers_says_none_is_backing_off() {
+    let (a, _server) = support::start_server().await;
+    let client = RovingClient::builder()
+        .server(a.to_string())
+        .max_slots(1)
+        .roving_interval(Duration::from_millis(5))
+        .acquire_timeout(Duration::from_millis(200))
+        .build()
+        .expect("valid settings");
+    until("one connection", Duration::from_millis(5), || {
+        client.pool().len() == 1
+    })
+    .await;
+    let lease = client.try_acquire().expect("the idle connection");
+    let error = client
+        .acquire()
+        .await
+        .expect_err("the only connection is leased");
+    assert_eq!(
+        error.to_string(),
+        "no idle connection within 200ms; 0 of 1 servers backing off; no connect error since the last connection"
+    );
+    drop(lease);
 }

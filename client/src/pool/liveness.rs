@@ -7,12 +7,12 @@
 //! closed, an error other than "would block" means the socket is broken, and pending data
 //! or "would block" mean it is open. It consumes nothing and needs no `&mut`, so it works on
 //! a tokio `TcpStream` shared by the pool without touching tokio's readiness state.
-//! Limitation: a peer that sent data and then closed still reads as alive until the data is
+//! The same holds for Unix stream sockets. Limitation: a peer that sent data and then closed still reads as alive until the data is
 //! consumed; the user sees the end of stream on use and discards the lease.
 
 use std::mem::MaybeUninit;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::handshake::Prefixed;
 
@@ -25,16 +25,27 @@ pub trait Liveness {
 
 impl Liveness for TcpStream {
     fn is_alive(&self) -> bool {
-        let socket = socket2::SockRef::from(self);
-        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-        match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-            Ok(0) => false,
-            Ok(_) => true,
-            Err(e) => matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-            ),
-        }
+        peek_alive(socket2::SockRef::from(self))
+    }
+}
+
+/// The same check on a Unix stream socket, for connectors that reach servers over one.
+impl Liveness for UnixStream {
+    fn is_alive(&self) -> bool {
+        peek_alive(socket2::SockRef::from(self))
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: see the module doc.
+fn peek_alive(socket: socket2::SockRef<'_>) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
     }
 }
 
@@ -87,5 +98,13 @@ mod tests {
         assert!(becomes_dead(&client2).await, "peer closed");
         drop(server);
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_unix_stream_is_alive_until_its_peer_closes() {
+        let (client, server) = UnixStream::pair().expect("socketpair");
+        assert!(client.is_alive());
+        drop(server);
+        assert!(!client.is_alive(), "a socketpair's close is seen at once");
     }
 }

@@ -20,7 +20,9 @@
 //!
 //! The pool learns each connection's server from [`Pool::offer_from`] as a [`ServerKey`]
 //! (an opaque number: the roving client numbers its servers), which is all "leases at the
-//! same server" needs; plain [`Pool::offer`] leaves the server unknown.
+//! same server" needs; plain [`Pool::offer`] leaves the server unknown. When a server leaves,
+//! [`Pool::evict_server`] takes all its connections out at once (the leased ones close on
+//! return, as evicted ones do).
 //!
 //! - [`policy`]: the options (`max_slots`, the improved rules), default = the original.
 //! - [`liveness`]: the "still open?" check of idle connections.
@@ -32,6 +34,7 @@ pub mod liveness;
 pub mod policy;
 mod state;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,6 +47,8 @@ use tokio::time::Instant;
 pub use liveness::Liveness;
 pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy, SlowPenalty};
 use state::{Inner, slot_of};
+
+use crate::failure::Failure;
 
 /// Why a pool could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,15 +80,37 @@ impl From<u64> for ServerKey {
     }
 }
 
-/// Why [`Pool::acquire`] returned without a connection.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an acquire returned without a connection.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AcquireError {
-    /// No connection became idle within the timeout.
+    /// No connection became idle within the timeout ([`Pool::acquire`], which knows nothing
+    /// of servers).
     #[error("no idle connection within {timeout:?}")]
     Timeout {
         /// The timeout that expired.
         timeout: Duration,
+    },
+    /// No connection became idle within the timeout, with what the roving client knew of
+    /// its servers then ([`RovingClient::acquire`](crate::RovingClient::acquire)): e.g.
+    /// "no idle connection within 2s; 1 of 1 servers backing off; last error: connect
+    /// 127.0.0.1:9: Connection refused (os error 111)".
+    #[error(
+        "no idle connection within {timeout:?}; {backing_off} of {servers} servers backing off; {}",
+        last_error.as_ref().map_or_else(
+            || "no connect error since the last connection".to_owned(),
+            |e| format!("last error: {e}"),
+        )
+    )]
+    Unavailable {
+        /// The timeout that expired.
+        timeout: Duration,
+        /// Servers in the set then.
+        servers: usize,
+        /// Of them, those backing off after failed connects.
+        backing_off: usize,
+        /// The last failure to reach a server since the last successful connect, if any.
+        last_error: Option<Failure>,
     },
 }
 
@@ -305,6 +332,22 @@ impl<C: Liveness> Pool<C> {
 }
 
 impl<C: Liveness> Pool<C> {
+    /// Takes every connection to `server` out of the pool (its server left): idle ones are
+    /// closed at once, leased ones close when their lease ends and never come back. Returns
+    /// how many left the pool. O(n).
+    pub fn evict_server(&self, server: ServerKey) -> usize {
+        let mut closing = Vec::new();
+        let evicted = self.shared.lock().evict_server(server, &mut closing);
+        drop(closing); // closed outside the lock
+        evicted
+    }
+
+    /// How many connections the pool holds per server (offered with
+    /// [`offer_from`](Self::offer_from); servers with none are absent). O(n).
+    pub fn held_per_server(&self) -> HashMap<ServerKey, usize> {
+        self.shared.lock().held_per_server()
+    }
+
     /// Retires the connections whose lifetime ended by `now` (under
     /// [`PoolPolicy::max_age`]; nothing otherwise): an idle one is closed at once, a leased
     /// one leaves the pool now and is closed when its lease ends. The pool then has room for

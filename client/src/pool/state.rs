@@ -391,6 +391,33 @@ impl<C> Inner<C> {
         Ok(())
     }
 
+    /// Takes every held connection to `server` out of the pool, as [`evict`](Self::evict)
+    /// does: idle ones are handed back (to close outside the lock), leased ones close when
+    /// their lease ends. Returns how many left the pool.
+    pub(super) fn evict_server(&mut self, server: ServerKey, closing: &mut Vec<C>) -> usize {
+        let ids: Vec<u32> = self
+            .held
+            .keys()
+            .map(|(_, id)| id)
+            .filter(|&id| self.entries[id as usize].server == Some(server))
+            .collect();
+        for &id in &ids {
+            closing.extend(self.evict(id));
+        }
+        ids.len()
+    }
+
+    /// The held connections per known server.
+    pub(super) fn held_per_server(&self) -> HashMap<ServerKey, usize> {
+        let mut counts = HashMap::new();
+        for (_, id) in self.held.keys() {
+            if let Some(server) = self.entries[id as usize].server {
+                *counts.entry(server).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Takes every connection expired at `now` out of the pool: idle ones are handed back
     /// (to close outside the lock), leased ones close when their lease ends. Returns how
     /// many left the pool.

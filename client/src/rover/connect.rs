@@ -3,7 +3,9 @@
 //!
 //! `TcpConnector` resolves the id's host at every connect (DNS changes are followed) and
 //! tries each address in turn, the whole under the connect timeout; a failure names the
-//! address it was trying, for the unreachable event.
+//! address it was trying, for the unreachable event. Under the default discovery every id
+//! is already one address, so the lookup is a parse. [`connect_tcp`] is the same with a
+//! socket the caller prepares (options, a source address), for custom TCP connectors.
 
 use std::future::Future;
 use std::io;
@@ -11,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::ServerId;
 
@@ -49,7 +51,8 @@ pub trait Connector: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Connected<Self::Stream>, ConnectError>> + Send;
 }
 
-/// Connects over TCP, resolving the host at every connect.
+/// Connects over TCP, resolving the host at every connect (under the default discovery
+/// the host is already an address).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcpConnector;
 
@@ -61,43 +64,66 @@ impl Connector for TcpConnector {
         server: &ServerId,
         timeout: Duration,
     ) -> Result<Connected<TcpStream>, ConnectError> {
-        let mut trying = None;
-        let attempt = async {
-            let addrs = tokio::net::lookup_host(server.as_str())
-                .await
-                .map_err(|error| ConnectError { addr: None, error })?;
-            let mut last = None;
-            for addr in addrs {
-                trying = Some(addr);
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => {
-                        return Ok(Connected {
-                            addr: Some(addr),
-                            stream,
-                        });
-                    }
-                    Err(error) => {
-                        last = Some(ConnectError {
-                            addr: Some(addr),
-                            error,
-                        })
-                    }
+        connect_tcp(server, timeout, |addr| match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        })
+        .await
+    }
+}
+
+/// What [`TcpConnector`] does, with the socket made by `socket` for each address tried:
+/// the building block of a TCP connector that sets socket options or binds a source
+/// address. Resolves `server`'s host, then tries each address in turn until one connects,
+/// the whole under `timeout`; a failure names the address it was trying.
+pub async fn connect_tcp<F>(
+    server: &ServerId,
+    timeout: Duration,
+    mut socket: F,
+) -> Result<Connected<TcpStream>, ConnectError>
+where
+    F: FnMut(SocketAddr) -> io::Result<TcpSocket> + Send,
+{
+    let mut trying = None;
+    let attempt = async {
+        let addrs = tokio::net::lookup_host(server.as_str())
+            .await
+            .map_err(|error| ConnectError { addr: None, error })?;
+        let mut last = None;
+        for addr in addrs {
+            trying = Some(addr);
+            let connected = match socket(addr) {
+                Ok(socket) => socket.connect(addr).await,
+                Err(error) => Err(error),
+            };
+            match connected {
+                Ok(stream) => {
+                    return Ok(Connected {
+                        addr: Some(addr),
+                        stream,
+                    });
+                }
+                Err(error) => {
+                    last = Some(ConnectError {
+                        addr: Some(addr),
+                        error,
+                    })
                 }
             }
-            Err(last.unwrap_or_else(|| ConnectError {
-                addr: None,
-                error: io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address"),
-            }))
-        };
-        let result = tokio::time::timeout(timeout, attempt).await;
-        result.unwrap_or_else(|_elapsed| {
-            Err(ConnectError {
-                addr: trying,
-                error: io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no connection within {timeout:?}"),
-                ),
-            })
+        }
+        Err(last.unwrap_or_else(|| ConnectError {
+            addr: None,
+            error: io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address"),
+        }))
+    };
+    let result = tokio::time::timeout(timeout, attempt).await;
+    result.unwrap_or_else(|_elapsed| {
+        Err(ConnectError {
+            addr: trying,
+            error: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {timeout:?}"),
+            ),
         })
-    }
+    })
 }

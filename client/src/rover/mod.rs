@@ -18,6 +18,8 @@
 //! Attempts are never closer than the roving interval. With backoff off, the pick is always
 //! uniform over the whole set, as in the original.
 //!
+//! Each attempt runs in a `connect` tracing span (`server`, and `slot` once read).
+//!
 //! - [`backoff`]: the backoff schedule.
 //! - [`connect`]: the connector trait and the TCP connector.
 //! - `servers`: the server set and the pick.
@@ -38,9 +40,10 @@ use rand::rngs::SmallRng;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use backoff::Backoff;
-pub use connect::{ConnectError, Connected, Connector, TcpConnector};
+pub use connect::{ConnectError, Connected, Connector, TcpConnector, connect_tcp};
 pub use servers::{InvalidServerId, ServerId};
 use servers::{Pick, Servers};
 
@@ -247,6 +250,17 @@ impl<K: Connector> Rover<K> {
         self.shared.servers().ids()
     }
 
+    /// Whether `id` is in the server set.
+    pub fn contains(&self, id: &ServerId) -> bool {
+        self.shared.servers().contains(id)
+    }
+
+    /// How many servers are backing off now (left out of the random pick after failed
+    /// connects), and how many there are: `(backing_off, servers)`.
+    pub fn backing_off(&self) -> (usize, usize) {
+        self.shared.servers().backing_off(Instant::now())
+    }
+
     /// Starts roving: one attempt now, then one every roving interval. Starting again
     /// restarts the schedule (the previous events stream ends). Must be called within a
     /// tokio runtime.
@@ -299,9 +313,9 @@ async fn run<K: Connector>(
     let mut attempts = JoinSet::new();
     let mut next = Instant::now();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = tx.closed() => return,
+        // The receiver dropped before the next tick ends the schedule.
+        if tokio::time::timeout_at(next, tx.closed()).await.is_ok() {
+            return;
         }
         // Room for this attempt's event first: a consumer that stalls pauses the schedule
         // instead of piling up attempts that each hold an open socket.
@@ -346,8 +360,29 @@ async fn attempt<K: Connector>(
     else {
         return;
     };
-    let event = match connector.connect(&server, options.connect_timeout).await {
+    let span = tracing::debug_span!("connect", %server, slot = tracing::field::Empty);
+    let event = attempt_once(&rover, &*connector, &options, server, generation)
+        .instrument(span.clone())
+        .await;
+    if let RoverEvent::Connected { slot, .. } = &event {
+        span.record("slot", slot);
+    }
+    // Room was reserved before the attempt; if the receiver is gone meanwhile, the event
+    // (and its stream) is dropped.
+    permit.send(event);
+}
+
+/// Connects and reads the slot line; the event to report.
+async fn attempt_once<K: Connector>(
+    rover: &Weak<Shared<K>>,
+    connector: &K,
+    options: &RoverOptions,
+    server: ServerId,
+    generation: u64,
+) -> RoverEvent<K::Stream> {
+    match connector.connect(&server, options.connect_timeout).await {
         Err(ConnectError { addr, error }) => {
+            tracing::trace!(?addr, %error, "connect failed");
             if let Some(shared) = rover.upgrade() {
                 shared.servers().failed(
                     &server,
@@ -365,6 +400,7 @@ async fn attempt<K: Connector>(
         Ok(Connected { addr, stream }) => {
             match read_handshake(stream, options.handshake_timeout).await {
                 Ok(Handshake { slot, stream }) => {
+                    tracing::trace!(?addr, slot, "connected");
                     if let Some(shared) = rover.upgrade() {
                         shared.servers().succeeded(&server, generation);
                     }
@@ -376,17 +412,17 @@ async fn attempt<K: Connector>(
                     }
                 }
                 // The stream was dropped (closed) inside the failed handshake.
-                Err(source) => RoverEvent::Error(RoverError::Protocol {
-                    server,
-                    addr,
-                    source,
-                }),
+                Err(source) => {
+                    tracing::trace!(?addr, %source, "handshake failed");
+                    RoverEvent::Error(RoverError::Protocol {
+                        server,
+                        addr,
+                        source,
+                    })
+                }
             }
         }
-    };
-    // Room was reserved before the attempt; if the receiver is gone meanwhile, the event
-    // (and its stream) is dropped.
-    permit.send(event);
+    }
 }
 
 #[cfg(test)]

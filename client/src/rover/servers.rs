@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
@@ -16,7 +17,9 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 
-/// A server's id: `host:port`, the host a name or an address (resolved at each connect).
+/// A server's id: `host:port`, the host a name or an address. The roving client's default
+/// discovery makes every server id an address; a name given to the rover itself is
+/// resolved by the connector at each connect.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServerId(Arc<str>);
 
@@ -44,6 +47,13 @@ impl ServerId {
     /// The id as given, `host:port`.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// An address as an id: `10.0.0.1:7000`, `[::1]:7000`.
+impl From<SocketAddr> for ServerId {
+    fn from(addr: SocketAddr) -> Self {
+        Self(addr.to_string().into())
     }
 }
 
@@ -102,6 +112,22 @@ impl Servers {
     /// Removes `id`; returns whether it was there.
     pub(crate) fn remove(&mut self, id: &ServerId) -> bool {
         self.map.remove(id).is_some()
+    }
+
+    /// Whether `id` is in the set.
+    pub(crate) fn contains(&self, id: &ServerId) -> bool {
+        self.map.contains_key(id)
+    }
+
+    /// How many servers are left out of the pick at `now` (backing off), and how many
+    /// there are.
+    pub(crate) fn backing_off(&self, now: Instant) -> (usize, usize) {
+        let off = self
+            .map
+            .values()
+            .filter(|s| s.backoff_until.is_some_and(|until| until > now))
+            .count();
+        (off, self.map.len())
     }
 
     /// The ids, sorted.
@@ -220,8 +246,10 @@ mod tests {
         assert!(
             matches!(servers.pick(now + Duration::from_secs(1)), Pick::Server(ref s, _) if *s == a)
         );
+        assert_eq!(servers.backing_off(now), (2, 2));
         servers.succeeded(&b, gen_b);
         assert!(servers.map[&b].backoff_until.is_none());
+        assert_eq!(servers.backing_off(now), (1, 2));
         // A stale generation (the server was re-added meanwhile) changes nothing.
         servers.add(a.clone());
         servers.failed(&a, gen_a, now, Some(&backoff));

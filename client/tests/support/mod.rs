@@ -1,14 +1,18 @@
 //! Test servers for the client's behaviour tests, on loopback ports chosen by the OS.
 //!
 //! `start_server` runs the real `callosum-server` (io_uring shards) with the allocator
-//! handed in, so a test can look at the slots in use. `start_replying` answers every
-//! connection with fixed bytes, for handshake and protocol-error cases.
+//! handed in, so a test can look at the slots in use; `start_server_on` does so on a given
+//! loopback address (two instances on one port, as behind one name), and
+//! `start_server_with` with a handler. `start_replying` answers every connection with
+//! fixed bytes, for handshake and protocol-error cases. `until` waits for a condition.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use callosum_server::{RunningServer, Server, Slots};
+use callosum_client::{RovingClient, RovingClientBuilder};
+use callosum_server::{Handler, Hold, RunningServer, Server, Slots};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,16 +24,61 @@ pub struct ServerHandle {
     pub slots: Arc<Slots>,
 }
 
+/// Upper bound on anything a test waits for; a test failing it is a bug, not slowness.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// Re-checks `done` every few milliseconds until it holds; fails the test after `BOUND`.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(BOUND, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what} within {BOUND:?}");
+}
+
+/// Builds `builder` with `max_slots = 4` and a 5 ms roving interval over two servers, and
+/// waits until it holds the two lowest slots on each: `[0, 0, 1, 1]`.
+pub async fn two_on_each(builder: RovingClientBuilder) -> RovingClient {
+    let client = builder
+        .max_slots(4)
+        .roving_interval(Duration::from_millis(5))
+        .build()
+        .expect("valid settings");
+    until("slots [0, 0, 1, 1]", || {
+        client.pool().held_slots() == [0, 0, 1, 1]
+    })
+    .await;
+    client
+}
+
 /// Starts a `callosum-server` (one unpinned shard, hold mode) on `127.0.0.1:0`.
 pub async fn start_server() -> (SocketAddr, ServerHandle) {
+    start_server_on(Ipv4Addr::LOCALHOST.into(), 0, Hold)
+}
+
+/// Starts a `callosum-server` running `handler` on `127.0.0.1:0`.
+pub fn start_server_with<H: Handler>(handler: H) -> (SocketAddr, ServerHandle) {
+    start_server_on(Ipv4Addr::LOCALHOST.into(), 0, handler)
+}
+
+/// Starts a `callosum-server` (one unpinned shard) running `handler` on `host:port`
+/// (`host` a loopback address).
+pub fn start_server_on<H: Handler>(
+    host: IpAddr,
+    port: u16,
+    handler: H,
+) -> (SocketAddr, ServerHandle) {
+    assert!(host.is_loopback(), "tests use loopback only");
     let slots = Arc::new(Slots::new(1 << 16));
     let server = Server::builder()
-        .host(Ipv4Addr::LOCALHOST.into())
-        .port(0)
+        .host(host)
+        .port(port)
         .shards(1)
         .pin(false)
         .slot_source(slots.clone())
-        .start()
+        .start_with(handler)
         .expect("callosum-server starts");
     (
         server.local_addr(),

@@ -1,0 +1,224 @@
+//! Discovery end to end on loopback: a name behind which stand two servers (two loopback
+//! addresses, one port, as a Kubernetes headless Service) is two servers and the pool
+//! spreads over both; servers join and leave as the answers change, a leaving server's
+//! idle connections close at once and its leased ones on return; connect failures bring
+//! the next lookup forward; `drop_server` closes the dropped server's connections.
+//!
+//! The answers come from an in-memory [`Discovery`] the test changes; no test touches the
+//! system resolver's files.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use callosum_client::{
+    Discovery, DiscoveryError, Lease, PoolPolicy, RovingClient, ServerId, StaticDiscovery,
+};
+use callosum_server::Hold;
+use support::until;
+use tokio::io::AsyncWriteExt;
+
+/// Answers every lookup with the servers the test set last; counts the lookups. Clones
+/// share the answers, so the test keeps one to change them.
+#[derive(Debug, Default, Clone)]
+struct Answers(Arc<Table>);
+
+#[derive(Debug, Default)]
+struct Table {
+    servers: Mutex<Vec<ServerId>>,
+    lookups: AtomicUsize,
+}
+
+impl Answers {
+    fn new(servers: &[SocketAddr]) -> Self {
+        let answers = Self::default();
+        answers.set(servers);
+        answers
+    }
+
+    fn set(&self, servers: &[SocketAddr]) {
+        *self.0.servers.lock().expect("lock") =
+            servers.iter().copied().map(ServerId::from).collect();
+    }
+
+    fn lookups(&self) -> usize {
+        self.0.lookups.load(Ordering::SeqCst)
+    }
+}
+
+impl Discovery for Answers {
+    async fn discover(&self, _names: &[ServerId]) -> Result<Vec<ServerId>, DiscoveryError> {
+        self.0.lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(self.0.servers.lock().expect("lock").clone())
+    }
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// Held connections per server, by leasing every idle one.
+fn spread(client: &RovingClient) -> BTreeMap<String, Vec<u32>> {
+    let leases: Vec<Lease<_>> = std::iter::from_fn(|| client.try_acquire()).collect();
+    let mut by_server: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for lease in &leases {
+        by_server
+            .entry(lease.server().to_string())
+            .or_default()
+            .push(lease.slot());
+    }
+    for slots in by_server.values_mut() {
+        slots.sort_unstable();
+    }
+    by_server
+}
+
+#[tokio::test]
+async fn a_name_with_two_addresses_is_two_servers_and_the_pool_spreads_over_both() {
+    // Two instances on one port at two addresses: what a headless Service name resolves to.
+    let (a, server_a) = support::start_server_on(loopback(2), 0, Hold);
+    let (b, server_b) = support::start_server_on(loopback(3), a.port(), Hold);
+    let client = support::two_on_each(
+        RovingClient::builder()
+            .server(format!("db.callosum.svc:{}", a.port()))
+            .discovery(Answers::new(&[a, b])),
+    )
+    .await;
+    let spread = spread(&client);
+    println!("one name, two addresses, max_slots = 4: {spread:?}");
+    let expected = BTreeMap::from([(a.to_string(), vec![0, 1]), (b.to_string(), vec![0, 1])]);
+    assert_eq!(spread, expected);
+    assert_eq!(client.servers(), vec![ServerId::from(a), ServerId::from(b)]);
+    assert_eq!((server_a.slots.in_use(), server_b.slots.in_use()), (2, 2));
+}
+
+#[tokio::test]
+async fn servers_join_and_leave_as_the_answers_change() {
+    let (a, server_a) = support::start_server().await;
+    let (b, server_b) = support::start_server().await;
+    let answers = Answers::new(&[a]);
+    let client = RovingClient::builder()
+        .server("db.callosum.svc:7000")
+        .discovery(answers.clone())
+        .discovery_interval(Duration::from_millis(10))
+        .max_slots(3)
+        .roving_interval(Duration::from_millis(5))
+        .acquire_timeout(support::BOUND)
+        .build()
+        .expect("valid settings");
+    until("three connections to a", || client.pool().len() == 3).await;
+    let mut leased = client.acquire().await.expect("a connection");
+    assert_eq!(leased.server(), &ServerId::from(a));
+
+    answers.set(&[b]);
+    until("a left and b joined", || {
+        client.servers() == [ServerId::from(b)]
+    })
+    .await;
+    // The idle connections to a closed at once; the leased one is still usable.
+    until("a's idle connections closed", || {
+        server_a.slots.in_use() == 1
+    })
+    .await;
+    leased
+        .stream()
+        .write_all(b"still open")
+        .await
+        .expect("usable");
+    assert!(client.counters().evicted >= 2, "{:?}", client.counters());
+    drop(leased);
+    until("a's leased connection closed on return", || {
+        server_a.slots.in_use() == 0
+    })
+    .await;
+    until("three connections to b", || {
+        client.pool().len() == 3 && server_b.slots.in_use() == 3
+    })
+    .await;
+    let spread = spread(&client);
+    assert_eq!(spread.keys().collect::<Vec<_>>(), [&b.to_string()]);
+}
+
+#[tokio::test]
+async fn connect_failures_bring_the_next_lookup_forward() {
+    let refusing = support::refusing_addr();
+    let (live, _server) = support::start_server().await;
+    let answers = Answers::new(&[refusing]);
+    let client = RovingClient::builder()
+        .server("db.callosum.svc:7000")
+        .discovery(answers.clone())
+        .discovery_interval(Duration::from_secs(3600))
+        .discovery_min_gap(Duration::from_millis(10))
+        .roving_interval(Duration::from_millis(5))
+        .acquire_timeout(support::BOUND)
+        .build()
+        .expect("valid settings");
+    // With an hour between lookups, only the failures can ask for the second one.
+    until("a second lookup after the failures", || {
+        answers.lookups() >= 2
+    })
+    .await;
+    assert!(client.counters().unreachable > 0);
+    // The instance moved: the next lookup finds it.
+    answers.set(&[live]);
+    let lease = client
+        .acquire()
+        .await
+        .expect("a connection to the new address");
+    assert_eq!(lease.server(), &ServerId::from(live));
+}
+
+#[tokio::test]
+async fn drop_server_closes_that_servers_pooled_connections() {
+    let (a, server_a) = support::start_server().await;
+    let (b, _server_b) = support::start_server().await;
+    let client =
+        support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
+    assert!(client.drop_server(&a.to_string()));
+    // Out of the pool at once, closed at the server soon after.
+    assert_eq!(client.pool().len(), 2);
+    assert_eq!(client.servers(), vec![ServerId::from(b)]);
+    until("a's connections closed", || server_a.slots.in_use() == 0).await;
+    assert!(!client.drop_server(&a.to_string()), "already gone");
+}
+
+#[tokio::test]
+async fn static_discovery_keeps_each_id_as_one_server() {
+    let (a, _server) = support::start_server().await;
+    let name = format!("localhost:{}", a.port());
+    let client = RovingClient::builder()
+        .server(name.clone())
+        .discovery(StaticDiscovery)
+        .pool_policy(PoolPolicy::improved().max_slots(2))
+        .roving_interval(Duration::from_millis(5))
+        .acquire_timeout(support::BOUND)
+        .build()
+        .expect("valid settings");
+    assert_eq!(client.servers(), vec![ServerId::new(&name).expect("valid")]);
+    let lease = client.acquire().await.expect("a connection");
+    assert_eq!(lease.server().as_str(), name);
+}
+
+#[tokio::test]
+async fn a_configured_name_is_resolved_into_addresses_by_default() {
+    let (a, _server) = support::start_server().await;
+    let client = RovingClient::builder()
+        .server(format!("localhost:{}", a.port()))
+        .roving_interval(Duration::from_millis(5))
+        .acquire_timeout(support::BOUND)
+        .build()
+        .expect("valid settings");
+    until("localhost resolved", || !client.servers().is_empty()).await;
+    for server in client.servers() {
+        let addr: SocketAddr = server.as_str().parse().expect("an address, not the name");
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
+    assert_eq!(
+        client.names(),
+        vec![ServerId::new(&format!("localhost:{}", a.port())).expect("valid")]
+    );
+}
