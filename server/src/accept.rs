@@ -20,7 +20,9 @@
 //! waiting connection (ECONNABORTED and the like) is retried at once; anything else, resource
 //! exhaustion above all, parks the accept for a backoff (after refusing the waiting clients
 //! promptly with a spare descriptor when out of descriptors), so that errors never make the
-//! shard spin and never stop it.
+//! shard spin and never stop it. Connections themselves do not run the process out of
+//! descriptors (the budget of `crate::fd_budget` refuses them first); the spare is the
+//! fallback for descriptors the server does not count, such as a handler's own.
 
 use std::future::Future;
 use std::io;
@@ -278,19 +280,22 @@ fn is_client_side(err: &io::Error) -> bool {
     )
 }
 
-/// A descriptor held in reserve so that, when the process is out of descriptors, the shard
-/// can still accept the clients waiting in its backlog and close them at once (they see a
-/// prompt close instead of hanging until their connect times out).
+/// A descriptor held in reserve so that, when the process is out of descriptors anyway (the
+/// budget of `crate::fd_budget` keeps connections from getting there; a handler's own
+/// descriptors may not), the shard can still accept the clients waiting in its backlog and
+/// close them at once: they see a prompt close instead of hanging until their connect times
+/// out.
 fn open_spare() -> Option<OwnedFd> {
     std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
+/// Out of descriptors: frees the spare, accepts and closes what waits in the backlog, and
+/// takes a spare again. Another thread may take the freed number first, and the spare may
+/// not come back; the shedding is tried all the same on every `EMFILE` (a descriptor freed
+/// elsewhere serves as well), so a lost spare never leaves the shard only retrying to
+/// reopen it.
 fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
-    let Some(fd) = spare.take() else {
-        *spare = open_spare();
-        return;
-    };
-    drop(fd);
+    drop(spare.take());
     let mut shed = 0u32;
     while shed < 64 {
         // SAFETY: a non-blocking accept on our own listening socket; the peer address is not

@@ -29,6 +29,7 @@
 //! - `shared`: what every shard shares: settings, slot source, counters, the stop flag.
 //! - `shard`: one thread with its own io_uring and `SO_REUSEPORT` listener: the shard's loop.
 //! - `accept`: the shard's pending io_uring accepts, with retry, backoff and shedding.
+//! - `fd_budget`: how many connections the descriptor limit holds; beyond it, refused.
 //! - `listener`: binding the shards' listeners (and refusing a port in use).
 //! - `connection`: [`Connection`], which shuts its socket down before freeing its slot.
 //! - `handler`: the [`Handler`] trait, [`Hold`] and [`Echo`].
@@ -56,6 +57,7 @@ not_loom! {
     mod connection;
     mod discard;
     mod error;
+    mod fd_budget;
     mod handler;
     mod limits;
     mod listener;

@@ -215,7 +215,7 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
 }
 
 /// Gives a slot to a freshly accepted connection and sends its slot line; returns the future
-/// that serves it. With no slot free, closes it without a line.
+/// that serves it. With no slot or descriptor to spare, closes it without a line.
 fn admit<H: Handler>(
     ctx: &Rc<ShardCtx>,
     handler: &Rc<H>,
@@ -223,19 +223,28 @@ fn admit<H: Handler>(
     peer: SocketAddr,
     refused_log: &mut LogLimit,
 ) -> Option<impl Future<Output = ()> + use<H>> {
+    // Beyond the descriptor budget as beyond the last slot: closed at once, while this
+    // connection's descriptor is one the server kept free for it. Counted from here until
+    // the socket closes (`ShardCtx::close`, or below when it never becomes a `Connection`).
+    let descriptors = &ctx.shared.descriptors;
+    if !descriptors.try_take() {
+        refuse(ctx, peer, refused_log, "out of descriptors");
+        return None; // `stream` drops here: closed without a slot line
+    }
     // A slot source is the user's code: its panic refuses this connection (the stream drops,
     // closed without a line), not the shard.
     let acquired = std::panic::catch_unwind(AssertUnwindSafe(|| SlotGuard::acquire(ctx.clone())));
     let slot = match acquired {
         Ok(Some(slot)) => slot,
         Ok(None) => {
-            ShardCounters::bump(&ctx.counters().refused);
-            if let Some(suppressed) = refused_log.allow() {
-                tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
-            }
-            return None; // `stream` drops here: closed without a slot line
+            drop(stream);
+            descriptors.give_back();
+            refuse(ctx, peer, refused_log, "no free slot");
+            return None;
         }
         Err(panic) => {
+            drop(stream);
+            descriptors.give_back();
             ShardCounters::bump(&ctx.counters().handshake_errors);
             let message = panic_message(&*panic);
             tracing::error!(shard = ctx.index, %peer, %message, "slot source panicked; connection closed");
@@ -256,6 +265,14 @@ fn admit<H: Handler>(
     };
     let conn = Connection::new(stream, peer, slot);
     Some(serve_connection(handler.clone(), conn, unsent as u8))
+}
+
+/// Counts and logs (rate-limited) a connection closed without a slot line.
+fn refuse(ctx: &ShardCtx, peer: SocketAddr, log: &mut LogLimit, why: &str) {
+    ShardCounters::bump(&ctx.counters().refused);
+    if let Some(suppressed) = log.allow() {
+        tracing::warn!(shard = ctx.index, %peer, suppressed, "{why}: connection refused");
+    }
 }
 
 /// A connection's task: finish the slot line if the first send fell short, run the handler,
