@@ -58,13 +58,20 @@ pub(crate) fn run<H: Handler>(
     if shared.config.pin {
         pin(index);
     }
-    let runtime = match runtime(shared.config.ring_entries) {
+    let runtime = match probe_io_uring().and_then(|()| runtime(shared.config.ring_entries)) {
         Ok(runtime) => runtime,
         Err(source) => {
             let _ = ready.send(Err(ServerError::IoUringUnavailable { source }));
             return;
         }
     };
+    if let Err(source) = probe_ring(&runtime) {
+        // The no-op is still queued, and dropping the runtime would try to submit it again
+        // (and panic): the ring is left to the process's exit, as start-up fails anyway.
+        std::mem::forget(runtime);
+        let _ = ready.send(Err(ServerError::IoUringUnavailable { source }));
+        return;
+    }
     let _ = ready.send(Ok(()));
     drop(ready);
     let ctx_shared = shared.clone();
@@ -109,6 +116,36 @@ fn runtime(entries: u32) -> io::Result<tokio_uring::Runtime> {
         }
         result => result,
     }
+}
+
+/// How long the shard's ring gets to complete its start-up no-op.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks that io_uring works end to end, submission included: some seccomp profiles allow
+/// `io_uring_setup` but deny `io_uring_enter`, and tokio-uring ignores a failed submission
+/// (its operations then never complete: a server that says it listens and never answers).
+/// A ring of its own, a no-op submitted and waited for, reports the system call's error.
+fn probe_io_uring() -> io::Result<()> {
+    let mut ring = io_uring::IoUring::new(2)?;
+    let nop = io_uring::opcode::Nop::new().build();
+    // SAFETY: a no-op names no memory, so nothing must outlive its completion.
+    unsafe { ring.submission().push(&nop) }.map_err(io::Error::other)?;
+    ring.submit_and_wait(1)?;
+    Ok(())
+}
+
+/// Checks the shard's own ring: a no-op submitted and completed through its runtime, within
+/// [`PROBE_TIMEOUT`].
+fn probe_ring(runtime: &tokio_uring::Runtime) -> io::Result<()> {
+    runtime.block_on(async {
+        match tokio::time::timeout(PROBE_TIMEOUT, tokio_uring::no_op()).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the ring did not complete a no-op within {PROBE_TIMEOUT:?}"),
+            )),
+        }
+    })
 }
 
 fn pin(index: usize) {

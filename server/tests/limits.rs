@@ -161,7 +161,7 @@ fn server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again() {
 
 /// Child: io_uring_setup forbidden by a seccomp filter (as Docker's default profile does).
 fn server_without_io_uring() {
-    forbid_io_uring_setup();
+    forbid_syscall(libc::SYS_io_uring_setup);
     match builder().start() {
         Err(ServerError::IoUringUnavailable { source }) => {
             say(format_args!("@refused {source}"));
@@ -186,8 +186,45 @@ fn io_uring_blocked_by_seccomp_is_a_clear_error() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Installs a seccomp filter that fails `io_uring_setup` with EPERM (x86_64 and aarch64).
-fn forbid_io_uring_setup() {
+/// The number of threads of this process.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Child: io_uring_enter forbidden, io_uring_setup allowed (some container profiles): rings
+/// can be made, but nothing submitted to them ever runs.
+fn server_without_io_uring_enter() {
+    forbid_syscall(libc::SYS_io_uring_enter);
+    let threads = thread_count();
+    let started = Instant::now();
+    match builder().start() {
+        Err(ServerError::IoUringUnavailable { source }) => {
+            say(format_args!("@refused {source}"));
+        }
+        Err(other) => panic!("expected IoUringUnavailable, got {other}"),
+        Ok(_) => panic!("server started though its rings cannot submit"),
+    }
+    let took = started.elapsed();
+    assert!(took < PATIENCE, "start took {took:?} to fail");
+    assert_eq!(thread_count(), threads, "a thread was left behind");
+}
+
+#[test]
+fn io_uring_enter_blocked_by_seccomp_is_a_clear_error_and_leaves_no_thread() {
+    let Some((mut child, mut out)) = run_as_child(
+        "io_uring_enter_blocked_by_seccomp_is_a_clear_error_and_leaves_no_thread",
+        server_without_io_uring_enter,
+    ) else {
+        return;
+    };
+    let reason = child_line(&mut out, "@refused ");
+    assert!(reason.contains("os error 1"), "{reason}");
+    assert!(child.wait().unwrap().success());
+}
+
+/// Installs a seccomp filter that fails the system call `nr` with EPERM (x86_64 and
+/// aarch64).
+fn forbid_syscall(nr: libc::c_long) {
     #[cfg(target_arch = "x86_64")]
     const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
     #[cfg(target_arch = "aarch64")]
@@ -213,7 +250,7 @@ fn forbid_io_uring_setup() {
         jeq(ARCH, 1, 0),
         stmt(ret, RET_ALLOW),
         stmt(load, 0), // seccomp_data.nr
-        jeq(libc::SYS_io_uring_setup as u32, 0, 1),
+        jeq(nr as u32, 0, 1),
         stmt(ret, RET_ERRNO | libc::EPERM as u32),
         stmt(ret, RET_ALLOW),
     ];
