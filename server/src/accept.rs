@@ -260,7 +260,7 @@ impl Accepts {
 /// Errors of one waiting connection rather than of the listener (accept(2): "already-pending
 /// network errors", a connection aborted or refused by a firewall rule, an interrupted call):
 /// the next accept may succeed at once.
-fn is_client_side(err: &io::Error) -> bool {
+pub(crate) fn is_client_side(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(

@@ -14,6 +14,16 @@ pub enum ServerError {
     /// A builder setting is out of range.
     #[error("invalid server configuration: {0}")]
     Config(&'static str),
+    /// A keepalive setting is outside the range the kernel takes.
+    #[error("invalid keepalive {field}: {value} (the kernel takes {allowed})")]
+    Keepalive {
+        /// The [`Keepalive`](crate::Keepalive) field: `idle`, `interval` or `retries`.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The range allowed.
+        allowed: &'static str,
+    },
     /// Something else listens on the address already.
     #[error("address {addr} is already in use (is another server running on that port?)")]
     AddrInUse {

@@ -38,7 +38,8 @@
 //! - `limits`: raising `RLIMIT_NOFILE` and growing the descriptor table up front.
 //! - `stats`: per-shard counters and the [`Stats`] snapshot.
 //! - `log_limit`: rate-limited logging for floods of errors.
-//! - [`prometheus`]: the optional Prometheus endpoint, on a thread of its own.
+//! - [`prometheus`]: the optional Prometheus endpoint, on threads of its own, capped and
+//!   timed out so that it can never take resources from the slot port.
 #![deny(missing_docs)]
 
 pub mod slots;
