@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use callosum_server::ServerError;
+use callosum_server::{ServerError, SlotError, Slots};
 use support::*;
 
 const CHILD_ENV: &str = "CALLOSUM_TEST_CHILD";
@@ -484,4 +484,67 @@ fn a_privileged_port_without_the_capability_is_a_clear_startup_error() {
         .strip_prefix("denied ")
         .unwrap_or_else(|| panic!("expected PermissionDenied, got {said}"));
     assert!(message.contains("CAP_NET_BIND_SERVICE"), "{message}");
+}
+
+/// This process's resident memory, in KiB (`VmRSS` in /proc/self/status).
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line["VmRSS:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Child: the largest allocator, then a server with the largest `max_slots`; reports how
+/// much resident memory each added.
+fn largest_capacity_child() {
+    let before = resident_kib();
+    let slots = Slots::new(u32::MAX);
+    for expected in 0..100_000 {
+        assert_eq!(slots.acquire(), Some(expected));
+    }
+    slots.release(5).unwrap();
+    assert_eq!(slots.acquire(), Some(5));
+    assert_eq!(
+        slots.release(u32::MAX - 1),
+        Err(SlotError::NotAllocated { slot: u32::MAX - 1 })
+    );
+    say(format_args!("@allocator {}", resident_kib() - before));
+    drop(slots);
+
+    let before = resident_kib();
+    let server = builder()
+        .shards(1)
+        .max_slots(u32::MAX)
+        .start()
+        .expect("server starts");
+    let (_client, slot) = connect_slot(server.local_addr());
+    assert_eq!(slot, 0);
+    say(format_args!(
+        "@server {}",
+        resident_kib().saturating_sub(before)
+    ));
+    server.shutdown(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn the_largest_capacity_commits_memory_as_slots_are_used_not_up_front() {
+    let Some((mut child, mut out)) = run_as_child(
+        "the_largest_capacity_commits_memory_as_slots_are_used_not_up_front",
+        largest_capacity_child,
+    ) else {
+        return;
+    };
+    // A bit per slot would be 512 MiB; 100,000 slots held take 4 pages of leaves.
+    let allocator: u64 = child_line(&mut out, "@allocator ").parse().unwrap();
+    assert!(
+        allocator < 8 * 1024,
+        "the allocator made {allocator} KiB resident"
+    );
+    let server: u64 = child_line(&mut out, "@server ").parse().unwrap();
+    assert!(server < 32 * 1024, "the server made {server} KiB resident");
+    assert!(child.wait().unwrap().success());
 }
