@@ -91,6 +91,7 @@ mod cli {
                     .unwrap_or_else(|_| "info".into()),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
         let args = match Args::try_parse() {
             Ok(args) => args,

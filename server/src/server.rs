@@ -218,9 +218,9 @@ fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
             descriptor_limit = limit,
             capacity,
             max_slots = config.max_slots,
-            "the descriptor limit holds only {capacity} connections, fewer than max_slots \
-             ({}): connections beyond {capacity} are refused; raise RLIMIT_NOFILE (ulimit -n) \
-             above {} to hold them all",
+            "the descriptor limit ({limit}) holds only {capacity} connections, fewer than \
+             max_slots ({}): connections beyond {capacity} are refused; raise RLIMIT_NOFILE \
+             (ulimit -n) above {} to hold them all",
             config.max_slots,
             u64::from(config.max_slots) + (limit - capacity),
         );

@@ -20,6 +20,8 @@ use support::*;
 struct ServerProcess {
     child: Child,
     addr: SocketAddr,
+    /// What the server wrote to stderr up to saying it listens.
+    startup_log: String,
     /// Bytes the server has written to stderr since it said it listens.
     stderr_bytes: Arc<AtomicU64>,
 }
@@ -82,6 +84,7 @@ fn spawn_server_limited(extra: &[&str], nofile: Option<u64>) -> ServerProcess {
         .expect("spawn callosum-server");
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
+    let mut startup_log = String::new();
     let addr = loop {
         line.clear();
         assert!(
@@ -91,6 +94,7 @@ fn spawn_server_limited(extra: &[&str], nofile: Option<u64>) -> ServerProcess {
         if let Some(addr) = line.trim().strip_prefix("callosum-server: listening on ") {
             break addr.parse().unwrap();
         }
+        startup_log.push_str(&line);
     };
     // Keep draining stderr so the server never blocks on a full pipe, counting it.
     let stderr_bytes = Arc::new(AtomicU64::new(0));
@@ -104,6 +108,7 @@ fn spawn_server_limited(extra: &[&str], nofile: Option<u64>) -> ServerProcess {
     ServerProcess {
         child,
         addr,
+        startup_log,
         stderr_bytes,
     }
 }
@@ -469,4 +474,28 @@ fn a_metrics_port_in_use_fails_start_up_before_any_client_gets_a_slot_line() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn a_descriptor_limit_below_max_slots_is_warned_of_with_the_real_capacity() {
+    let server = spawn_server_limited(&["--max-slots", "1000"], Some(256));
+    let log = &server.startup_log;
+    let warning = log
+        .lines()
+        .find(|l| l.contains("descriptor limit (256) holds only "))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warning.contains("fewer than max_slots (1000)"), "{warning}");
+    let capacity: u64 = warning
+        .split("holds only ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no capacity: {warning}"));
+    assert!((1..256).contains(&capacity), "{warning}");
+    let fits = spawn_server_limited(&["--max-slots", "100"], Some(256));
+    assert!(
+        !fits.startup_log.contains("descriptor limit"),
+        "{}",
+        fits.startup_log
+    );
 }
