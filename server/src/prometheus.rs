@@ -206,24 +206,23 @@ fn respond(mut stream: TcpStream, scrape: &Scrape) {
     let Some(header) = read_header(&mut stream) else {
         return;
     };
-    let (status, body) = match parse(&header) {
-        Request::Metrics { head } => {
-            let text = scrape.render();
-            ("200 OK", if head { String::new() } else { text })
-        }
-        Request::MethodNotAllowed => ("405 Method Not Allowed", String::new()),
-        Request::NotFound => ("404 Not Found", String::new()),
-        Request::Malformed => ("400 Bad Request", String::new()),
+    let (status, text, head) = match parse(&header) {
+        Request::Metrics { head } => ("200 OK", scrape.render(), head),
+        Request::MethodNotAllowed => ("405 Method Not Allowed", String::new(), false),
+        Request::NotFound => ("404 Not Found", String::new(), false),
+        Request::Malformed => ("400 Bad Request", String::new(), false),
     };
     let allow = if status.starts_with("405") {
         "Allow: GET, HEAD\r\n"
     } else {
         ""
     };
+    // A HEAD answer has the GET answer's length, without its body.
+    let body = if head { "" } else { text.as_str() };
     let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
          Content-Length: {}\r\n{allow}Connection: close\r\n\r\n{body}",
-        body.len()
+        text.len()
     );
     if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_ok()
         && stream.write_all(response.as_bytes()).is_ok()
