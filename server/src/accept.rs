@@ -290,10 +290,14 @@ fn open_spare() -> Option<OwnedFd> {
 }
 
 /// Out of descriptors: frees the spare, accepts and closes what waits in the backlog, and
-/// takes a spare again. Another thread may take the freed number first, and the spare may
-/// not come back; the shedding is tried all the same on every `EMFILE` (a descriptor freed
-/// elsewhere serves as well), so a lost spare never leaves the shard only retrying to
-/// reopen it.
+/// takes a spare again. Another thread may take the freed number first (another shard's
+/// pending accept, when a client arrives at that moment), and the spare may not come back;
+/// the shedding is tried all the same on every `EMFILE` (a descriptor freed elsewhere serves
+/// as well), so a lost spare never leaves the shard only retrying to reopen it. What it
+/// cannot do is shed with no descriptor free at all: a shard whose spare was lost while a
+/// handler holds every other descriptor sheds again once one frees. (Accepting into an
+/// io_uring direct descriptor, which takes no slot of the descriptor table, would close
+/// that gap.)
 fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
     drop(spare.take());
     let mut shed = 0u32;

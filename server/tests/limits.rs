@@ -10,7 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use callosum_server::{ServerError, SlotError, Slots};
+use callosum_server::{
+    Connection, ServerError, SlotError, Slots, discard_until_closed, handler_fn,
+};
 use support::*;
 
 const CHILD_ENV: &str = "CALLOSUM_TEST_CHILD";
@@ -95,6 +97,39 @@ fn low_limit_server() {
 /// How long a client of a server out of descriptors may wait for its slot line or its close.
 const PROMPT: Duration = Duration::from_secs(1);
 
+/// Connects `clients` clients to `addr` at once; each must get its slot line or its close
+/// (refused) within `prompt` of the burst, never be left waiting in a backlog. Returns the
+/// served clients, still connected, and the number refused.
+fn burst_answered_within(
+    addr: SocketAddr,
+    clients: usize,
+    prompt: Duration,
+) -> (Vec<TcpStream>, usize) {
+    let burst: Vec<TcpStream> = (0..clients)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let deadline = Instant::now() + prompt;
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for mut c in burst {
+        let left = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match read_line(&mut c) {
+            Ok(line) if line.ends_with(b"\r\n") => served.push(c),
+            Ok(_) => refused += 1,
+            Err(e) => match e.kind() {
+                std::io::ErrorKind::ConnectionReset => refused += 1,
+                _ => panic!(
+                    "a client waited more than {prompt:?} (served {}): {e}",
+                    served.len()
+                ),
+            },
+        }
+    }
+    (served, refused)
+}
+
 #[test]
 fn server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again() {
     let Some((mut child, mut out)) = run_as_child(
@@ -110,28 +145,7 @@ fn server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again() {
     // Three times as many connections as the limit, on two shards: each client must get its
     // slot line or its close (refused, out of descriptors) within `PROMPT` of the burst,
     // never be left waiting in a backlog.
-    let burst: Vec<TcpStream> = (0..3 * LOW_LIMIT)
-        .map(|_| TcpStream::connect(addr).unwrap())
-        .collect();
-    let deadline = Instant::now() + PROMPT;
-    let mut served = Vec::new();
-    let mut refused = 0;
-    for mut c in burst {
-        let left = deadline.saturating_duration_since(Instant::now());
-        c.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .unwrap();
-        match read_line(&mut c) {
-            Ok(line) if line.ends_with(b"\r\n") => served.push(c),
-            Ok(_) => refused += 1,
-            Err(e) => match e.kind() {
-                std::io::ErrorKind::ConnectionReset => refused += 1,
-                _ => panic!(
-                    "a client waited more than {PROMPT:?} (served {}): {e}",
-                    served.len()
-                ),
-            },
-        }
-    }
+    let (served, refused) = burst_answered_within(addr, 3 * LOW_LIMIT as usize, PROMPT);
     assert!(
         !served.is_empty() && refused > 0,
         "served {} refused {refused}",
@@ -546,5 +560,59 @@ fn the_largest_capacity_commits_memory_as_slots_are_used_not_up_front() {
     );
     let server: u64 = child_line(&mut out, "@server ").parse().unwrap();
     assert!(server < 32 * 1024, "the server made {server} KiB resident");
+    assert!(child.wait().unwrap().success());
+}
+
+/// Child: one shard under a limit of 128 descriptors, whose handler takes every descriptor
+/// left for the connection of slot 0 (a handler's own files, which the server's descriptor
+/// budget does not count) and gives them back when that client closes. One shard: with
+/// several, another shard's accept may take the number a shard's spare frees, and that shard
+/// then sheds only once a descriptor frees elsewhere (see `accept.rs`).
+fn greedy_handler_server() {
+    set_nofile(128);
+    let server = builder()
+        .shards(1)
+        .start_with(handler_fn(async |conn: &mut Connection| {
+            let mut files = Vec::new();
+            if conn.slot() == 0 {
+                while let Ok(file) = std::fs::File::open("/dev/null") {
+                    files.push(file);
+                }
+                say(format_args!("@exhausted {}", files.len()));
+            }
+            let _ = discard_until_closed(conn).await;
+        }))
+        .expect("server starts");
+    say(format_args!("@port {}", server.local_addr().port()));
+    let _ = std::io::stdin().lines().count();
+    server.shutdown(Duration::ZERO).unwrap();
+}
+
+#[test]
+fn clients_are_still_answered_promptly_when_a_handler_runs_the_process_out_of_descriptors() {
+    let Some((mut child, mut out)) = run_as_child(
+        "clients_are_still_answered_promptly_when_a_handler_runs_the_process_out_of_descriptors",
+        greedy_handler_server,
+    ) else {
+        return;
+    };
+    let stdin = child.stdin.take().unwrap();
+    let port: u16 = child_line(&mut out, "@port ").parse().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (mut greedy, slot) = connect_slot(addr);
+    assert_eq!(slot, 0);
+    let _ = child_line(&mut out, "@exhausted ");
+    for _round in 0..5 {
+        burst_answered_within(addr, 20, PROMPT);
+    }
+    // Once the server has closed it, the handler has given its descriptors back.
+    greedy.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(sees_close(&mut greedy));
+    let (_c, slot) = connect_slot(addr);
+    assert_eq!(
+        slot, 0,
+        "serves again once the handler gives its descriptors back"
+    );
+    drop(stdin);
     assert!(child.wait().unwrap().success());
 }
