@@ -158,6 +158,10 @@ pub(crate) struct Accepts {
     resume: Option<Pin<Box<tokio::time::Sleep>>>,
     backoff: Duration,
     spare: Option<OwnedFd>,
+    /// The spare was freed to shed and could not be taken again: another accept (often one
+    /// of this shard's own pending ones, run by the kernel as the shed's system calls
+    /// return) took its number.
+    spare_lost: bool,
     error_log: LogLimit,
 }
 
@@ -172,6 +176,7 @@ impl Accepts {
             resume: None,
             backoff: BACKOFF_MIN,
             spare: open_spare(),
+            spare_lost: false,
             error_log: LogLimit::new(Duration::from_secs(1)),
         };
         for _ in 0..IN_FLIGHT {
@@ -229,6 +234,22 @@ impl Accepts {
         self.backoff = BACKOFF_MIN;
     }
 
+    /// A connection just accepted, unless the shard lost its spare while out of
+    /// descriptors: then the connection holds the descriptor the spare is missing, so it is
+    /// closed at once (refused) and the spare taken again in its place. Whichever accept
+    /// took the freed number, its client is answered promptly, and the shard gets its spare
+    /// back instead of being left with none.
+    pub(crate) fn reclaim_spare(&mut self, stream: TcpStream) -> Option<TcpStream> {
+        if !self.spare_lost {
+            return Some(stream);
+        }
+        drop(stream); // closes the descriptor at once
+        ShardCounters::bump(&self.ctx.counters().refused);
+        self.spare = open_spare();
+        self.spare_lost = self.spare.is_none();
+        None
+    }
+
     /// After an accept failed while the server was running: retries at once when the error
     /// was one waiting connection's; otherwise parks the accept until a backoff is over
     /// (retrying at once would spin), shedding the waiting clients first when the process
@@ -248,6 +269,7 @@ impl Accepts {
         }
         if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
             shed_with_spare(ctx, &self.listener, &mut self.spare);
+            self.spare_lost = self.spare.is_none();
         }
         self.parked.push(buf);
         if self.resume.is_none() {
@@ -286,18 +308,23 @@ pub(crate) fn is_client_side(err: &io::Error) -> bool {
 /// close them at once: they see a prompt close instead of hanging until their connect times
 /// out.
 fn open_spare() -> Option<OwnedFd> {
-    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+    // An eventfd: a descriptor that needs no file system (a container may lack /dev/null).
+    // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    // SAFETY: a descriptor eventfd just returned is ours alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Out of descriptors: frees the spare, accepts and closes what waits in the backlog, and
 /// takes a spare again. Another thread may take the freed number first (another shard's
 /// pending accept, when a client arrives at that moment), and the spare may not come back;
 /// the shedding is tried all the same on every `EMFILE` (a descriptor freed elsewhere serves
-/// as well), so a lost spare never leaves the shard only retrying to reopen it. What it
-/// cannot do is shed with no descriptor free at all: a shard whose spare was lost while a
-/// handler holds every other descriptor sheds again once one frees. (Accepting into an
-/// io_uring direct descriptor, which takes no slot of the descriptor table, would close
-/// that gap.)
+/// as well), and the connection that took the number is closed to take the spare back
+/// ([`Accepts::reclaim_spare`]), so a lost spare never leaves the shard only retrying to
+/// reopen it. What it cannot do is shed with no descriptor free at all, when another
+/// shard's connection took the number while a handler holds every other descriptor: that
+/// shard sheds again once one frees. (Accepting into an io_uring direct descriptor, which
+/// takes no slot of the descriptor table, would close that gap.)
 fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
     drop(spare.take());
     let mut shed = 0u32;

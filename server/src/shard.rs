@@ -239,6 +239,9 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
         match result {
             Ok((stream, addr)) => {
                 accepts.succeeded(buf, stopping);
+                let Some(stream) = accepts.reclaim_spare(stream) else {
+                    continue;
+                };
                 if let Some(conn) = admit(ctx, handler, stream, addr, &mut refused_log) {
                     work.push(Serve { conn });
                 }
