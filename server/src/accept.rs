@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -157,11 +157,6 @@ pub(crate) struct Accepts {
     /// When the parked accepts resume; boxed, as it is rare.
     resume: Option<Pin<Box<tokio::time::Sleep>>>,
     backoff: Duration,
-    spare: Option<OwnedFd>,
-    /// The spare was freed to shed and could not be taken again: another accept (often one
-    /// of this shard's own pending ones, run by the kernel as the shed's system calls
-    /// return) took its number.
-    spare_lost: bool,
     error_log: LogLimit,
 }
 
@@ -175,8 +170,6 @@ impl Accepts {
             parked: Vec::new(),
             resume: None,
             backoff: BACKOFF_MIN,
-            spare: open_spare(),
-            spare_lost: false,
             error_log: LogLimit::new(Duration::from_secs(1)),
         };
         for _ in 0..IN_FLIGHT {
@@ -234,19 +227,20 @@ impl Accepts {
         self.backoff = BACKOFF_MIN;
     }
 
-    /// A connection just accepted, unless the shard lost its spare while out of
-    /// descriptors: then the connection holds the descriptor the spare is missing, so it is
-    /// closed at once (refused) and the spare taken again in its place. Whichever accept
-    /// took the freed number, its client is answered promptly, and the shard gets its spare
-    /// back instead of being left with none.
+    /// A connection just accepted, unless a spare of the server was lost while out of
+    /// descriptors (see [`FdBudget::shed_with_spare`](crate::fd_budget::FdBudget)) and no
+    /// descriptor is free to take it again: then the connection holds the descriptor the
+    /// spare is missing, so it is closed at once (refused) and the spare taken in its place. Whichever accept of whichever shard took the
+    /// freed number, its client is answered promptly, and the server gets its spare back
+    /// instead of being left with none.
     pub(crate) fn reclaim_spare(&mut self, stream: TcpStream) -> Option<TcpStream> {
-        if !self.spare_lost {
+        let descriptors = &self.ctx.shared.descriptors;
+        if !descriptors.spare_missing() || !descriptors.restore_spare() {
             return Some(stream);
         }
         drop(stream); // closes the descriptor at once
         ShardCounters::bump(&self.ctx.counters().refused);
-        self.spare = open_spare();
-        self.spare_lost = self.spare.is_none();
+        descriptors.restore_spare();
         None
     }
 
@@ -268,8 +262,7 @@ impl Accepts {
             tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
         }
         if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-            shed_with_spare(ctx, &self.listener, &mut self.spare);
-            self.spare_lost = self.spare.is_none();
+            ctx.shared.descriptors.shed_with_spare(|| shed(ctx, &self.listener));
         }
         self.parked.push(buf);
         if self.resume.is_none() {
@@ -302,31 +295,10 @@ pub(crate) fn is_client_side(err: &io::Error) -> bool {
     )
 }
 
-/// A descriptor held in reserve so that, when the process is out of descriptors anyway (the
-/// budget of `crate::fd_budget` keeps connections from getting there; a handler's own
-/// descriptors may not), the shard can still accept the clients waiting in its backlog and
-/// close them at once: they see a prompt close instead of hanging until their connect times
-/// out.
-fn open_spare() -> Option<OwnedFd> {
-    // An eventfd: a descriptor that needs no file system (a container may lack /dev/null).
-    // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    // SAFETY: a descriptor eventfd just returned is ours alone.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Out of descriptors: frees the spare, accepts and closes what waits in the backlog, and
-/// takes a spare again. Another thread may take the freed number first (another shard's
-/// pending accept, when a client arrives at that moment), and the spare may not come back;
-/// the shedding is tried all the same on every `EMFILE` (a descriptor freed elsewhere serves
-/// as well), and the connection that took the number is closed to take the spare back
-/// ([`Accepts::reclaim_spare`]), so a lost spare never leaves the shard only retrying to
-/// reopen it. What it cannot do is shed with no descriptor free at all, when another
-/// shard's connection took the number while a handler holds every other descriptor: that
-/// shard sheds again once one frees. (Accepting into an io_uring direct descriptor, which
-/// takes no slot of the descriptor table, would close that gap.)
-fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
-    drop(spare.take());
+/// Out of descriptors, with a spare just freed: accepts and closes what waits in the
+/// backlog (at most 64), so those clients see a prompt close instead of hanging until their
+/// connect times out.
+fn shed(ctx: &ShardCtx, listener: &TcpListener) {
     let mut shed = 0u32;
     while shed < 64 {
         // SAFETY: a non-blocking accept on our own listening socket; the peer address is not
@@ -354,5 +326,4 @@ fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<Ow
             "out of descriptors: closed waiting clients"
         );
     }
-    *spare = open_spare();
 }

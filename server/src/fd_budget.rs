@@ -11,13 +11,26 @@
 //! metrics endpoint and some slack), and treats a connection beyond that like a connection
 //! beyond `max_slots`: accepted, and closed at once without a slot line, while a descriptor
 //! is still free to accept it with. `EMFILE` is then left to descriptors the server does not
-//! count (a handler's own), which `crate::accept` sheds with a spare per shard.
+//! count (a handler's own), which `crate::accept` sheds with the server's spares.
 //!
 //! The count is one atomic for the whole server, taken when a connection is accepted and
 //! given back when its socket closes: a shard-local share would refuse on one shard while
 //! another still had room.
+//!
+//! The spares are descriptors held in reserve, one per shard, in one pool: out of
+//! descriptors, a shard frees one, accepts and closes the clients waiting in its backlog,
+//! and takes the spare again. Another thread may take the freed number first (a pending
+//! accept of any shard, which the kernel runs as a system call returns), and the spare
+//! cannot come back; the pool then counts it missing, and the next connection any shard
+//! accepts while no descriptor is free holds one a spare lacks: it is closed at once and
+//! the spare taken again ([`FdBudget::restore_spare`]). The shedding is tried on every `EMFILE`, spare or not.
+//! What no spare can do is shed with no descriptor free at all (every spare lost, every
+//! other descriptor held by handlers): shedding resumes once one frees. (Accepting into an
+//! io_uring direct descriptor, outside the descriptor table, would close that gap.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -39,19 +52,24 @@ pub(crate) fn reserve(open: u64, shards: usize) -> u64 {
     open + shards as u64 * (PER_SHARD + IN_FLIGHT as u64) + METRICS + SLACK
 }
 
-/// How many connections the server may hold at once, and how many it holds.
+/// How many connections the server may hold at once, how many it holds, and its spares.
 #[derive(Debug)]
 pub(crate) struct FdBudget {
     capacity: u64,
     open: CachePadded<AtomicU64>,
+    spares: Mutex<Vec<OwnedFd>>,
+    /// Spares freed to shed that could not be taken again.
+    missing: AtomicUsize,
 }
 
 impl FdBudget {
-    /// A budget of `capacity` connections.
-    pub(crate) fn new(capacity: u64) -> Self {
+    /// A budget of `capacity` connections, with `spares` spare descriptors.
+    pub(crate) fn new(capacity: u64, spares: usize) -> Self {
         Self {
             capacity,
             open: CachePadded::new(AtomicU64::new(0)),
+            spares: Mutex::new((0..spares).filter_map(|_| open_spare()).collect()),
+            missing: AtomicUsize::new(0),
         }
     }
 
@@ -82,13 +100,66 @@ impl FdBudget {
     }
 }
 
+impl FdBudget {
+    /// Out of descriptors: frees a spare (if the pool has one), runs `shed` (which accepts
+    /// and closes waiting clients), then takes the spare again, or counts it missing.
+    /// Shards shed one at a time, so they do not take each other's freed spares.
+    pub(crate) fn shed_with_spare(&self, shed: impl FnOnce()) {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        let freed = spares.pop().is_some();
+        shed();
+        if freed {
+            match open_spare() {
+                Some(spare) => spares.push(spare),
+                // Relaxed: a hint read by `spare_missing`; the pool itself is under the lock.
+                None => _ = self.missing.fetch_add(1, Ordering::Relaxed),
+            }
+        }
+    }
+
+    /// Whether a spare is missing: the caller then calls
+    /// [`restore_spare`](Self::restore_spare), and if no descriptor was free, closes the
+    /// connection it just accepted and calls it again. One read of a line that is written
+    /// only when out of descriptors.
+    #[inline]
+    pub(crate) fn spare_missing(&self) -> bool {
+        // Relaxed: a hint; `restore_spare` rechecks under the lock.
+        self.missing.load(Ordering::Relaxed) > 0
+    }
+
+    /// Takes a missing spare again (after the caller closed a descriptor for it, or first
+    /// in case one is free anyway); returns whether one was missing and is still.
+    pub(crate) fn restore_spare(&self) -> bool {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: changed only under the lock.
+        if self.missing.load(Ordering::Relaxed) == 0 {
+            return false; // another shard restored it
+        }
+        let Some(spare) = open_spare() else {
+            return true;
+        };
+        spares.push(spare);
+        self.missing.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+}
+
+/// A spare: an eventfd, a descriptor that needs no file system (a container may lack
+/// /dev/null).
+fn open_spare() -> Option<OwnedFd> {
+    // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    // SAFETY: a descriptor eventfd just returned is ours alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn takes_up_to_capacity_then_refuses_until_one_is_given_back() {
-        let budget = FdBudget::new(2);
+        let budget = FdBudget::new(2, 0);
         assert!(budget.try_take());
         assert!(budget.try_take());
         assert!(!budget.try_take());

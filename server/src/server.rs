@@ -208,7 +208,7 @@ fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
     };
     let Some(limit) = limit else {
         // Unknown: count on the accept path's shedding alone.
-        return FdBudget::new(u64::MAX);
+        return FdBudget::new(u64::MAX, config.shards);
     };
     // Before any listener is bound: they are part of the per-shard reserve.
     let open = limits::open_descriptors().unwrap_or(64);
@@ -225,7 +225,7 @@ fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
             u64::from(config.max_slots) + (limit - capacity),
         );
     }
-    FdBudget::new(capacity)
+    FdBudget::new(capacity, config.shards)
 }
 
 /// A cloneable handle on a running server: stop it, read its counters. `Send + Sync`.

@@ -563,15 +563,13 @@ fn the_largest_capacity_commits_memory_as_slots_are_used_not_up_front() {
     assert!(child.wait().unwrap().success());
 }
 
-/// Child: one shard under a limit of 128 descriptors, whose handler takes every descriptor
+/// Child: two shards under a limit of 128 descriptors, whose handler takes every descriptor
 /// left for the connection of slot 0 (a handler's own files, which the server's descriptor
-/// budget does not count) and gives them back when that client closes. One shard: with
-/// several, another shard's accept may take the number a shard's spare frees, and that shard
-/// then sheds only once a descriptor frees elsewhere (see `accept.rs`).
+/// budget does not count) and gives them back when that client closes.
 fn greedy_handler_server() {
     set_nofile(128);
     let server = builder()
-        .shards(1)
+        .shards(2)
         .start_with(handler_fn(async |conn: &mut Connection| {
             let mut files = Vec::new();
             if conn.slot() == 0 {
@@ -608,10 +606,14 @@ fn clients_are_still_answered_promptly_when_a_handler_runs_the_process_out_of_de
     // Once the server has closed it, the handler has given its descriptors back.
     greedy.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(sees_close(&mut greedy));
-    let (_c, slot) = connect_slot(addr);
-    assert_eq!(
-        slot, 0,
-        "serves again once the handler gives its descriptors back"
+    // Serves again (a client arriving while the last shed of a shard runs may still be
+    // refused).
+    assert!(
+        eventually(|| {
+            let mut c = connect(addr);
+            read_line(&mut c).is_ok_and(|line| line == b"0\r\n")
+        }),
+        "never served again once the handler gave its descriptors back"
     );
     drop(stdin);
     assert!(child.wait().unwrap().success());
