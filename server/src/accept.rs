@@ -20,7 +20,9 @@
 //! waiting connection (ECONNABORTED and the like) is retried at once; anything else, resource
 //! exhaustion above all, parks the accept for a backoff (after refusing the waiting clients
 //! promptly with a spare descriptor when out of descriptors), so that errors never make the
-//! shard spin and never stop it.
+//! shard spin and never stop it. Connections themselves do not run the process out of
+//! descriptors (the budget of `crate::fd_budget` refuses them first); the spare is the
+//! fallback for descriptors the server does not count, such as a handler's own.
 
 use std::future::Future;
 use std::io;
@@ -157,7 +159,6 @@ pub(crate) struct Accepts {
     /// When the parked accepts resume; boxed, as it is rare.
     resume: Option<Pin<Box<tokio::time::Sleep>>>,
     backoff: Duration,
-    spare: Option<OwnedFd>,
     error_log: LogLimit,
 }
 
@@ -171,7 +172,6 @@ impl Accepts {
             parked: Vec::new(),
             resume: None,
             backoff: BACKOFF_MIN,
-            spare: open_spare(),
             error_log: LogLimit::new(Duration::from_secs(1)),
         };
         for _ in 0..IN_FLIGHT {
@@ -229,6 +229,23 @@ impl Accepts {
         self.backoff = BACKOFF_MIN;
     }
 
+    /// A connection just accepted, unless a spare of the server was lost while out of
+    /// descriptors (see [`FdBudget::shed_with_spare`](crate::fd_budget::FdBudget)) and no
+    /// descriptor is free to take it again: then the connection holds the descriptor the
+    /// spare is missing, so it is closed at once (refused) and the spare taken in its place.
+    /// Whichever accept of whichever shard took the freed number, its client is answered
+    /// promptly, and the server gets its spare back instead of being left with none.
+    pub(crate) fn reclaim_spare(&mut self, socket: OwnedFd) -> Option<OwnedFd> {
+        let descriptors = &self.ctx.shared.descriptors;
+        if !descriptors.spare_missing() || !descriptors.restore_spare() {
+            return Some(socket);
+        }
+        drop(socket); // closes the descriptor at once
+        ShardCounters::bump(&self.ctx.counters().refused);
+        descriptors.restore_spare();
+        None
+    }
+
     /// After an accept failed while the server was running: retries at once when the error
     /// was one waiting connection's; otherwise parks the accept until a backoff is over
     /// (retrying at once would spin), shedding the waiting clients first when the process
@@ -247,7 +264,7 @@ impl Accepts {
             tracing::warn!(shard = ctx.index, error = %err, suppressed, "accept failed");
         }
         if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-            shed_with_spare(ctx, &self.listener, &mut self.spare);
+            ctx.shared.descriptors.shed_with_spare(|| shed(ctx, &self.listener));
         }
         self.parked.push(buf);
         if self.resume.is_none() {
@@ -260,7 +277,7 @@ impl Accepts {
 /// Errors of one waiting connection rather than of the listener (accept(2): "already-pending
 /// network errors", a connection aborted or refused by a firewall rule, an interrupted call):
 /// the next accept may succeed at once.
-fn is_client_side(err: &io::Error) -> bool {
+pub(crate) fn is_client_side(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(
@@ -280,19 +297,10 @@ fn is_client_side(err: &io::Error) -> bool {
     )
 }
 
-/// A descriptor held in reserve so that, when the process is out of descriptors, the shard
-/// can still accept the clients waiting in its backlog and close them at once (they see a
-/// prompt close instead of hanging until their connect times out).
-fn open_spare() -> Option<OwnedFd> {
-    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
-}
-
-fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<OwnedFd>) {
-    let Some(fd) = spare.take() else {
-        *spare = open_spare();
-        return;
-    };
-    drop(fd);
+/// Out of descriptors, with a spare just freed: accepts and closes what waits in the
+/// backlog (at most 64), so those clients see a prompt close instead of hanging until their
+/// connect times out.
+fn shed(ctx: &ShardCtx, listener: &TcpListener) {
     let mut shed = 0u32;
     while shed < 64 {
         // SAFETY: a non-blocking accept on our own listening socket; the peer address is not
@@ -320,5 +328,4 @@ fn shed_with_spare(ctx: &ShardCtx, listener: &TcpListener, spare: &mut Option<Ow
             "out of descriptors: closed waiting clients"
         );
     }
-    *spare = open_spare();
 }

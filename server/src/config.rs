@@ -21,6 +21,40 @@ pub struct Keepalive {
     pub retries: u32,
 }
 
+impl Keepalive {
+    /// The least `idle` and `interval` the kernel takes (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`), in
+    /// whole seconds.
+    pub const MIN_SECS: u64 = 1;
+    /// The most `idle` and `interval` the kernel takes, in whole seconds.
+    pub const MAX_SECS: u64 = 32_767;
+    /// The fewest `retries` the kernel takes (`TCP_KEEPCNT`).
+    pub const MIN_RETRIES: u32 = 1;
+    /// The most `retries` the kernel takes.
+    pub const MAX_RETRIES: u32 = 127;
+
+    /// Checks each field against the kernel's range, naming the first one outside it.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let secs = Self::MIN_SECS..=Self::MAX_SECS;
+        for (field, value) in [("idle", self.idle), ("interval", self.interval)] {
+            if !secs.contains(&value.as_secs()) {
+                return Err(ServerError::Keepalive {
+                    field,
+                    value: format!("{value:?}"),
+                    allowed: "1 s to 32767 s",
+                });
+            }
+        }
+        if !(Self::MIN_RETRIES..=Self::MAX_RETRIES).contains(&self.retries) {
+            return Err(ServerError::Keepalive {
+                field: "retries",
+                value: self.retries.to_string(),
+                allowed: "1 to 127",
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for Keepalive {
     fn default() -> Self {
         Self {
@@ -41,8 +75,8 @@ pub struct ServerConfig {
     pub port: u16,
     /// Number of shards (threads, one io_uring each). Default: the available cores.
     pub shards: usize,
-    /// Slots of the default allocator: connections beyond this many are refused. Ignored
-    /// when a custom slot source is set. Default: 1,000,000.
+    /// Slots of the default allocator: connections beyond this many are refused; at least 1.
+    /// Ignored when a custom slot source is set. Default: 1,000,000.
     pub max_slots: u32,
     /// Listen backlog of each shard's listener. Default: 4096.
     pub backlog: u32,
@@ -54,7 +88,7 @@ pub struct ServerConfig {
     /// cores are reserved for the server (`isolcpus`, a cpuset).
     pub pin: bool,
     /// TCP keepalive of accepted connections; `None` turns it off. Default: on, see
-    /// [`Keepalive`].
+    /// [`Keepalive`] (and its ranges, which the kernel imposes).
     pub keepalive: Option<Keepalive>,
     /// Submission queue entries of each shard's ring. Default: 2048.
     pub ring_entries: u32,
@@ -94,12 +128,13 @@ impl ServerConfig {
         if self.ring_entries == 0 || !self.ring_entries.is_power_of_two() {
             return Err(ServerError::Config("ring_entries must be a power of two"));
         }
-        if let Some(k) = self.keepalive
-            && (k.idle.as_secs() == 0 || k.interval.as_secs() == 0 || k.retries == 0)
-        {
+        if self.max_slots == 0 {
             return Err(ServerError::Config(
-                "keepalive idle and interval must be at least 1 s, retries at least 1",
+                "max_slots must be at least 1 (0 would refuse every connection)",
             ));
+        }
+        if let Some(keepalive) = self.keepalive {
+            keepalive.validate()?;
         }
         Ok(())
     }

@@ -131,9 +131,13 @@ impl ShardCtx {
         self.open.borrow_mut().insert(fd);
     }
 
+    /// The connection on `fd` is closing (its descriptor closes right after this call, or
+    /// once the kernel completes an operation still holding it, which the budget's slack
+    /// covers): it leaves the open set and gives its descriptor back to the budget.
     pub(crate) fn close(&self, fd: RawFd) {
         self.open.borrow_mut().remove(fd);
         ShardCounters::bump(&self.counters().closed);
+        self.shared.descriptors.give_back();
     }
 
     /// Shuts down every open connection of this shard: their handlers see EOF or an error and

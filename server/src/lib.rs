@@ -29,6 +29,7 @@
 //! - `shared`: what every shard shares: settings, slot source, counters, the stop flag.
 //! - `shard`: one thread with its own io_uring and `SO_REUSEPORT` listener: the shard's loop.
 //! - `accept`: the shard's pending io_uring accepts, with retry, backoff and shedding.
+//! - `fd_budget`: how many connections the descriptor limit holds; beyond it, refused.
 //! - `listener`: binding the shards' listeners (and refusing a port in use).
 //! - `connection`: [`Connection`], which shuts its socket down before freeing its slot.
 //! - `handler`: the [`Handler`] trait, [`Hold`] and [`Echo`].
@@ -38,7 +39,8 @@
 //! - `limits`: raising `RLIMIT_NOFILE` and growing the descriptor table up front.
 //! - `stats`: per-shard counters and the [`Stats`] snapshot.
 //! - `log_limit`: rate-limited logging for floods of errors.
-//! - [`prometheus`]: the optional Prometheus endpoint, on a thread of its own.
+//! - [`prometheus`]: the optional Prometheus endpoint, on threads of its own, capped and
+//!   timed out so that it can never take resources from the slot port.
 #![deny(missing_docs)]
 
 pub mod slots;
@@ -57,6 +59,7 @@ not_loom! {
     mod connection;
     mod discard;
     mod error;
+    mod fd_budget;
     mod handler;
     mod held;
     mod limits;

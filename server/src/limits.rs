@@ -6,6 +6,9 @@
 //! doubling of the table waits for an RCU grace period, a stall of milliseconds across all
 //! accepts). So the soft limit is raised to the hard limit and the table is grown to it once,
 //! up front.
+//!
+//! It also counts the descriptors open at start-up, for the server's descriptor budget
+//! (`crate::fd_budget`).
 
 use std::io;
 
@@ -15,14 +18,7 @@ const PREALLOC_CAP: u64 = 1 << 21;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable `rlimit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut limit = getrlimit()?;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -36,6 +32,23 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+/// The soft `RLIMIT_NOFILE` in force.
+pub(crate) fn nofile_limit() -> io::Result<u64> {
+    getrlimit().map(|limit| limit.rlim_cur)
+}
+
+fn getrlimit() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable `rlimit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 /// Grows the process's descriptor table so that `limit` descriptors fit without the kernel
@@ -55,4 +68,11 @@ pub fn grow_fd_table(limit: u64) -> io::Result<()> {
     // SAFETY: `fd` was just created by us and is not shared.
     unsafe { libc::close(fd) };
     Ok(())
+}
+
+/// The number of descriptors this process has open (entries of `/proc/self/fd`, less the
+/// one listing them), or `None` when `/proc` cannot be read.
+pub(crate) fn open_descriptors() -> Option<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some((entries.count() as u64).saturating_sub(1))
 }

@@ -18,6 +18,7 @@ mod cli {
     use std::time::Duration;
 
     use anyhow::Context;
+    use callosum_server::prometheus::MetricsEndpoint;
     use callosum_server::{Echo, Hold, Keepalive, RunningServer, Server, ServerBuilder, Stats};
     use clap::{Parser, ValueEnum};
     use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -37,7 +38,7 @@ mod cli {
         #[arg(long)]
         shards: Option<usize>,
         /// Connections beyond this many are refused (closed without a slot line).
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
         max_slots: u32,
         /// Listen backlog of each shard.
         #[arg(long, default_value_t = 4096)]
@@ -60,17 +61,23 @@ mod cli {
         /// Turn TCP keepalive of accepted connections off.
         #[arg(long, conflicts_with_all = ["keepalive_idle", "keepalive_interval", "keepalive_retries"])]
         no_keepalive: bool,
-        /// Keepalive: seconds a connection is idle before the first probe.
-        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Keepalive: seconds a connection is idle before the first probe (1 to 32767).
+        #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(KEEPALIVE_SECS))]
         keepalive_idle: u64,
-        /// Keepalive: seconds between probes.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Keepalive: seconds between probes (1 to 32767).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(KEEPALIVE_SECS))]
         keepalive_interval: u64,
         /// Keepalive: unanswered probes before the kernel drops the connection (and its slot
-        /// frees).
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+        /// frees) (1 to 127).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(KEEPALIVE_RETRIES))]
         keepalive_retries: u32,
     }
+
+    /// The kernel's range for TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.
+    const KEEPALIVE_SECS: std::ops::RangeInclusive<u64> = Keepalive::MIN_SECS..=Keepalive::MAX_SECS;
+    /// The kernel's range for TCP_KEEPCNT.
+    const KEEPALIVE_RETRIES: std::ops::RangeInclusive<i64> =
+        Keepalive::MIN_RETRIES as i64..=Keepalive::MAX_RETRIES as i64;
 
     #[derive(Debug, Clone, Copy, ValueEnum)]
     enum Mode {
@@ -87,8 +94,20 @@ mod cli {
                     .unwrap_or_else(|_| "info".into()),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
-        match run(Args::parse()) {
+        let args = match Args::try_parse() {
+            Ok(args) => args,
+            Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+            Err(err) => {
+                // One line, naming the option and the allowed values; exit status 2.
+                let text = err.to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                eprintln!("callosum-server: {first}");
+                return ExitCode::from(2);
+            }
+        };
+        match run(args) {
             Ok(stats) => {
                 println!(
                     "accepted {} refused {} active {} high-water {} accept-errors {} \
@@ -131,14 +150,17 @@ mod cli {
         // kill the process with the default action.
         let mut signals = Signals::install().context("installing signal handlers")?;
         let addr = SocketAddr::new(args.host, args.port);
+        // Everything is bound before anything is served: a metrics address in use fails
+        // start-up before the slot port takes a single connection.
+        let metrics = args.metrics.map(MetricsEndpoint::bind).transpose()?;
         let server: RunningServer = match args.mode {
             Mode::Hold => builder.start_with(Hold),
             Mode::Echo => builder.start_with(Echo),
         }
         .with_context(|| format!("starting the server on {addr}"))?;
         eprintln!("callosum-server: listening on {}", server.local_addr());
-        if let Some(metrics) = args.metrics {
-            callosum_server::prometheus::serve(metrics, server.handle())?;
+        if let Some(metrics) = metrics {
+            metrics.serve(server.handle())?;
         }
         signals.wait();
         tracing::info!(?drain, "shutting down: draining open connections");

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::{Keepalive, ServerConfig};
 use crate::error::ServerError;
+use crate::fd_budget::{self, FdBudget};
 use crate::handler::{Handler, Hold};
 use crate::limits;
 use crate::listener::bind_shard_listeners;
@@ -114,14 +115,7 @@ impl ServerBuilder {
     pub fn start_with<H: Handler>(self, handler: H) -> Result<RunningServer, ServerError> {
         let config = self.config;
         config.validate()?;
-        match limits::raise_nofile_limit() {
-            Ok(limit) => {
-                if let Err(err) = limits::grow_fd_table(limit) {
-                    tracing::warn!(error = %err, "could not grow the descriptor table up front");
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "could not raise RLIMIT_NOFILE"),
-        }
+        let descriptors = descriptor_budget(&config, self.slot_source.is_none());
         let slots = self
             .slot_source
             .unwrap_or_else(|| Arc::new(Slots::new(config.max_slots)));
@@ -140,7 +134,13 @@ impl ServerBuilder {
                 addr: local_addr,
                 source,
             })?;
-        let shared = Arc::new(Shared::new(config, slots, listeners, local_addr));
+        let shared = Arc::new(Shared::new(
+            config,
+            slots,
+            descriptors,
+            listeners,
+            local_addr,
+        ));
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(shared.config.shards);
@@ -184,10 +184,49 @@ impl ServerBuilder {
         tracing::info!(
             addr = %local_addr,
             shards = running.threads.len(),
+            descriptor_capacity = running.handle.shared.descriptors.capacity(),
             "callosum server listening"
         );
         Ok(running)
     }
+}
+
+/// Raises the descriptor limit, grows the descriptor table up front, and sizes the server's
+/// descriptor budget: the limit less a reserve for the server's own descriptors (see
+/// [`crate::fd_budget`]). Warns when the default allocator's `max_slots` does not fit.
+fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
+    let limit = match limits::raise_nofile_limit() {
+        Ok(limit) => {
+            if let Err(err) = limits::grow_fd_table(limit) {
+                tracing::warn!(error = %err, "could not grow the descriptor table up front");
+            }
+            Some(limit)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "could not raise RLIMIT_NOFILE");
+            limits::nofile_limit().ok()
+        }
+    };
+    let Some(limit) = limit else {
+        // Unknown: count on the accept path's shedding alone.
+        return FdBudget::new(u64::MAX, config.shards);
+    };
+    // Before any listener is bound: they are part of the per-shard reserve.
+    let open = limits::open_descriptors().unwrap_or(64);
+    let capacity = limit.saturating_sub(fd_budget::reserve(open, config.shards));
+    if default_slots && capacity < u64::from(config.max_slots) {
+        tracing::warn!(
+            descriptor_limit = limit,
+            capacity,
+            max_slots = config.max_slots,
+            "the descriptor limit ({limit}) holds only {capacity} connections, fewer than \
+             max_slots ({}): connections beyond {capacity} are refused; raise RLIMIT_NOFILE \
+             (ulimit -n) above {} to hold them all",
+            config.max_slots,
+            u64::from(config.max_slots) + (limit - capacity),
+        );
+    }
+    FdBudget::new(capacity, config.shards)
 }
 
 /// A cloneable handle on a running server: stop it, read its counters. `Send + Sync`.

@@ -59,13 +59,20 @@ pub(crate) fn run<H: Handler>(
     if shared.config.pin {
         pin(index);
     }
-    let runtime = match runtime(shared.config.ring_entries) {
+    let runtime = match probe_io_uring().and_then(|()| runtime(shared.config.ring_entries)) {
         Ok(runtime) => runtime,
         Err(source) => {
             let _ = ready.send(Err(ServerError::IoUringUnavailable { source }));
             return;
         }
     };
+    if let Err(source) = probe_ring(&runtime) {
+        // The no-op is still queued, and dropping the runtime would try to submit it again
+        // (and panic): the ring is left to the process's exit, as start-up fails anyway.
+        std::mem::forget(runtime);
+        let _ = ready.send(Err(ServerError::IoUringUnavailable { source }));
+        return;
+    }
     let _ = ready.send(Ok(()));
     drop(ready);
     let ctx_shared = shared.clone();
@@ -110,6 +117,36 @@ fn runtime(entries: u32) -> io::Result<tokio_uring::Runtime> {
         }
         result => result,
     }
+}
+
+/// How long the shard's ring gets to complete its start-up no-op.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks that io_uring works end to end, submission included: some seccomp profiles allow
+/// `io_uring_setup` but deny `io_uring_enter`, and tokio-uring ignores a failed submission
+/// (its operations then never complete: a server that says it listens and never answers).
+/// A ring of its own, a no-op submitted and waited for, reports the system call's error.
+fn probe_io_uring() -> io::Result<()> {
+    let mut ring = io_uring::IoUring::new(2)?;
+    let nop = io_uring::opcode::Nop::new().build();
+    // SAFETY: a no-op names no memory, so nothing must outlive its completion.
+    unsafe { ring.submission().push(&nop) }.map_err(io::Error::other)?;
+    ring.submit_and_wait(1)?;
+    Ok(())
+}
+
+/// Checks the shard's own ring: a no-op submitted and completed through its runtime, within
+/// [`PROBE_TIMEOUT`].
+fn probe_ring(runtime: &tokio_uring::Runtime) -> io::Result<()> {
+    runtime.block_on(async {
+        match tokio::time::timeout(PROBE_TIMEOUT, tokio_uring::no_op()).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the ring did not complete a no-op within {PROBE_TIMEOUT:?}"),
+            )),
+        }
+    })
 }
 
 fn pin(index: usize) {
@@ -205,6 +242,9 @@ async fn serve<H: Handler>(ctx: &Rc<ShardCtx>, listener: TcpListener, handler: &
         match result {
             Ok((socket, addr)) => {
                 accepts.succeeded(buf, stopping);
+                let Some(socket) = accepts.reclaim_spare(socket) else {
+                    continue;
+                };
                 let admitted = admit(ctx, handler, &mut held, socket, addr, &mut refused_log);
                 if let Admitted::Served(conn) = admitted {
                     work.push(Serve { conn });
@@ -230,7 +270,7 @@ enum Admitted<F> {
 
 /// Gives a slot to a freshly accepted connection and sends its slot line; then holds it in
 /// the shard's table (a [`Handler::holds_only`] handler, and the whole line sent) or returns
-/// the future that serves it. With no slot free, closes it without a line.
+/// the future that serves it. With no slot or descriptor to spare, closes it without a line.
 fn admit<H: Handler>(
     ctx: &Rc<ShardCtx>,
     handler: &Rc<H>,
@@ -239,19 +279,28 @@ fn admit<H: Handler>(
     peer: SocketAddr,
     refused_log: &mut LogLimit,
 ) -> Admitted<impl Future<Output = ()> + use<H>> {
+    // Beyond the descriptor budget as beyond the last slot: closed at once, while this
+    // connection's descriptor is one the server kept free for it. Counted from here until
+    // the socket closes (`ShardCtx::close`, or below when it never becomes a connection).
+    let descriptors = &ctx.shared.descriptors;
+    if !descriptors.try_take() {
+        refuse(ctx, peer, refused_log, "out of descriptors");
+        return Admitted::Closed; // `socket` drops here: closed without a slot line
+    }
     // A slot source is the user's code: its panic refuses this connection (the socket drops,
     // closed without a line), not the shard.
     let acquired = std::panic::catch_unwind(AssertUnwindSafe(|| SlotGuard::acquire(ctx.clone())));
     let slot = match acquired {
         Ok(Some(slot)) => slot,
         Ok(None) => {
-            ShardCounters::bump(&ctx.counters().refused);
-            if let Some(suppressed) = refused_log.allow() {
-                tracing::warn!(shard = ctx.index, %peer, suppressed, "no free slot: connection refused");
-            }
-            return Admitted::Closed; // `socket` drops here: closed without a slot line
+            drop(socket);
+            descriptors.give_back();
+            refuse(ctx, peer, refused_log, "no free slot");
+            return Admitted::Closed;
         }
         Err(panic) => {
+            drop(socket);
+            descriptors.give_back();
             ShardCounters::bump(&ctx.counters().handshake_errors);
             let message = panic_message(&*panic);
             tracing::error!(shard = ctx.index, %peer, %message, "slot source panicked; connection closed");
@@ -280,6 +329,14 @@ fn admit<H: Handler>(
 
 fn stream(socket: OwnedFd) -> TcpStream {
     TcpStream::from_std(std::net::TcpStream::from(socket))
+}
+
+/// Counts and logs (rate-limited) a connection closed without a slot line.
+fn refuse(ctx: &ShardCtx, peer: SocketAddr, log: &mut LogLimit, why: &str) {
+    ShardCounters::bump(&ctx.counters().refused);
+    if let Some(suppressed) = log.allow() {
+        tracing::warn!(shard = ctx.index, %peer, suppressed, "{why}: connection refused");
+    }
 }
 
 /// A connection's task: finish the slot line if the first send fell short, run the handler,

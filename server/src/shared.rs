@@ -1,5 +1,6 @@
 //! The state every shard of a server shares: its settings, the slot source, the counters, the
-//! stop flag with its drain timeout, and the listening sockets that stopping shuts down.
+//! descriptor budget, the stop flag with its drain timeout, and the listening sockets that
+//! stopping shuts down.
 //!
 //! It has a module of its own so that the server (which owns the threads), the shards and the
 //! connections all depend on it, and not on each other.
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::ServerConfig;
+use crate::fd_budget::FdBudget;
 use crate::slots::SlotSource;
 use crate::stats::Counters;
 
@@ -22,6 +24,9 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) slots: Arc<dyn SlotSource + Send + Sync>,
     pub(crate) counters: Counters,
+    /// Connections beyond what the descriptor limit holds are refused like those beyond
+    /// `max_slots`.
+    pub(crate) descriptors: FdBudget,
     stopping: AtomicBool,
     drain_ms: AtomicU64,
     /// The listening sockets (shards own duplicates): shutting one down stops its shard's
@@ -34,11 +39,13 @@ impl Shared {
     pub(crate) fn new(
         config: ServerConfig,
         slots: Arc<dyn SlotSource + Send + Sync>,
+        descriptors: FdBudget,
         listeners: Vec<TcpListener>,
         local_addr: SocketAddr,
     ) -> Self {
         Self {
             counters: Counters::new(config.shards),
+            descriptors,
             config,
             slots,
             stopping: AtomicBool::new(false),

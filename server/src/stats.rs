@@ -12,7 +12,8 @@ use crossbeam_utils::CachePadded;
 pub struct Stats {
     /// Connections accepted that got a slot.
     pub accepted: u64,
-    /// Connections closed without a slot line because no slot was free.
+    /// Connections closed without a slot line because no slot was free, or the server's
+    /// descriptor budget was spent (or, out of descriptors anyway, shed from the backlog).
     pub refused: u64,
     /// Connections open now (accepted, not yet closed).
     pub active: u64,

@@ -9,14 +9,21 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use support::*;
 
 struct ServerProcess {
     child: Child,
     addr: SocketAddr,
+    /// What the server wrote to stderr up to saying it listens.
+    startup_log: String,
+    /// Bytes the server has written to stderr since it said it listens.
+    stderr_bytes: Arc<AtomicU64>,
 }
 
 impl Drop for ServerProcess {
@@ -36,7 +43,30 @@ fn free_port() -> u16 {
 
 /// Starts the binary on a free loopback port; returns once it says it listens.
 fn spawn_server(extra: &[&str]) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_callosum-server"))
+    spawn_server_limited(extra, None)
+}
+
+/// [`spawn_server`], with the process's descriptor limit (soft and hard) set to `nofile`.
+fn spawn_server_limited(extra: &[&str], nofile: Option<u64>) -> ServerProcess {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_callosum-server"));
+    if let Some(limit) = nofile {
+        let rl = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe and `rl` is a plain value copied into the
+        // closure; lowering both limits is always allowed.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = command
         .args([
             "--host",
             "127.0.0.1",
@@ -54,6 +84,7 @@ fn spawn_server(extra: &[&str]) -> ServerProcess {
         .expect("spawn callosum-server");
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
+    let mut startup_log = String::new();
     let addr = loop {
         line.clear();
         assert!(
@@ -63,10 +94,23 @@ fn spawn_server(extra: &[&str]) -> ServerProcess {
         if let Some(addr) = line.trim().strip_prefix("callosum-server: listening on ") {
             break addr.parse().unwrap();
         }
+        startup_log.push_str(&line);
     };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    ServerProcess { child, addr }
+    // Keep draining stderr so the server never blocks on a full pipe, counting it.
+    let stderr_bytes = Arc::new(AtomicU64::new(0));
+    let counted = stderr_bytes.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+            counted.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    });
+    ServerProcess {
+        child,
+        addr,
+        startup_log,
+        stderr_bytes,
+    }
 }
 
 fn signal(child: &Child, signal: libc::c_int) {
@@ -287,4 +331,171 @@ fn backlog_flag_reaches_every_shards_listener() {
     // The default is 4096; the kernel caps it at net.core.somaxconn.
     let expected = 4096.min(somaxconn);
     assert_eq!(listen_backlogs(default.addr.port()), [expected, expected]);
+}
+
+/// Sends `GET /metrics` and returns the response, or `None` when the endpoint closed the
+/// connection without one (all its places taken).
+fn try_scrape(metrics: SocketAddr) -> Option<String> {
+    let mut http = TcpStream::connect(metrics).ok()?;
+    http.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(http, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    http.read_to_string(&mut body).ok()?;
+    (!body.is_empty()).then_some(body)
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_take_nothing_from_the_slot_port() {
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let server = spawn_server_limited(&["--metrics", &metrics.to_string()], Some(256));
+    assert!(eventually(|| TcpStream::connect(metrics).is_ok()));
+    // More idle connections than the server has descriptors.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(metrics).unwrap())
+        .collect();
+    let (_client, slot) = connect_slot(server.addr);
+    assert_eq!(slot, 0);
+    let mut answered = None;
+    assert!(
+        eventually(|| {
+            answered = try_scrape(metrics);
+            answered.is_some()
+        }),
+        "/metrics never answered beside {} idle connections",
+        idle.len()
+    );
+    let body = answered.unwrap();
+    assert!(body.contains("callosum_active_connections 1"), "{body}");
+    let logged = server.stderr_bytes.load(Ordering::Relaxed);
+    assert!(logged < 16 * 1024, "{logged} bytes of stderr");
+}
+
+/// How often `needle` occurs in `haystack`.
+fn occurrences(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn each_startup_error_names_the_os_error_once() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let free = free_port().to_string();
+    for (args, os_error) in [
+        (
+            &["--host", "127.0.0.1", "--port", &taken_port][..],
+            "os error 98",
+        ),
+        (
+            &[
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &free,
+                "--metrics",
+                &taken_addr,
+            ],
+            "os error 98",
+        ),
+        // TEST-NET-1: no address of this host.
+        (&["--host", "192.0.2.1", "--port", &free], "os error 99"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_callosum-server"))
+            .arg("--no-pin")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(occurrences(&stderr, os_error), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn out_of_range_settings_exit_2_naming_the_option() {
+    for (option, value) in [
+        ("--keepalive-idle", "40000"),
+        ("--keepalive-interval", "32768"),
+        ("--keepalive-retries", "200"),
+        ("--max-slots", "0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_callosum-server"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-pin",
+                option,
+                value,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option} {value}: {stderr}");
+        assert!(stderr.contains(option), "{option} {value}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
+fn a_metrics_port_in_use_fails_start_up_before_any_client_gets_a_slot_line() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = taken.local_addr().unwrap().to_string();
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let exited = Arc::new(AtomicBool::new(false));
+    // Knocks on the slot port for as long as the server runs; a slot line is a failure.
+    let knocker = {
+        let exited = exited.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + PATIENCE;
+            while !exited.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok(mut c) = TcpStream::connect(addr) {
+                    c.set_read_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    let mut line = Vec::new();
+                    let _ = c.read_to_end(&mut line);
+                    assert!(
+                        line.is_empty(),
+                        "a client got {line:?} from a failing start-up"
+                    );
+                }
+            }
+        })
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_callosum-server"))
+        .args(["--host", "127.0.0.1", "--no-pin", "--metrics", &metrics])
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
+    exited.store(true, Ordering::Relaxed);
+    knocker.join().expect("no client got a slot line");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn a_descriptor_limit_below_max_slots_is_warned_of_with_the_real_capacity() {
+    let server = spawn_server_limited(&["--max-slots", "1000"], Some(256));
+    let log = &server.startup_log;
+    let warning = log
+        .lines()
+        .find(|l| l.contains("descriptor limit (256) holds only "))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warning.contains("fewer than max_slots (1000)"), "{warning}");
+    let capacity: u64 = warning
+        .split("holds only ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no capacity: {warning}"));
+    assert!((1..256).contains(&capacity), "{warning}");
+    let fits = spawn_server_limited(&["--max-slots", "100"], Some(256));
+    assert!(
+        !fits.startup_log.contains("descriptor limit"),
+        "{}",
+        fits.startup_log
+    );
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use callosum_server::{
-    Connection, Handler, ServerError, SlotError, SlotSource, Slots, discard_until_closed,
-    handler_fn,
+    Connection, Handler, Keepalive, ServerError, SlotError, SlotSource, Slots,
+    discard_until_closed, handler_fn,
 };
 use futures::FutureExt;
 use support::*;
@@ -522,6 +522,59 @@ fn invalid_settings_are_errors() {
         builder().ring_entries(1000).start(),
         Err(ServerError::Config(_))
     ));
+    assert!(matches!(
+        builder().max_slots(0).start(),
+        Err(ServerError::Config(_))
+    ));
+}
+
+#[test]
+fn keepalive_outside_the_kernels_ranges_is_an_error_naming_the_field() {
+    let secs = Duration::from_secs;
+    let fine = Keepalive::default();
+    for (keepalive, named) in [
+        (
+            Keepalive {
+                idle: secs(40_000),
+                ..fine
+            },
+            "idle",
+        ),
+        (
+            Keepalive {
+                idle: secs(0),
+                ..fine
+            },
+            "idle",
+        ),
+        (
+            Keepalive {
+                interval: secs(32_768),
+                ..fine
+            },
+            "interval",
+        ),
+        (
+            Keepalive {
+                retries: 200,
+                ..fine
+            },
+            "retries",
+        ),
+        (Keepalive { retries: 0, ..fine }, "retries"),
+    ] {
+        match builder().keepalive(Some(keepalive)).start() {
+            Err(ServerError::Keepalive { field, .. }) => assert_eq!(field, named),
+            Err(other) => panic!("{keepalive:?}: expected a keepalive error, got {other}"),
+            Ok(_) => panic!("{keepalive:?} was accepted"),
+        }
+    }
+    let edges = Keepalive {
+        idle: secs(32_767),
+        interval: secs(1),
+        retries: 127,
+    };
+    assert_eq!(edges.validate().map_err(|e| e.to_string()), Ok(()));
 }
 
 #[test]

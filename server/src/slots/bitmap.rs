@@ -5,7 +5,9 @@
 //! with one bit per word (set = that word is full), up to a single top word, so `acquire`
 //! walks from the top to the lowest non-full leaf word in `levels` loads (4 for 2^24 slots)
 //! and claims its lowest clear bit with one `fetch_or`: the cost does not grow with the number of
-//! slots held. Bits that stand for nothing (past `capacity`) are set from the start.
+//! slots held. Bits that stand for nothing (past `capacity`) are set from the start; every
+//! other word starts zeroed, from a zeroed allocation the OS commits only as pages are first
+//! written, so memory grows with the high-water mark, not the capacity ([`Slots::new`]).
 //!
 //! # Invariant
 //! Summary bits are hints kept by a set-then-recheck protocol:
@@ -55,32 +57,39 @@ pub struct Slots {
 }
 
 impl Slots {
-    /// An allocator of the slots `0..capacity`, all free. Takes `capacity / 8` bytes (plus
-    /// under 2 % for the summaries); any `u32` capacity is accepted.
+    /// An allocator of the slots `0..capacity`, all free; any `u32` capacity is accepted.
+    ///
+    /// Memory grows with use: the words are allocated zeroed (all free), which the operating
+    /// system hands out as untouched pages and commits only when a page is first written,
+    /// and only the last word of each level (the bits that stand for no slot) is written
+    /// here. Lowest-first allocation touches the leaves in order, so a server commits one
+    /// 4 KiB page of leaves per 32,768 slots of its high-water mark (plus one page of the
+    /// level above per 2^21 slots); `capacity / 8` bytes of address space are reserved
+    /// (512 MiB for `u32::MAX`), which needs the kernel to allow overcommitting that much.
     pub fn new(capacity: u32) -> Self {
         let slots = capacity as usize;
         let mut levels = Vec::new();
-        // Leaves: bits past `capacity` are set so they are never handed out.
-        let leaf_words = slots.div_ceil(WORD_BITS).max(1);
-        let leaves: Box<[u64]> = (0..leaf_words)
-            .map(|w| padding_bits(slots, w * WORD_BITS))
-            .collect();
-        let mut below = leaves;
-        while below.len() > 1 {
-            let words = below.len().div_ceil(WORD_BITS);
-            let above: Box<[u64]> = (0..words)
-                .map(|w| {
-                    (0..WORD_BITS).fold(0u64, |acc, b| {
-                        let child = w * WORD_BITS + b;
-                        let full = below.get(child).is_none_or(|&c| c == FULL);
-                        acc | (u64::from(full) << b)
-                    })
-                })
-                .collect();
-            levels.push(atomics(&below));
-            below = above;
+        // Level 0: only the last leaf word can have bits past `capacity` (all of it when the
+        // capacity is 0), and they are set so they are never handed out.
+        let mut words = slots.div_ceil(WORD_BITS).max(1);
+        let mut last = padding_bits(slots, (words - 1) * WORD_BITS);
+        loop {
+            levels.push(zeroed_but_last(words, last));
+            if words == 1 {
+                break;
+            }
+            // The level above: a bit per word below, set when that word is full or does not
+            // exist. Only the last word below can be full, so again only the last word above
+            // can have bits set.
+            let below = words;
+            words = below.div_ceil(WORD_BITS);
+            let first = (words - 1) * WORD_BITS;
+            last = (0..WORD_BITS).fold(0u64, |acc, b| {
+                let child = first + b;
+                let full = child >= below || (child == below - 1 && last == FULL);
+                acc | (u64::from(full) << b)
+            });
         }
-        levels.push(atomics(&below));
         Self {
             levels: levels.into_boxed_slice(),
             capacity,
@@ -277,8 +286,36 @@ fn padding_bits(slots: usize, first: usize) -> u64 {
     }
 }
 
-fn atomics(words: &[u64]) -> Box<[AtomicU64]> {
-    words.iter().map(|&w| AtomicU64::new(w)).collect()
+/// `words` atomics, all zero but the last, which is `last`.
+fn zeroed_but_last(words: usize, last: u64) -> Box<[AtomicU64]> {
+    let level = zeroed(words);
+    // Relaxed: nothing else can see the allocator while it is built.
+    level[words - 1].store(last, Ordering::Relaxed);
+    level
+}
+
+/// `len` (at least 1) zeroed atomics from the allocator's zeroed allocation, which leaves a
+/// large block's pages untouched (the kernel maps them zeroed on first use) instead of
+/// writing every word.
+#[cfg(not(loom))]
+fn zeroed(len: usize) -> Box<[AtomicU64]> {
+    use std::alloc::{Layout, alloc_zeroed, handle_alloc_error};
+    let layout = Layout::array::<AtomicU64>(len).expect("at most 2^26 words");
+    // SAFETY: `layout` has a non-zero size (`len` >= 1).
+    let ptr = unsafe { alloc_zeroed(layout) }.cast::<AtomicU64>();
+    if ptr.is_null() {
+        handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a fresh allocation of `len` `AtomicU64`s with the global allocator's
+    // layout for them, which `Box` frees with the same layout; all-zero bytes are a valid
+    // `AtomicU64` (it has the in-memory representation of a `u64`).
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) }
+}
+
+/// Loom's atomics are not plain memory: built one by one (loom models are small).
+#[cfg(loom)]
+fn zeroed(len: usize) -> Box<[AtomicU64]> {
+    (0..len).map(|_| AtomicU64::new(0)).collect()
 }
 
 #[cfg(all(test, not(loom)))]
