@@ -149,6 +149,8 @@ struct Shared {
     shutdown: Shutdown,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Hold: connections kept (successes not reset on purpose).
+    kept: AtomicU64,
     release: Gate,
 }
 
@@ -283,6 +285,7 @@ fn run_phase(
         shutdown: shutdown.clone(),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        kept: AtomicU64::new(0),
         release: Gate::default(),
     });
     let progress = Progress::new(
@@ -366,7 +369,8 @@ fn run_phase(
                     std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
                 }
             }
-            let held = shared.ok.load(Ordering::Relaxed);
+            // Relaxed: every worker has reported `Opened` (a channel send) after its last store.
+            let held = shared.kept.load(Ordering::Relaxed);
             let rss_now = sysinfo::rss(rss_pid).ok();
             snapshot = Some((
                 before
@@ -616,6 +620,8 @@ async fn one(shared: &Shared, state: &Local, intended: Instant) {
                     Err(e) => failed(shared, state, &e),
                 }
             } else if shared.hold {
+                // Relaxed: a count, read by the main thread once every worker has opened.
+                shared.kept.fetch_add(1, Ordering::Relaxed);
                 state.held.borrow_mut().push(Held {
                     stream: c.stream,
                     target,
