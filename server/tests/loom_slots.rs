@@ -38,6 +38,21 @@ fn assert_settled(slots: &Slots, held: &[u32]) {
     assert_eq!(slots.acquire(), expected);
 }
 
+/// `n` threads, each acquiring one slot.
+fn acquirers(slots: &Arc<Slots>, n: usize) -> Vec<thread::JoinHandle<u32>> {
+    (0..n)
+        .map(|_| {
+            let slots = slots.clone();
+            thread::spawn(move || slots.acquire().unwrap())
+        })
+        .collect()
+}
+
+/// The slots the threads got.
+fn joined(threads: Vec<thread::JoinHandle<u32>>) -> Vec<u32> {
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
 #[test]
 fn filling_a_word_races_with_freeing_in_it() {
     loom::model(|| {
@@ -63,13 +78,7 @@ fn filling_a_word_races_with_freeing_in_it() {
 fn two_acquirers_never_share_a_slot() {
     loom::model(|| {
         let slots = Arc::new(nearly_full_word());
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let slots = slots.clone();
-                thread::spawn(move || slots.acquire().unwrap())
-            })
-            .collect();
-        let got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let got = joined(acquirers(&slots, 2));
         assert_ne!(got[0], got[1]);
         let mut both = got.clone();
         both.sort_unstable();
@@ -133,17 +142,12 @@ fn two_acquirers_and_a_releaser_across_the_word_boundary_never_share_a_slot() {
     loom::model(|| {
         // Capacity 100: word 1 is partly padding, so its "full" is not all real slots.
         let slots = Arc::new(nearly_full(100, 1));
-        let acquirers: Vec<_> = (0..2)
-            .map(|_| {
-                let slots = slots.clone();
-                thread::spawn(move || slots.acquire().unwrap())
-            })
-            .collect();
+        let acquirers = acquirers(&slots, 2);
         let freer = {
             let slots = slots.clone();
             thread::spawn(move || slots.release(10).unwrap())
         };
-        let got: Vec<u32> = acquirers.into_iter().map(|t| t.join().unwrap()).collect();
+        let got = joined(acquirers);
         freer.join().unwrap();
         assert_ne!(got[0], got[1], "one slot handed out twice");
         for &g in &got {
@@ -158,13 +162,7 @@ fn two_acquirers_and_a_releaser_across_the_word_boundary_never_share_a_slot() {
 fn three_acquirers_take_the_three_lowest_free_slots_across_the_word_boundary() {
     loom::model(|| {
         let slots = Arc::new(nearly_full(128, 2));
-        let threads: Vec<_> = (0..3)
-            .map(|_| {
-                let slots = slots.clone();
-                thread::spawn(move || slots.acquire().unwrap())
-            })
-            .collect();
-        let mut got: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut got = joined(acquirers(&slots, 3));
         got.sort_unstable();
         assert_eq!(got, vec![62, 63, 64], "distinct, and the lowest three free");
         let held: Vec<u32> = (0..62).chain(got.iter().copied()).collect();
