@@ -86,6 +86,12 @@ pub struct CommonArgs {
     /// No progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
+    /// Share of connections (0.0 to 1.0) closed with an RST instead of a FIN, each at a random
+    /// point: right after connect, right after the slot line, or after a short hold. Counted
+    /// apart from errors.
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = parse_fraction,
+          allow_negative_numbers = true)]
+    pub reset_fraction: f64,
 }
 
 /// Pacing options of a scenario.
@@ -210,6 +216,7 @@ impl Cli {
             timeout: c.timeout,
             server_pid: c.server_pid,
             progress: !c.no_progress,
+            reset_fraction: c.reset_fraction,
         };
         if self.command.is_none() {
             // The default job must run anywhere: shrink its hold to what the descriptor limit
@@ -284,6 +291,15 @@ fn parse_target(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{s}: {e}"))?
         .next()
         .ok_or_else(|| format!("{s}: no address"))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let f: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    if (0.0..=1.0).contains(&f) {
+        Ok(f)
+    } else {
+        Err(format!("{s} is not within 0.0..=1.0"))
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -382,5 +398,16 @@ mod tests {
         assert!(bad(&["--timeout", "-1"]));
         assert!(bad(&["churn", "--duration", "abc"]));
         assert!(bad(&["--target", "nohost"]));
+        assert!(bad(&["churn", "--reset-fraction", "1.5"]));
+        assert!(bad(&["churn", "--reset-fraction", "-0.1"]));
+        assert!(bad(&["churn", "--reset-fraction", "NaN"]));
+    }
+
+    #[test]
+    fn reset_fraction_reaches_the_config_and_defaults_to_none() {
+        let (config, _) = parse(&["churn", "--count", "10", "--reset-fraction", "0.3"]);
+        assert_eq!(config.reset_fraction, 0.3);
+        let (config, _) = parse(&["hold"]);
+        assert_eq!(config.reset_fraction, 0.0);
     }
 }

@@ -35,6 +35,10 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// Show a live progress bar on stderr when it is a terminal. Default true.
     pub progress: bool,
+    /// Share of connections, in `0.0..=1.0`, that the tool closes with an RST (`SO_LINGER 0`)
+    /// at a random point: right after connect, right after the slot line, or after a short
+    /// hold (see [`crate::reset`]). Counted apart from errors. Default 0 (every close a FIN).
+    pub reset_fraction: f64,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             timeout: Duration::from_secs(5),
             server_pid: None,
             progress: true,
+            reset_fraction: 0.0,
         }
     }
 }

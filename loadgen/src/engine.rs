@@ -11,6 +11,10 @@
 //!
 //! A hold keeps every connection on its worker until all workers are done opening; the main
 //! thread then takes the memory and server readings, and releases them.
+//!
+//! With a reset fraction, each worker's own `SmallRng` (seeded by its index, so a run is
+//! repeatable) picks the connections to reset and where ([`ResetPoint`]); a reset connection
+//! is never held.
 
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
@@ -19,15 +23,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use tokio::net::TcpStream;
 
 use crate::config::{Config, Pacing, Phase, PhaseKind};
 use crate::embedded::{EmbeddedError, EmbeddedServer, ServerStats};
-use crate::handshake::{handshake, still_open};
+use crate::handshake::{HandshakeError, connect_then_reset, handshake, reset, still_open};
 use crate::limits::{self, LimitError};
 use crate::progress::Progress;
 use crate::registry::SlotRegistry;
 use crate::report::{Report, RunReport};
+use crate::reset::ResetPoint;
 use crate::stats::{LATE_START, Recorder, micros};
 use crate::sysinfo;
 
@@ -135,6 +142,8 @@ struct Shared {
     targets: Vec<(SocketAddr, SlotRegistry)>,
     sources: Vec<IpAddr>,
     timeout: Duration,
+    /// Share of connections reset on purpose.
+    reset_fraction: f64,
     hold: bool,
     /// Hold: connections asked for (the held-count quarters are of this).
     hold_total: u64,
@@ -148,6 +157,8 @@ struct Shared {
     shutdown: Shutdown,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Hold: connections kept (successes not reset on purpose).
+    kept: AtomicU64,
     release: Gate,
 }
 
@@ -203,11 +214,24 @@ impl Gate {
 }
 
 /// One worker's state, shared by its tasks (all on its thread).
-#[derive(Default)]
 struct Local {
     rec: RefCell<Recorder>,
     held: RefCell<Vec<Held>>,
     next: Cell<usize>,
+    /// Picks the connections reset on purpose.
+    rng: RefCell<SmallRng>,
+}
+
+impl Local {
+    /// Worker `w`'s state: its round-robin starts at `w`, its generator is seeded by `w`.
+    fn new(w: usize) -> Self {
+        Self {
+            rec: RefCell::default(),
+            held: RefCell::default(),
+            next: Cell::new(w),
+            rng: RefCell::new(SmallRng::seed_from_u64(w as u64)),
+        }
+    }
 }
 
 /// What one worker hands back.
@@ -261,6 +285,7 @@ fn run_phase(
         targets: targets.iter().map(|t| (*t, SlotRegistry::new())).collect(),
         sources: config.source_addrs().into_iter().map(IpAddr::V4).collect(),
         timeout: config.timeout,
+        reset_fraction: config.reset_fraction,
         hold,
         hold_total: if hold { budget } else { 0 },
         timing: OnceLock::new(),
@@ -269,6 +294,7 @@ fn run_phase(
         shutdown: shutdown.clone(),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        kept: AtomicU64::new(0),
         release: Gate::default(),
     });
     let progress = Progress::new(
@@ -353,7 +379,8 @@ fn run_phase(
                     std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
                 }
             }
-            let held = shared.ok.load(Ordering::Relaxed);
+            // Relaxed: every worker has reported `Opened` (a channel send) after its last store.
+            let held = shared.kept.load(Ordering::Relaxed);
             let rss_now = sysinfo::rss(rss_pid).ok();
             let kernel_now = sysinfo::kernel_memory();
             snapshot = Some((
@@ -460,8 +487,7 @@ fn worker(
         .build()
         .map_err(LoadgenError::Worker)?;
     let local = tokio::task::LocalSet::new();
-    let state = Rc::new(Local::default());
-    state.next.set(w);
+    let state = Rc::new(Local::new(w));
     // The receiver lives until the phase is over.
     let _ = events.send(Event::Ready);
     shared.go.wait();
@@ -564,29 +590,54 @@ async fn open_loop(
     let _ = limiter.acquire_many(permits as u32).await;
 }
 
-/// One handshake, recorded; for a hold, the connection is kept.
+/// One handshake, recorded; for a hold, the connection is kept; if picked for a reset, it is
+/// reset at its point instead.
 async fn one(shared: &Shared, state: &Local, intended: Instant) {
     let i = state.next.get();
     state.next.set(i.wrapping_add(1));
     let target = i % shared.targets.len();
     let source = (!shared.sources.is_empty()).then(|| shared.sources[i % shared.sources.len()]);
     let (addr, registry) = &shared.targets[target];
+    let reset_at = ResetPoint::choose(&mut *state.rng.borrow_mut(), shared.reset_fraction);
+    if reset_at == Some(ResetPoint::AfterConnect) {
+        match connect_then_reset(*addr, source, shared.timeout).await {
+            Ok(()) => state.rec.borrow_mut().resets.add(ResetPoint::AfterConnect),
+            Err(e) => failed(shared, state, &e),
+        }
+        return;
+    }
     match handshake(*addr, source, shared.timeout, intended).await {
         Ok(c) => {
             // Relaxed: a counter; its value only places this success among the others.
             let index = shared.ok.fetch_add(1, Ordering::Relaxed);
-            let mut rec = state.rec.borrow_mut();
-            let recorded = intended >= shared.timing().warmup_end;
-            rec.success(c.connect, c.handshake, recorded);
-            if shared.hold && recorded {
-                // The quarter of the hold this connection was opened in: its latency was
-                // measured with about `index` connections already held.
-                let quarter = (index.saturating_mul(4) / shared.hold_total.max(1)).min(3) as usize;
-                rec.by_held_quarter[quarter].saturating_record(micros(c.handshake));
+            {
+                let mut rec = state.rec.borrow_mut();
+                let recorded = intended >= shared.timing().warmup_end;
+                rec.success(c.connect, c.handshake, recorded);
+                if shared.hold && recorded && reset_at.is_none() {
+                    // The quarter of the hold this connection was opened in: its latency was
+                    // measured with about `index` connections already held.
+                    let quarter =
+                        (index.saturating_mul(4) / shared.hold_total.max(1)).min(3) as usize;
+                    rec.by_held_quarter[quarter].saturating_record(micros(c.handshake));
+                }
             }
-            drop(rec);
             let registered = registry.acquire(c.slot);
-            if shared.hold {
+            if let Some(point) = reset_at {
+                let hold = point.hold(&mut *state.rng.borrow_mut());
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                if registered {
+                    registry.release(c.slot);
+                }
+                match reset(c.stream) {
+                    Ok(()) => state.rec.borrow_mut().resets.add(point),
+                    Err(e) => failed(shared, state, &e),
+                }
+            } else if shared.hold {
+                // Relaxed: a count, read by the main thread once every worker has opened.
+                shared.kept.fetch_add(1, Ordering::Relaxed);
                 state.held.borrow_mut().push(Held {
                     stream: c.stream,
                     target,
@@ -600,10 +651,13 @@ async fn one(shared: &Shared, state: &Local, intended: Instant) {
                 drop(c.stream);
             }
         }
-        Err(e) => {
-            state.rec.borrow_mut().errors.add(&e);
-            // Relaxed: progress display only.
-            shared.failed.fetch_add(1, Ordering::Relaxed);
-        }
+        Err(e) => failed(shared, state, &e),
     }
+}
+
+/// Counts a failed handshake.
+fn failed(shared: &Shared, state: &Local, e: &HandshakeError) {
+    state.rec.borrow_mut().errors.add(e);
+    // Relaxed: progress display only.
+    shared.failed.fetch_add(1, Ordering::Relaxed);
 }

@@ -5,7 +5,8 @@
 //! figure is what an application waits for. The line is read into a small stack buffer and
 //! parsed by the client crate's sans-IO parser, so the load generator and the client agree on
 //! the grammar; a malformed line is an error value, never a panic. Connections are closed
-//! normally (FIN), as real clients do: no `SO_LINGER 0` resets.
+//! normally (FIN), as real clients do, unless the run asks for resets (`--reset-fraction`):
+//! then [`connect_then_reset`] and [`reset`] close with `SO_LINGER 0`, which sends an RST.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -144,34 +145,48 @@ pub async fn handshake(
     }
 }
 
+/// Connects to `target` (from `source`, if given) and, as soon as the connection is
+/// established, resets it (`SO_LINGER 0`) without reading anything: the server may or may not
+/// have sent its slot line yet. Fails like a handshake would if the connect fails or takes
+/// longer than `timeout`.
+pub async fn connect_then_reset(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    let connected = async {
+        let stream = connect(target, source).await?;
+        match stream.take_error() {
+            Ok(None) => Ok(stream),
+            Ok(Some(e)) | Err(e) => Err(HandshakeError::Io {
+                step: "connect",
+                source: e,
+            }),
+        }
+    };
+    match tokio::time::timeout(timeout, connected).await {
+        Ok(stream) => reset(stream?),
+        Err(_) => Err(HandshakeError::Timeout(timeout)),
+    }
+}
+
+/// Closes `stream` with an RST (`SO_LINGER 0`) instead of a FIN.
+pub fn reset(stream: TcpStream) -> Result<(), HandshakeError> {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .map_err(|source| HandshakeError::Io {
+            step: "reset",
+            source,
+        })
+}
+
 async fn connect_and_read(
     target: SocketAddr,
     source: Option<IpAddr>,
     start: Instant,
 ) -> Result<Connected, HandshakeError> {
     let io = |step| move |source| HandshakeError::Io { step, source };
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )
-    .map_err(io("socket"))?;
-    if let Some(ip) = source {
-        bind_no_port(&socket).map_err(io("bind"))?;
-        socket
-            .bind(&SocketAddr::new(ip, 0).into())
-            .map_err(io("bind"))?;
-    }
-    match socket.connect(&target.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(io("connect")(e)),
-    }
-    let mut stream =
-        TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(io("connect"))?;
-    // Writable means connected, or failed: a failure shows in the read below (ECONNREFUSED,
-    // ECONNRESET), which spares the `getsockopt(SO_ERROR)` a connect future would make.
-    stream.writable().await.map_err(io("connect"))?;
+    let mut stream = connect(target, source).await?;
     let connect = start.elapsed();
     let mut buf = [0u8; 16];
     let mut filled = 0;
@@ -199,6 +214,35 @@ async fn connect_and_read(
             None => {}
         }
     }
+}
+
+/// Creates a non-blocking socket (bound to `source`, if given), connects it to `target` and
+/// waits until it is writable: connected, or failed.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, HandshakeError> {
+    let io = |step| move |source| HandshakeError::Io { step, source };
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
+    .map_err(io("socket"))?;
+    if let Some(ip) = source {
+        bind_no_port(&socket).map_err(io("bind"))?;
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .map_err(io("bind"))?;
+    }
+    match socket.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(io("connect")(e)),
+    }
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket)).map_err(io("connect"))?;
+    // Writable means connected, or failed: for a handshake a failure shows in the read that
+    // follows (ECONNREFUSED, ECONNRESET), which spares the `getsockopt(SO_ERROR)` a connect
+    // future would make.
+    stream.writable().await.map_err(io("connect"))?;
+    Ok(stream)
 }
 
 /// Sets `IP_BIND_ADDRESS_NO_PORT`: the source port is chosen at `connect`, per destination, so

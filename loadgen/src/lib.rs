@@ -23,6 +23,8 @@
 //! - [`handshake`]: one connection: connect (optionally from a chosen source address), read and
 //!   parse the slot line, classify failures by kind.
 //! - [`registry`]: the slot-uniqueness invariant (two open connections never share a slot).
+//! - [`reset`]: resets on purpose (`--reset-fraction`): which connections, at which point,
+//!   counted apart from errors.
 //! - [`stats`]: histograms and error counters per worker, merged into a summary.
 //! - [`engine`]: the worker threads, closed-loop and open-loop (rate) pacing, the phases.
 //! - [`sysinfo`]: CPU time (getrusage, `/proc/PID/stat`) and RSS readings.
@@ -47,6 +49,7 @@ pub mod limits;
 pub mod progress;
 pub mod registry;
 pub mod report;
+pub mod reset;
 pub mod simulate;
 pub mod stats;
 pub mod svg;

@@ -303,6 +303,9 @@ fn validate(config: &Config) -> Result<(), LimitError> {
     if config.timeout.is_zero() {
         return bad("the handshake timeout must be positive");
     }
+    if !(0.0..=1.0).contains(&config.reset_fraction) {
+        return bad("the reset fraction must be within 0.0..=1.0");
+    }
     for phase in &config.phases {
         match phase.pacing {
             crate::Pacing::Closed { concurrency: 0 } => {

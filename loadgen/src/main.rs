@@ -5,7 +5,17 @@ use callosum_loadgen::cli::Command;
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
-    let cli = callosum_loadgen::cli::Cli::parse();
+    let cli = match callosum_loadgen::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            // One line, naming the option and what is wrong; exit status 2, as clap's own.
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("callosum-loadgen: {first}");
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

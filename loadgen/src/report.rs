@@ -57,7 +57,8 @@ pub struct RunReport {
     pub elapsed_s: f64,
     /// Recorded window: from the end of warmup to the last recorded success, seconds.
     pub window_s: f64,
-    /// Handshakes attempted (successes plus errors, warmup included).
+    /// Handshakes attempted (successes plus errors plus connections reset on purpose before
+    /// their slot line, warmup included).
     pub attempted: u64,
     /// Successful handshakes, warmup included.
     pub succeeded: u64,
@@ -71,6 +72,8 @@ pub struct RunReport {
     pub connect_us: LatencySummary,
     /// Errors by kind.
     pub errors: ErrorsReport,
+    /// Connections reset on purpose (`--reset-fraction`); null when none were asked for.
+    pub resets: Option<ResetsReport>,
     /// Open loop only: the target rate and what was achieved.
     pub rate: Option<RateReport>,
     /// The slot-uniqueness invariant.
@@ -126,6 +129,21 @@ pub struct ErrorsReport {
     pub total: u64,
     /// A few messages, as `kind: message`.
     pub samples: Vec<String>,
+}
+
+/// Connections the tool reset on purpose (not errors), by point (see [`crate::reset`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResetsReport {
+    /// The share of connections asked to be reset.
+    pub fraction: f64,
+    /// Reset as soon as connected, before the slot line was read.
+    pub after_connect: u64,
+    /// Reset right after the slot line (counted as successes too).
+    pub after_line: u64,
+    /// Reset after a short hold behind the slot line (counted as successes too).
+    pub after_hold: u64,
+    /// Sum of the above.
+    pub total: u64,
 }
 
 /// The target rate of an open-loop run and what was achieved.
@@ -268,7 +286,7 @@ impl RunReport {
         r: PhaseResult,
     ) -> Self {
         let rec = &r.rec;
-        let attempted = rec.ok_total + rec.errors.total();
+        let attempted = rec.ok_total + rec.errors.total() + rec.resets.after_connect;
         let recorded = rec.handshake.len();
         let window_s = secs(r.window);
         let handshakes_per_s = if window_s > 0.0 {
@@ -358,6 +376,13 @@ impl RunReport {
                     .map(|(k, m)| format!("{}: {m}", k.name()))
                     .collect(),
             },
+            resets: (config.reset_fraction > 0.0).then(|| ResetsReport {
+                fraction: config.reset_fraction,
+                after_connect: rec.resets.after_connect,
+                after_line: rec.resets.after_line,
+                after_hold: rec.resets.after_hold,
+                total: rec.resets.total(),
+            }),
             rate,
             invariant: InvariantReport {
                 violations: r.violations.iter().map(|(n, _)| n).sum(),
@@ -444,6 +469,17 @@ impl RunReport {
         );
         for s in &e.samples {
             let _ = writeln!(t, "              e.g. {s}");
+        }
+        if let Some(r) = &self.resets {
+            let _ = writeln!(
+                t,
+                "resets      {} on purpose ({:.0} % asked, not errors): {} after connect · {} after the line · {} after a short hold",
+                group(r.total),
+                r.fraction * 100.0,
+                group(r.after_connect),
+                group(r.after_line),
+                group(r.after_hold)
+            );
         }
         if let Some(rate) = &self.rate {
             let verdict = if rate.achieved {

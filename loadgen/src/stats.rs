@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::handshake::{ErrorKind, HandshakeError};
+use crate::reset::ResetCounts;
 
 /// Highest latency recorded, in microseconds (one hour); longer ones are clamped.
 pub const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -77,6 +78,8 @@ pub struct Recorder {
     pub ok_total: u64,
     /// Errors by kind, warmup included.
     pub errors: ErrorCounts,
+    /// Connections reset on purpose (`--reset-fraction`), by point, warmup included.
+    pub resets: ResetCounts,
     /// Completion time of the last successful recorded handshake.
     pub last_completion: Option<Instant>,
     /// Open loop: starts that happened more than [`LATE_START`] after their intended time.
@@ -98,6 +101,7 @@ impl Default for Recorder {
             connect: new_histogram(),
             ok_total: 0,
             errors: ErrorCounts::default(),
+            resets: ResetCounts::default(),
             last_completion: None,
             late_starts: 0,
             started: 0,
@@ -124,6 +128,7 @@ impl Recorder {
         let _ = self.connect.add(&other.connect);
         self.ok_total += other.ok_total;
         self.errors.merge(&other.errors);
+        self.resets.merge(&other.resets);
         self.last_completion = self.last_completion.max(other.last_completion);
         self.late_starts += other.late_starts;
         for (a, b) in self.by_held_quarter.iter_mut().zip(&other.by_held_quarter) {

@@ -1,5 +1,5 @@
 //! The binary end to end: options in, table on stdout, the `--json`, `--hgrm` and `--svg`
-//! files written, and a clear refusal for a run that cannot fit.
+//! files written, and a clear refusal for a run that cannot fit or an option out of range.
 
 mod support;
 
@@ -77,4 +77,19 @@ fn a_run_that_cannot_fit_fails_before_starting_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("file descriptors"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_reset_fraction_out_of_range_exits_2_naming_the_option() {
+    for bad in ["1.5", "-0.1", "lots"] {
+        let out = loadgen()
+            .args(["churn", "--count", "1", "--reset-fraction", bad])
+            .output()
+            .expect("run the binary");
+        assert_eq!(out.status.code(), Some(2), "--reset-fraction {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("--reset-fraction"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
 }

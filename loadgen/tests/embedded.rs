@@ -1,5 +1,6 @@
 //! The load generator against its embedded `callosum-server` (the default job's setup):
-//! bounded holds and churns, the slot distribution and the server's own counters.
+//! bounded holds and churns, the slot distribution and the server's own counters, and a hold
+//! in which some connections are reset on purpose.
 
 mod support;
 
@@ -112,4 +113,26 @@ fn an_embedded_hold_beyond_half_the_descriptors_is_refused_before_starting() {
         "{err}"
     );
     assert!(err.to_string().contains("--target"), "{err}");
+}
+
+#[test]
+fn a_hold_with_resets_keeps_exactly_the_connections_not_reset() {
+    let mut config = embedded(vec![hold(1_000)]);
+    config.reset_fraction = 0.5;
+    let report = within(Duration::from_secs(60), move || {
+        callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
+    });
+    let r = &report.runs[0];
+    let resets = r.resets.as_ref().expect("resets reported");
+    assert_eq!(r.errors.total, 0, "{:?}", r.errors);
+    assert_eq!(r.attempted, 1_000);
+    assert!(resets.total > 0 && resets.total < 1_000, "{resets:?}");
+    let h = r.hold.as_ref().expect("hold report");
+    assert_eq!(
+        h.held,
+        1_000 - resets.total,
+        "reset connections are never held"
+    );
+    assert_eq!(h.per_target[0].duplicates, 0);
+    assert_eq!(r.invariant.violations, 0);
 }

@@ -163,6 +163,7 @@ fn the_json_output_parses_and_has_the_documented_fields() {
             "handshake_us",
             "connect_us",
             "errors",
+            "resets",
             "rate",
             "invariant",
             "cpu",
@@ -203,6 +204,7 @@ fn the_json_output_parses_and_has_the_documented_fields() {
     assert_eq!(runs[0]["succeeded"], 200);
     assert!(runs[0]["hold"].is_null());
     assert!(runs[0]["rate"].is_null());
+    assert!(runs[0]["resets"].is_null(), "no resets asked for");
     let hold = &runs[1]["hold"];
     assert_eq!(
         keys(hold),

@@ -64,6 +64,11 @@ pub fn parse_slot_line(buf: &[u8]) -> Result<Option<SlotLine>, LineError> {
                     return Err(LineError::Overflow);
                 }
                 value = value * 10 + u64::from(byte - b'0');
+                // Ten digits over u32::MAX can never become a line: say so now rather than
+                // wait for a CR that changes nothing.
+                if value > u64::from(u32::MAX) {
+                    return Err(LineError::Overflow);
+                }
             }
             b'\r' => {
                 if offset == 0 {
@@ -74,6 +79,7 @@ pub fn parse_slot_line(buf: &[u8]) -> Result<Option<SlotLine>, LineError> {
                         Some(_) => Err(LineError::CrWithoutLf { offset }),
                     };
                 }
+                // At most u32::MAX: checked at every digit.
                 let slot = u32::try_from(value).map_err(|_| LineError::Overflow)?;
                 return match buf.get(offset + 1) {
                     None => Ok(None),
@@ -166,6 +172,13 @@ mod tests {
         assert_eq!(parse("4294967296\r\n"), Err(LineError::Overflow));
         assert_eq!(parse("12345678901"), Err(LineError::Overflow));
         assert_eq!(parse("99999999999\r\n"), Err(LineError::Overflow));
+    }
+
+    #[test]
+    fn a_value_over_u32_max_is_refused_before_its_line_ends() {
+        assert_eq!(parse("4294967296"), Err(LineError::Overflow));
+        assert_eq!(parse("9999999999x"), Err(LineError::Overflow));
+        assert_eq!(parse("0004294967296"), Err(LineError::Overflow));
     }
 
     proptest! {
