@@ -7,8 +7,13 @@
 //! closed, an error other than "would block" means the socket is broken, and pending data
 //! or "would block" mean it is open. It consumes nothing and needs no `&mut`, so it works on
 //! a tokio `TcpStream` shared by the pool without touching tokio's readiness state.
-//! The same holds for Unix stream sockets. Limitation: a peer that sent data and then closed still reads as alive until the data is
-//! consumed; the user sees the end of stream on use and discards the lease.
+//! The same holds for Unix stream sockets. Limitation: a peer that sent data and then
+//! closed still reads as alive until the data is consumed; the user sees the end of stream
+//! on use and discards the lease.
+//!
+//! The same peek also tells whether bytes arrived that nobody read
+//! ([`Liveness::has_unread`]): a request–response user asks it after reading a whole
+//! response, since bytes past the response mean the connection is out of step.
 
 use std::mem::MaybeUninit;
 
@@ -21,31 +26,57 @@ pub trait Liveness {
     /// `false` when the peer closed the connection or it is broken. Must be cheap and must
     /// not block; called with no pool lock held.
     fn is_alive(&self) -> bool;
+
+    /// `true` when bytes have arrived that no read has returned yet (looked at, not
+    /// consumed). Same constraints as [`is_alive`](Self::is_alive). Default: `false`, for a
+    /// stream that cannot tell.
+    fn has_unread(&self) -> bool {
+        false
+    }
 }
 
 impl Liveness for TcpStream {
     fn is_alive(&self) -> bool {
-        peek_alive(socket2::SockRef::from(self))
+        peek(socket2::SockRef::from(self)) != Peeked::Closed
+    }
+
+    fn has_unread(&self) -> bool {
+        peek(socket2::SockRef::from(self)) == Peeked::Unread
     }
 }
 
 /// The same check on a Unix stream socket, for connectors that reach servers over one.
 impl Liveness for UnixStream {
     fn is_alive(&self) -> bool {
-        peek_alive(socket2::SockRef::from(self))
+        peek(socket2::SockRef::from(self)) != Peeked::Closed
+    }
+
+    fn has_unread(&self) -> bool {
+        peek(socket2::SockRef::from(self)) == Peeked::Unread
     }
 }
 
+/// What a peek found.
+#[derive(Debug, PartialEq, Eq)]
+enum Peeked {
+    /// Open, nothing to read.
+    Open,
+    /// Open, bytes waiting.
+    Unread,
+    /// The peer closed, or the socket is broken.
+    Closed,
+}
+
 /// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: see the module doc.
-fn peek_alive(socket: socket2::SockRef<'_>) -> bool {
+fn peek(socket: socket2::SockRef<'_>) -> Peeked {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-        ),
+        Ok(0) => Peeked::Closed,
+        Ok(_) => Peeked::Unread,
+        Err(e) => match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peeked::Open,
+            _ => Peeked::Closed,
+        },
     }
 }
 
@@ -53,11 +84,19 @@ impl<S: Liveness> Liveness for Prefixed<S> {
     fn is_alive(&self) -> bool {
         self.get_ref().is_alive()
     }
+
+    fn has_unread(&self) -> bool {
+        !self.leftover().is_empty() || self.get_ref().has_unread()
+    }
 }
 
 impl<T: Liveness + ?Sized> Liveness for Box<T> {
     fn is_alive(&self) -> bool {
         (**self).is_alive()
+    }
+
+    fn has_unread(&self) -> bool {
+        (**self).has_unread()
     }
 }
 
@@ -90,9 +129,11 @@ mod tests {
     async fn open_idle_and_pending_data_are_alive_closed_is_not() {
         let (client, mut server) = pair().await;
         assert!(client.is_alive(), "open and idle");
+        assert!(!client.has_unread(), "nothing arrived");
         server.write_all(b"x").await.expect("write");
         client.readable().await.expect("readable");
         assert!(client.is_alive(), "data pending");
+        assert!(client.has_unread(), "and seen as unread");
         let (client2, server2) = pair().await;
         drop(server2);
         assert!(becomes_dead(&client2).await, "peer closed");
