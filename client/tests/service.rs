@@ -140,18 +140,10 @@ async fn next_request(conn: &mut Connection, mut buf: Vec<u8>) -> Option<Vec<u8>
     matches!(read, Ok(n) if n > 0).then_some(buf)
 }
 
-/// Reads requests and answers none, until the client closes.
-async fn never_answer(conn: &mut Connection) {
-    let mut buf = Vec::with_capacity(256);
-    while let Some(request) = next_request(conn, buf).await {
-        buf = request;
-    }
-}
-
 #[tokio::test]
 async fn no_response_within_the_response_timeout_costs_an_error_and_the_connection() {
     let (addr, _server) = support::start_server_with(handler_fn(async |conn: &mut Connection| {
-        never_answer(conn).await;
+        support::read_until_closed(conn).await;
     }));
     let client = client_of(addr, 1, Duration::from_secs(3600)).await;
     let mut service = LeaseService::new(client.clone(), LinesCodec::new())
@@ -285,7 +277,7 @@ async fn a_byte_arriving_after_the_response_was_read_costs_the_connection() {
             if written.is_ok() && acknowledged(conn.stream().as_raw_fd()) {
                 let _ = written_tx.send(());
             }
-            never_answer(conn).await;
+            support::read_until_closed(conn).await;
         }));
     let client = client_of(addr, 1, Duration::from_secs(3600)).await;
     let codec = WaitForExtra {
