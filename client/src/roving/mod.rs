@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use connection::Connection;
-use counters::AtomicCounters;
 pub use counters::Counters;
+use counters::{AtomicCounters, Event};
 use membership::{Membership, Schedule, Wake};
 
 use crate::discovery::{Discovery, DnsDiscovery, DynDiscovery, IpFamily};
@@ -382,9 +382,10 @@ where
         async {
             let started = Instant::now();
             let acquired = self.shared.pool.acquire(self.acquire_timeout).await;
-            observe::acquired(started.elapsed(), acquired.is_ok());
+            observe::acquired(started.elapsed());
             match acquired {
                 Ok(lease) => {
+                    self.shared.counters.add(Event::Leased, 1);
                     span.record("slot", lease.slot());
                     span.record("server", tracing::field::display(lease.server()));
                     Ok(lease)
@@ -405,7 +406,7 @@ where
     pub fn try_acquire(&self) -> Option<Lease<Connection<K::Stream>>> {
         let lease = self.shared.pool.get();
         if lease.is_some() {
-            observe::count(observe::LEASES, 1);
+            self.shared.counters.add(Event::Leased, 1);
         }
         lease
     }
