@@ -101,8 +101,8 @@ async fn a_name_with_two_addresses_is_two_servers_and_the_pool_spreads_over_both
 
 #[tokio::test]
 async fn servers_join_and_leave_as_the_answers_change() {
-    let (a, server_a) = support::start_server().await;
-    let (b, server_b) = support::start_server().await;
+    let (a, server_a) = support::start_server();
+    let (b, server_b) = support::start_server();
     let answers = Answers::new(&[a]);
     let client = RovingClient::builder()
         .server("db.callosum.svc:7000")
@@ -149,7 +149,7 @@ async fn servers_join_and_leave_as_the_answers_change() {
 #[tokio::test]
 async fn connect_failures_bring_the_next_lookup_forward() {
     let refusing = support::refusing_addr();
-    let (live, _server) = support::start_server().await;
+    let (live, _server) = support::start_server();
     let answers = Answers::new(&[refusing]);
     let client = RovingClient::builder()
         .server("db.callosum.svc:7000")
@@ -177,8 +177,8 @@ async fn connect_failures_bring_the_next_lookup_forward() {
 
 #[tokio::test]
 async fn drop_server_closes_that_servers_pooled_connections() {
-    let (a, server_a) = support::start_server().await;
-    let (b, _server_b) = support::start_server().await;
+    let (a, server_a) = support::start_server();
+    let (b, _server_b) = support::start_server();
     let client =
         support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
     assert!(client.drop_server(&a.to_string()));
@@ -191,7 +191,7 @@ async fn drop_server_closes_that_servers_pooled_connections() {
 
 #[tokio::test]
 async fn static_discovery_keeps_each_id_as_one_server() {
-    let (a, _server) = support::start_server().await;
+    let (a, _server) = support::start_server();
     let name = format!("localhost:{}", a.port());
     let client = RovingClient::builder()
         .server(name.clone())
@@ -208,7 +208,7 @@ async fn static_discovery_keeps_each_id_as_one_server() {
 
 #[tokio::test]
 async fn a_configured_name_is_resolved_into_addresses_by_default() {
-    let (a, _server) = support::start_server().await;
+    let (a, _server) = support::start_server();
     let client = RovingClient::builder()
         .server(format!("localhost:{}", a.port()))
         .roving_interval(Duration::from_millis(5))
@@ -382,7 +382,7 @@ async fn a_lookup_that_takes_too_long_is_a_discovery_failure_acquire_reports() {
 
 #[tokio::test]
 async fn an_empty_answer_keeps_the_servers_and_their_connections() {
-    let (live, _server) = support::start_server().await;
+    let (live, _server) = support::start_server();
     let answers = Answers::new(&[live]);
     let client = RovingClient::builder()
         .server("db.callosum.svc:7000")

@@ -14,8 +14,8 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
-    let (a, _server_a) = support::start_server().await;
-    let (b, _server_b) = support::start_server().await;
+    let (a, _server_a) = support::start_server();
+    let (b, _server_b) = support::start_server();
     let client =
         support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
     // Two on each server: lease all four and look.
@@ -43,7 +43,7 @@ async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
 
 #[tokio::test]
 async fn acquire_returns_the_lowest_slot_lease() {
-    let (a, _server) = support::start_server().await;
+    let (a, _server) = support::start_server();
     let client = RovingClient::builder()
         .server(a.to_string())
         .max_slots(2)
@@ -132,8 +132,8 @@ fn held_ports(client: &RovingClient) -> HashSet<u16> {
 
 #[tokio::test]
 async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
-    let (a, server_a) = support::start_server().await;
-    let (b, server_b) = support::start_server().await;
+    let (a, server_a) = support::start_server();
+    let (b, server_b) = support::start_server();
     let interval = Duration::from_millis(5);
     // Maximum age: 10 intervals = 50 ms (at least 2 × 4 intervals): lifetimes 25–75 ms.
     let client = RovingClient::builder()
@@ -204,7 +204,7 @@ async fn an_acquire_against_a_closed_port_says_why_it_timed_out() {
 
 #[tokio::test]
 async fn an_acquire_that_times_out_with_healthy_servers_says_none_is_backing_off() {
-    let (a, _server) = support::start_server().await;
+    let (a, _server) = support::start_server();
     let client = RovingClient::builder()
         .server(a.to_string())
         .max_slots(1)

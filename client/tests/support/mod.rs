@@ -54,7 +54,7 @@ pub async fn two_on_each(builder: RovingClientBuilder) -> RovingClient {
 }
 
 /// Starts a `callosum-server` (one unpinned shard, hold mode) on `127.0.0.1:0`.
-pub async fn start_server() -> (SocketAddr, ServerHandle) {
+pub fn start_server() -> (SocketAddr, ServerHandle) {
     start_server_on(Ipv4Addr::LOCALHOST.into(), 0, Hold)
 }
 
