@@ -5,7 +5,7 @@
 //! Kubernetes headless Service, Consul DNS, round-robin DNS). Connecting to the name would
 //! reach whichever address the resolver lists first, so every client would pick the same
 //! instance; the pool's per-server rules need each instance as a server of its own. So the
-//! default, [`DnsDiscovery`], resolves each name into one server per address (A and AAAA),
+//! default, [`DnsDiscovery`], resolves each name into one server per address,
 //! and the roving client asks it again on an interval and soon after connect failures,
 //! adding and dropping servers as the records change. [`StaticDiscovery`] takes the ids as
 //! they are (one server per id, resolved by the connector at each connect), for connectors
@@ -47,7 +47,9 @@ pub trait Discovery: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ServerId>, DiscoveryError>> + Send;
 
     /// The answer without waiting, when it needs no lookup (applied at `build`,
-    /// `add_server` and `drop_server`); `None` otherwise. Default: `None`.
+    /// `add_server` and `drop_server`); `None` otherwise. Default: `None`. Called with the
+    /// client's membership lock held, so that the answer and the names it answers for
+    /// change together: it must not block.
     fn discover_now(&self, names: &[ServerId]) -> Option<Vec<ServerId>> {
         let _ = names;
         None
@@ -183,8 +185,9 @@ impl DnsDiscovery {
         }
     }
 
-    /// Which addresses become servers. Default: [`IpFamily::V4`], the family
-    /// `callosum-server` listens on by default.
+    /// Which addresses of a name become servers. Default: [`IpFamily::V4`], the family
+    /// `callosum-server` listens on by default. Ids that are addresses are taken as given,
+    /// whatever their family.
     #[must_use]
     pub fn ip_family(mut self, family: IpFamily) -> Self {
         self.family = family;
