@@ -208,7 +208,7 @@ fn literal(name: &ServerId) -> Option<ServerId> {
 
 impl Discovery for DnsDiscovery {
     async fn discover(&self, names: &[ServerId]) -> Result<Vec<ServerId>, DiscoveryError> {
-        // Every name's lookup at once, each a task of its own; dropping the set (the
+        // Every name's lookup at once, each spawned on its own; dropping the set (the
         // client's discovery timeout) aborts them.
         let mut lookups = tokio::task::JoinSet::new();
         for name in names.iter().filter(|name| literal(name).is_none()) {
@@ -228,7 +228,7 @@ impl Discovery for DnsDiscovery {
         for name in names.iter().filter(|name| literal(name).is_none()) {
             let answer = resolved
                 .remove(name)
-                .unwrap_or_else(|| Err(io::Error::other("the lookup task ended early")))
+                .unwrap_or_else(|| Err(io::Error::other("the lookup ended early")))
                 .and_then(|addrs| self.admitted(addrs));
             match answer {
                 Ok(ids) => {

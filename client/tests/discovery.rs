@@ -414,7 +414,7 @@ async fn a_name_added_in_the_gap_after_a_failure_is_looked_up_at_once() {
         .backoff(None)
         .build()
         .expect("valid settings");
-    // Refused connects ask for a lookup; the task now waits out the hour-long gap.
+    // Refused connects ask for a lookup; rediscovery now waits out the hour-long gap.
     until("refused connects", || client.counters().unreachable >= 3).await;
     let before = answers.lookups();
     client

@@ -212,7 +212,7 @@ where
     }
 }
 
-/// When the rediscovery task looks up the names.
+/// When rediscovery looks up the names.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Schedule {
     /// Time between two lookups.
