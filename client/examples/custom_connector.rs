@@ -19,7 +19,7 @@ use std::time::Duration;
 use callosum_client::rover::connect_tcp;
 use callosum_client::{ConnectError, Connected, Connector, RovingClient, ServerId};
 use callosum_server::Server;
-use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Opens TCP connections with keepalive and no Nagle delay, from one source address.
@@ -30,18 +30,15 @@ struct TunedTcp {
 }
 
 impl TunedTcp {
-    /// A socket with the options set and bound to the source address (any port).
-    fn socket(&self, server: SocketAddr) -> io::Result<TcpSocket> {
-        let socket = Socket::new(
-            Domain::for_address(server),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )?;
-        socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(self.keepalive))?;
-        socket.set_tcp_nodelay(true)?;
-        socket.bind(&SocketAddr::new(self.source, 0).into())?;
-        socket.set_nonblocking(true)?;
-        Ok(TcpSocket::from_std_stream(socket.into()))
+    /// Sets the options on `socket` (made by `connect_tcp` for `server`'s family) and binds
+    /// it to the source address (any port) when that is of the same family.
+    fn configure(&self, socket: &TcpSocket, server: SocketAddr) -> io::Result<()> {
+        SockRef::from(socket).set_tcp_keepalive(&TcpKeepalive::new().with_time(self.keepalive))?;
+        socket.set_nodelay(true)?;
+        if self.source.is_ipv4() == server.is_ipv4() {
+            socket.bind(SocketAddr::new(self.source, 0))?;
+        }
+        Ok(())
     }
 }
 
@@ -53,7 +50,7 @@ impl Connector for TunedTcp {
         server: &ServerId,
         timeout: Duration,
     ) -> Result<Connected<TcpStream>, ConnectError> {
-        connect_tcp(server, timeout, |addr| self.socket(addr)).await
+        connect_tcp(server, timeout, |socket, addr| self.configure(socket, addr)).await
     }
 }
 

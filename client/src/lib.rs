@@ -16,7 +16,8 @@
 //! # Servers behind one name
 //! A deployment puts its servers behind a name that resolves to many addresses (a
 //! Kubernetes headless Service, Consul DNS, round-robin DNS). The default [`DnsDiscovery`]
-//! resolves each configured name into one server per address (A and AAAA), looks again every
+//! resolves each configured name into one server per address (A records by default, AAAA
+//! too with `.ip_family(IpFamily::Any)`), looks again every
 //! 30 s and soon after connect failures, and adds and drops servers as the records change
 //! (a dropped server's idle connections close at once, its leased ones on return). For
 //! Kubernetes, give the client a headless Service's name (`clusterIP: None`, so the name
@@ -94,7 +95,7 @@ pub mod roving;
 #[cfg(feature = "tower")]
 pub mod service;
 
-pub use discovery::{Discovery, DiscoveryError, DnsDiscovery, StaticDiscovery};
+pub use discovery::{Discovery, DiscoveryError, DnsDiscovery, IpFamily, StaticDiscovery};
 pub use failure::Failure;
 pub use handshake::{Handshake, HandshakeError, Prefixed, read_handshake};
 pub use pool::{

@@ -4,8 +4,9 @@
 //! The facade costs nothing until the application installs a recorder (Prometheus, StatsD,
 //! ...), and the library never installs one. Without the feature every call here is an empty
 //! inline function, so the roving client records unconditionally and the feature decides.
-//! The counters mirror [`Counters`](crate::Counters) (which stay available without the
-//! feature); the gauge is updated at each rover tick and whenever servers join or leave.
+//! The counters mirror [`Counters`](crate::Counters) one for one (each event is recorded in
+//! both by one call; `Counters` stay available without the feature); the gauge is updated
+//! at each rover tick and whenever servers join or leave.
 //!
 //! Tracing is always on (the `tracing` crate is a dependency anyway): each connection
 //! attempt runs in a `connect` span (`server`, then `slot` once the handshake is read) and
@@ -43,16 +44,13 @@ pub(crate) fn count(name: &'static str, n: u64) {
     let _ = (name, n);
 }
 
-/// One acquire that waited `waited`; `leased` when it got a connection.
+/// One acquire that waited `waited` (leases are counted with the other events).
 #[inline]
-pub(crate) fn acquired(waited: Duration, leased: bool) {
+pub(crate) fn acquired(waited: Duration) {
     #[cfg(feature = "metrics")]
     metrics::histogram!(ACQUIRE_SECONDS).record(waited.as_secs_f64());
     #[cfg(not(feature = "metrics"))]
     let _ = waited;
-    if leased {
-        count(LEASES, 1);
-    }
 }
 
 /// The pool holds `held` connections to `server`.

@@ -4,47 +4,94 @@
 //!
 //! Request–response protocols over Callosum connections are the common case, and getting
 //! the lease's life right is where hand-written code goes wrong: a connection whose
-//! exchange failed half-way (an I/O error, a malformed frame, the server closing before the
-//! whole response) holds an unknown amount of unread or unwritten bytes and must never be
-//! leased again. So the connection goes back to the pool only when exactly one whole
-//! response was read; on any error it is discarded (closed, leaving the pool), and if the
-//! server sent bytes past the response the response is returned but the connection is
-//! discarded all the same. Each call decodes with a fresh clone of the codec, as each
-//! exchange starts on a clean stream. `poll_ready` is always ready: the wait for a
-//! connection is the acquire timeout, inside the call.
+//! exchange did not end cleanly (an I/O error, a malformed frame, the server closing before
+//! the whole response, no response within the response timeout, or the caller dropping the
+//! call's future half-way, as a `tower` timeout or a `select!` does) holds an unknown
+//! amount of unread or unwritten bytes and must never be leased again. So the lease lives
+//! in a guard that discards the connection (closed, leaving the pool) when it is dropped,
+//! and only a clean exchange, exactly one whole response read, disarms it and gives the
+//! connection back. Each call decodes with a fresh clone of the codec, as each exchange
+//! starts on a clean stream. `poll_ready` is always ready: the wait for a connection is the
+//! acquire timeout, inside the call.
+//!
+//! Bytes past the response make the connection out of step too: the response is returned
+//! but the connection is discarded. The check sees the bytes read with the response and
+//! those already waiting in the socket when the response is decoded
+//! ([`Liveness::has_unread`], a peek that consumes nothing); bytes that arrive after the
+//! call returned cannot be seen. If the server then closes, the pool's liveness check at
+//! the next lease drops the connection; if it stays open, the next caller reads the
+//! stray bytes, so a server must answer each request with exactly one response.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::pool::{AcquireError, Liveness};
-use crate::rover::{Connector, TcpConnector};
+use crate::pool::{AcquireError, Lease, Liveness};
+use crate::rover::{Connector, ServerId, TcpConnector};
 use crate::roving::RovingClient;
 
-/// Why a call failed. The connection, if one was leased, was discarded.
+/// Default of [`LeaseService::response_timeout`].
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a call failed. The connection, if one was leased, was discarded; the variants that
+/// had one name its server and slot.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError<E> {
     /// No connection within the acquire timeout.
     #[error(transparent)]
     Acquire(#[from] AcquireError),
-    /// The codec refused the request or the response bytes.
-    #[error("framing: {0}")]
-    Codec(E),
+    /// The codec refused the request; nothing was sent and no connection was leased.
+    #[error("encoding the request")]
+    Encode(#[source] E),
+    /// The codec refused the response bytes.
+    #[error("decoding the response of {server} (slot {slot})")]
+    Decode {
+        /// The server of the discarded connection.
+        server: ServerId,
+        /// Its slot.
+        slot: u32,
+        /// What the codec said.
+        #[source]
+        error: E,
+    },
     /// Writing the request or reading the response failed.
-    #[error("I/O: {0}")]
-    Io(#[from] io::Error),
+    #[error("I/O with {server} (slot {slot})")]
+    Io {
+        /// The server of the discarded connection.
+        server: ServerId,
+        /// Its slot.
+        slot: u32,
+        /// What failed.
+        #[source]
+        error: io::Error,
+    },
     /// The server closed the connection before the whole response.
-    #[error("connection closed after {received} bytes of the response")]
+    #[error("{server} (slot {slot}) closed the connection after {received} bytes of the response")]
     Closed {
+        /// The server of the discarded connection.
+        server: ServerId,
+        /// Its slot.
+        slot: u32,
         /// Bytes of the response received.
         received: usize,
+    },
+    /// No whole response within the response timeout.
+    #[error("no response from {server} (slot {slot}) within {timeout:?}")]
+    Timeout {
+        /// The server of the discarded connection.
+        server: ServerId,
+        /// Its slot.
+        slot: u32,
+        /// The timeout that expired.
+        timeout: Duration,
     },
 }
 
@@ -56,6 +103,7 @@ where
 {
     client: Arc<RovingClient<K>>,
     codec: C,
+    response_timeout: Duration,
 }
 
 impl<C, K: Connector> LeaseService<C, K>
@@ -64,7 +112,21 @@ where
 {
     /// A service over `client`'s pool, framing with `codec` (cloned for each call).
     pub fn new(client: Arc<RovingClient<K>>, codec: C) -> Self {
-        Self { client, codec }
+        Self {
+            client,
+            codec,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
+    /// How long a call may take from writing the request to reading the whole response,
+    /// once it has a connection (the wait for one is the client's acquire timeout). On
+    /// expiry the call fails with [`ServiceError::Timeout`] and the connection is
+    /// discarded. Default: 30 s.
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
     }
 
     /// The client whose connections the service leases.
@@ -81,6 +143,7 @@ where
         Self {
             client: self.client.clone(),
             codec: self.codec.clone(),
+            response_timeout: self.response_timeout,
         }
     }
 }
@@ -93,6 +156,7 @@ where
         f.debug_struct("LeaseService")
             .field("client", &self.client)
             .field("codec", &self.codec)
+            .field("response_timeout", &self.response_timeout)
             .finish()
     }
 }
@@ -117,60 +181,129 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let client = self.client.clone();
         let mut codec = self.codec.clone();
+        let timeout = self.response_timeout;
         Box::pin(async move {
-            let mut lease = client.acquire().await?;
-            match exchange(&mut *lease, &mut codec, request).await {
-                Ok(Exchange::Clean(response)) => Ok(response),
-                Ok(Exchange::Trailing(response, extra)) => {
-                    tracing::debug!(extra, "bytes past the response; discarding the connection");
-                    lease.discard();
+            let mut request_bytes = BytesMut::new();
+            codec
+                .encode(request, &mut request_bytes)
+                .map_err(ServiceError::Encode)?;
+            let mut lease = Exchanging(Some(client.acquire().await?));
+            let conn = lease.conn();
+            let (server, slot) = (conn.server().clone(), conn.slot());
+            let exchanged =
+                tokio::time::timeout(timeout, exchange(conn, &mut codec, &request_bytes));
+            match exchanged.await {
+                Ok(Ok(Exchange::Clean(response))) if !lease.conn().has_unread() => {
+                    lease.give_back();
                     Ok(response)
                 }
-                Err(error) => {
-                    lease.discard();
-                    Err(error)
+                // From here on, dropping `lease` discards the connection.
+                Ok(Ok(Exchange::Clean(response))) => {
+                    tracing::debug!(%server, slot, "bytes waiting past the response; discarding the connection");
+                    Ok(response)
                 }
+                Ok(Ok(Exchange::Trailing(response, extra))) => {
+                    tracing::debug!(%server, slot, extra, "bytes past the response; discarding the connection");
+                    Ok(response)
+                }
+                Ok(Err(failed)) => Err(match failed {
+                    Failed::Decode(error) => ServiceError::Decode {
+                        server,
+                        slot,
+                        error,
+                    },
+                    Failed::Io(error) => ServiceError::Io {
+                        server,
+                        slot,
+                        error,
+                    },
+                    Failed::Closed(received) => ServiceError::Closed {
+                        server,
+                        slot,
+                        received,
+                    },
+                }),
+                Err(_elapsed) => Err(ServiceError::Timeout {
+                    server,
+                    slot,
+                    timeout,
+                }),
             }
         })
     }
 }
 
+/// A lease during an exchange: discarded when dropped (an error, a timeout, or the call's
+/// future dropped half-way), given back to the pool only by [`give_back`](Self::give_back)
+/// after a clean exchange.
+struct Exchanging<C: Liveness>(Option<Lease<C>>);
+
+impl<C: Liveness> Exchanging<C> {
+    fn conn(&mut self) -> &mut C {
+        match &mut self.0 {
+            Some(lease) => lease,
+            None => unreachable!("the lease is held until the guard ends"),
+        }
+    }
+
+    /// The exchange ended cleanly: the connection goes back to the pool.
+    fn give_back(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl<C: Liveness> Drop for Exchanging<C> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.0.take() {
+            lease.discard();
+        }
+    }
+}
+
+/// How an exchange failed, before the connection's name is attached.
+enum Failed<E> {
+    Decode(E),
+    Io(io::Error),
+    Closed(usize),
+}
+
+impl<E> From<io::Error> for Failed<E> {
+    fn from(error: io::Error) -> Self {
+        Self::Io(error)
+    }
+}
+
 /// How an exchange ended.
 enum Exchange<T> {
-    /// One whole response and nothing more: the connection can be reused.
+    /// One whole response and nothing more read: the connection can be reused unless
+    /// bytes are waiting in the socket.
     Clean(T),
     /// A response followed by this many more bytes: the connection is out of step.
     Trailing(T, usize),
 }
 
-/// Writes `request` and reads one response.
-async fn exchange<S, C, Req, E>(
+/// Writes `request` (already encoded) and reads one response.
+async fn exchange<S, C>(
     stream: &mut S,
     codec: &mut C,
-    request: Req,
-) -> Result<Exchange<C::Item>, ServiceError<E>>
+    request: &[u8],
+) -> Result<Exchange<C::Item>, Failed<C::Error>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    C: Decoder<Error = E> + Encoder<Req, Error = E>,
+    C: Decoder,
 {
-    let mut buf = BytesMut::new();
-    codec
-        .encode(request, &mut buf)
-        .map_err(ServiceError::Codec)?;
-    stream.write_all(&buf).await?;
+    stream.write_all(request).await?;
     stream.flush().await?;
-    buf.clear();
+    let mut buf = BytesMut::new();
     loop {
-        if let Some(response) = codec.decode(&mut buf).map_err(ServiceError::Codec)? {
+        if let Some(response) = codec.decode(&mut buf).map_err(Failed::Decode)? {
             return Ok(match buf.len() {
                 0 => Exchange::Clean(response),
                 extra => Exchange::Trailing(response, extra),
             });
         }
         if stream.read_buf(&mut buf).await? == 0 {
-            return Err(ServiceError::Closed {
-                received: buf.len(),
-            });
+            return Err(Failed::Closed(buf.len()));
         }
     }
 }

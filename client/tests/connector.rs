@@ -17,8 +17,9 @@ use callosum_client::rover::connect_tcp;
 use callosum_client::{
     ConnectError, Connected, Connector, RovingClient, ServerId, StaticDiscovery,
 };
+use callosum_server::{Connection, handler_fn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
@@ -37,11 +38,9 @@ impl Connector for FromSource {
         timeout: Duration,
     ) -> Result<Connected<TcpStream>, ConnectError> {
         self.connects.fetch_add(1, Ordering::SeqCst);
-        connect_tcp(server, timeout, |_addr| {
-            let socket = TcpSocket::new_v4()?;
+        connect_tcp(server, timeout, |socket, _addr| {
             socket.bind(SocketAddr::new(SOURCE, 0))?;
-            socket.set_nodelay(true)?;
-            Ok(socket)
+            socket.set_nodelay(true)
         })
         .await
     }
@@ -49,7 +48,13 @@ impl Connector for FromSource {
 
 #[tokio::test]
 async fn a_custom_tcp_connector_sets_the_source_address_and_socket_options() {
-    let (addr, server) = support::start_server().await;
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    let (addr, _server) =
+        support::start_server_with(handler_fn(async move |conn: &mut Connection| {
+            seen.lock().expect("lock").push(conn.peer_addr().ip());
+            support::read_until_closed(conn).await;
+        }));
     let connector = FromSource::default();
     let connects = connector.connects.clone();
     let client = RovingClient::builder()
@@ -63,9 +68,17 @@ async fn a_custom_tcp_connector_sets_the_source_address_and_socket_options() {
     let mut lease = client.acquire().await.expect("a connection");
     let stream = lease.stream().get_ref();
     assert_eq!(stream.local_addr().expect("local").ip(), SOURCE);
-    assert!(stream.nodelay().expect("nodelay"));
-    assert!(connects.load(Ordering::SeqCst) >= 1);
-    support::until("two connections", || server.slots.in_use() >= 2).await;
+    assert!(
+        stream.nodelay().expect("nodelay"),
+        "the option is set on the socket"
+    );
+    support::until("two connections", || peers.lock().expect("lock").len() >= 2).await;
+    let peers = peers.lock().expect("lock").clone();
+    assert!(
+        peers.iter().all(|ip| *ip == SOURCE),
+        "the server saw every connection come from {SOURCE}: {peers:?}"
+    );
+    assert!(connects.load(Ordering::SeqCst) >= peers.len());
 }
 
 /// A Callosum server on a Unix socket: lowest free slot per connection, freed on close.
@@ -126,15 +139,25 @@ impl Connector for UnixConnector {
     }
 }
 
+/// A directory removed when the test ends, passed or failed.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn a_unix_socket_connector_pools_unix_streams() {
-    let dir = std::env::temp_dir().join(format!("callosum-client-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("callosum.sock");
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("callosum-client-test-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let path = dir.0.join("callosum.sock");
     let _ = std::fs::remove_file(&path);
     let _server = start_unix_server(path.clone());
     let client = RovingClient::builder()
-        .connector(UnixConnector { dir: dir.clone() })
+        .connector(UnixConnector { dir: dir.0.clone() })
         .discovery(StaticDiscovery)
         .server("callosum.sock:0")
         .max_slots(2)
@@ -151,5 +174,4 @@ async fn a_unix_socket_connector_pools_unix_streams() {
     assert_eq!(&pong, b"ping");
     drop(lease);
     drop(client);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use callosum_client::RovingClient;
+use callosum_client::{Prefixed, RovingClient, read_handshake};
 use support::{BOUND, until};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -157,23 +157,15 @@ impl NodeClient {
 }
 
 /// Connects and reads the slot line.
-async fn connect_slot(addr: SocketAddr) -> (TcpStream, u32) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let mut line = Vec::new();
-    while !line.ends_with(b"\r\n") {
-        let byte = stream.read_u8().await.expect("slot line");
-        line.push(byte);
-    }
-    let slot = std::str::from_utf8(&line[..line.len() - 2])
-        .expect("ASCII")
-        .parse()
-        .expect("a slot");
-    (stream, slot)
+async fn connect_slot(addr: SocketAddr) -> (Prefixed<TcpStream>, u32) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let handshake = read_handshake(stream, BOUND).await.expect("a slot line");
+    (handshake.stream, handshake.slot)
 }
 
 #[tokio::test]
 async fn the_node_client_keeps_the_lowest_slots_of_a_callosum_server_and_frees_them_on_close() {
-    let (addr, server) = support::start_server().await;
+    let (addr, server) = support::start_server();
     // Slots 0 to 4 taken first, so the Node client starts on higher ones.
     let mut early = Vec::new();
     for expected in 0..5 {

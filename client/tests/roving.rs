@@ -5,32 +5,17 @@
 
 mod support;
 
-use std::time::Duration;
-
 use std::collections::HashSet;
+use std::time::Duration;
 
 use callosum_client::rover::Backoff;
 use callosum_client::{AcquireError, Connection, Failure, Lease, PoolPolicy, RovingClient};
 use tokio::io::AsyncWriteExt;
 
-/// Upper bound on convergence; a test failing it is a bug, not slowness.
-const BOUND: Duration = Duration::from_secs(60);
-
-/// Re-checks `done` every `every` until it holds; fails the test after `BOUND`.
-async fn until(what: &str, every: Duration, mut done: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(BOUND, async {
-        while !done() {
-            tokio::time::sleep(every).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "{what} within {BOUND:?}");
-}
-
 #[tokio::test]
 async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
-    let (a, _server_a) = support::start_server().await;
-    let (b, _server_b) = support::start_server().await;
+    let (a, _server_a) = support::start_server();
+    let (b, _server_b) = support::start_server();
     let client =
         support::two_on_each(RovingClient::builder().servers([a.to_string(), b.to_string()])).await;
     // Two on each server: lease all four and look.
@@ -58,12 +43,12 @@ async fn two_servers_and_four_slots_converge_to_the_low_slots_on_both() {
 
 #[tokio::test]
 async fn acquire_returns_the_lowest_slot_lease() {
-    let (a, _server) = support::start_server().await;
+    let (a, _server) = support::start_server();
     let client = RovingClient::builder()
         .server(a.to_string())
         .max_slots(2)
         .roving_interval(Duration::from_millis(5))
-        .acquire_timeout(BOUND)
+        .acquire_timeout(support::BOUND)
         .build()
         .expect("valid settings");
     let first = client.acquire().await.expect("a connection");
@@ -81,10 +66,9 @@ async fn a_connection_the_server_closed_while_idle_is_never_handed_out() {
         .roving_interval(Duration::from_secs(3600))
         .build()
         .expect("valid settings");
-    let every = Duration::from_millis(5);
-    until("the connection kept", every, || client.counters().kept == 1).await;
+    support::until("the connection kept", || client.counters().kept == 1).await;
     // The server closed it at once; once the FIN is in, it is dropped, not leased.
-    until("the closed connection dropped", every, || {
+    support::until("the closed connection dropped", || {
         client.try_acquire().is_none() && client.pool().is_empty()
     })
     .await;
@@ -100,7 +84,7 @@ async fn unreachable_and_protocol_errors_are_counted() {
         .backoff(Some(Backoff::default().initial(Duration::from_millis(1))))
         .build()
         .expect("valid settings");
-    until("both kinds counted", Duration::from_millis(5), || {
+    support::until("both kinds counted", || {
         let c = client.counters();
         c.unreachable > 0 && c.protocol_errors > 0
     })
@@ -148,23 +132,23 @@ fn held_ports(client: &RovingClient) -> HashSet<u16> {
 
 #[tokio::test]
 async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
-    let (a, server_a) = support::start_server().await;
-    let (b, server_b) = support::start_server().await;
+    let (a, server_a) = support::start_server();
+    let (b, server_b) = support::start_server();
     let interval = Duration::from_millis(5);
     // Maximum age: 10 intervals = 50 ms (at least 2 × 4 intervals): lifetimes 25–75 ms.
     let client = RovingClient::builder()
         .servers([a.to_string(), b.to_string()])
         .pool_policy(PoolPolicy::improved().max_slots(4))
         .roving_interval(interval)
-        .acquire_timeout(BOUND)
+        .acquire_timeout(support::BOUND)
         .build()
         .expect("valid settings");
     let settled = client.pool().policy().get_max_age();
     assert_eq!(settled, Some(Duration::from_millis(50)));
-    until("a full pool", interval, || client.pool().len() == 4).await;
+    support::until("a full pool", || client.pool().len() == 4).await;
     let first = held_ports(&client);
     assert!(!first.is_empty());
-    until("every first connection replaced", interval, || {
+    support::until("every first connection replaced", || {
         held_ports(&client).is_disjoint(&first)
     })
     .await;
@@ -177,7 +161,7 @@ async fn the_improved_policy_replaces_connections_by_age_and_keeps_serving() {
         lease.stream().write_all(b"hello").await.expect("usable");
         assert!(client.pool().len() <= 4);
     }
-    until("retired slots freed at the servers", interval, || {
+    support::until("retired slots freed at the servers", || {
         server_a.slots.in_use() + server_b.slots.in_use() <= 6
     })
     .await;
@@ -190,9 +174,12 @@ async fn an_acquire_against_a_closed_port_says_why_it_timed_out() {
     let client = RovingClient::builder()
         .server(refusing.to_string())
         .roving_interval(Duration::from_millis(50))
+        // After its first refusal the server backs off for the rest of the test.
+        .backoff(Some(Backoff::default().initial(Duration::from_secs(3600))))
         .acquire_timeout(timeout)
         .build()
         .expect("valid settings");
+    support::until("a refused connect", || client.counters().unreachable >= 1).await;
     let error = client.acquire().await.expect_err("nothing listens");
     match &error {
         AcquireError::Unavailable {
@@ -217,7 +204,7 @@ async fn an_acquire_against_a_closed_port_says_why_it_timed_out() {
 
 #[tokio::test]
 async fn an_acquire_that_times_out_with_healthy_servers_says_none_is_backing_off() {
-    let (a, _server) = support::start_server().await;
+    let (a, _server) = support::start_server();
     let client = RovingClient::builder()
         .server(a.to_string())
         .max_slots(1)
@@ -225,10 +212,7 @@ async fn an_acquire_that_times_out_with_healthy_servers_says_none_is_backing_off
         .acquire_timeout(Duration::from_millis(200))
         .build()
         .expect("valid settings");
-    until("one connection", Duration::from_millis(5), || {
-        client.pool().len() == 1
-    })
-    .await;
+    support::until("one connection", || client.pool().len() == 1).await;
     let lease = client.try_acquire().expect("the idle connection");
     let error = client
         .acquire()

@@ -5,7 +5,6 @@
 mod support;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,11 +38,11 @@ impl Visit for SpanSeen {
 
 /// Keeps every span, by id (ids are indices + 1).
 #[derive(Debug, Default, Clone)]
-struct Collect(Arc<(Mutex<Vec<SpanSeen>>, AtomicU64)>);
+struct Collect(Arc<Mutex<Vec<SpanSeen>>>);
 
 impl Collect {
     fn spans(&self) -> Vec<SpanSeen> {
-        self.0.0.lock().expect("lock").clone()
+        self.0.lock().expect("lock").clone()
     }
 }
 
@@ -58,14 +57,13 @@ impl Subscriber for Collect {
             ..SpanSeen::default()
         };
         span.record(&mut seen);
-        let mut spans = self.0.0.lock().expect("lock");
+        let mut spans = self.0.lock().expect("lock");
         spans.push(seen);
-        self.0.1.store(spans.len() as u64, Ordering::SeqCst);
         Id::from_u64(spans.len() as u64)
     }
 
     fn record(&self, span: &Id, values: &Record<'_>) {
-        let mut spans = self.0.0.lock().expect("lock");
+        let mut spans = self.0.lock().expect("lock");
         if let Some(seen) = spans.get_mut(span.into_u64() as usize - 1) {
             values.record(seen);
         }
@@ -81,7 +79,7 @@ impl Subscriber for Collect {
 async fn connects_and_acquires_run_in_spans_naming_the_server_and_the_slot() {
     let collect = Collect::default();
     tracing::subscriber::set_global_default(collect.clone()).expect("the only subscriber");
-    let (addr, _server) = support::start_server().await;
+    let (addr, _server) = support::start_server();
     let client = RovingClient::builder()
         .server(addr.to_string())
         .max_slots(1)

@@ -100,7 +100,7 @@ fn a_reset_storm_beside_a_hold_leaks_no_slot_and_no_descriptor() {
         }],
         workers: 2,
         // Four source addresses: the FIN-closed three quarters leave TIME_WAIT sockets behind.
-        src_ips: 4,
+        src_ips: Some(4),
         progress: false,
         reset_fraction: 0.3,
         ..Config::default()

@@ -25,6 +25,10 @@
 //!
 //! Unix stream sockets get the peek alone: a socket pair has no TCP state, and its close is
 //! seen by the peek at once.
+//!
+//! The same peek also tells whether bytes arrived that nobody read
+//! ([`Liveness::has_unread`]): a request–response user asks it after reading a whole
+//! response, since bytes past the response mean the connection is out of step.
 
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
@@ -38,6 +42,13 @@ pub trait Liveness {
     /// `false` when the peer closed the connection or it is broken. Must be cheap and must
     /// not block; called with no pool lock held.
     fn is_alive(&self) -> bool;
+
+    /// `true` when bytes have arrived that no read has returned yet (looked at, not
+    /// consumed). Same constraints as [`is_alive`](Self::is_alive). Default: `false`, for a
+    /// stream that cannot tell.
+    fn has_unread(&self) -> bool {
+        false
+    }
 }
 
 /// `TCP_ESTABLISHED` in the kernel's `enum tcp_state` (`include/net/tcp_states.h`).
@@ -46,31 +57,50 @@ const TCP_ESTABLISHED: u8 = 1;
 impl Liveness for TcpStream {
     fn is_alive(&self) -> bool {
         // The peek cannot see a reset or a FIN behind pending bytes: ask the TCP state.
-        peek_alive(socket2::SockRef::from(self))
+        peek(socket2::SockRef::from(self)) != Peeked::Closed
             && match tcp_state(self) {
                 Ok(state) => state == TCP_ESTABLISHED,
                 Err(_) => matches!(socket2::SockRef::from(self).take_error(), Ok(None)),
             }
+    }
+
+    fn has_unread(&self) -> bool {
+        peek(socket2::SockRef::from(self)) == Peeked::Unread
     }
 }
 
 /// The peek alone on a Unix stream socket, for connectors that reach servers over one.
 impl Liveness for UnixStream {
     fn is_alive(&self) -> bool {
-        peek_alive(socket2::SockRef::from(self))
+        peek(socket2::SockRef::from(self)) != Peeked::Closed
+    }
+
+    fn has_unread(&self) -> bool {
+        peek(socket2::SockRef::from(self)) == Peeked::Unread
     }
 }
 
+/// What a peek found.
+#[derive(Debug, PartialEq, Eq)]
+enum Peeked {
+    /// Open, nothing to read.
+    Open,
+    /// Open, bytes waiting.
+    Unread,
+    /// The peer closed, or the socket is broken.
+    Closed,
+}
+
 /// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: see the module doc.
-fn peek_alive(socket: socket2::SockRef<'_>) -> bool {
+fn peek(socket: socket2::SockRef<'_>) -> Peeked {
     let mut byte = [MaybeUninit::<u8>::uninit(); 1];
     match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-        ),
+        Ok(0) => Peeked::Closed,
+        Ok(_) => Peeked::Unread,
+        Err(e) => match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peeked::Open,
+            _ => Peeked::Closed,
+        },
     }
 }
 
@@ -105,11 +135,19 @@ impl<S: Liveness> Liveness for Prefixed<S> {
     fn is_alive(&self) -> bool {
         self.get_ref().is_alive()
     }
+
+    fn has_unread(&self) -> bool {
+        !self.leftover().is_empty() || self.get_ref().has_unread()
+    }
 }
 
 impl<T: Liveness + ?Sized> Liveness for Box<T> {
     fn is_alive(&self) -> bool {
         (**self).is_alive()
+    }
+
+    fn has_unread(&self) -> bool {
+        (**self).has_unread()
     }
 }
 
@@ -169,9 +207,11 @@ mod tests {
     async fn open_idle_and_pending_data_are_alive_closed_is_not() {
         let (client, mut server) = pair().await;
         assert!(client.is_alive(), "open and idle");
+        assert!(!client.has_unread(), "nothing arrived");
         server.write_all(b"x").await.expect("write");
         client.readable().await.expect("readable");
         assert!(client.is_alive(), "data pending");
+        assert!(client.has_unread(), "and seen as unread");
         let (client2, server2) = pair().await;
         drop(server2);
         assert!(becomes_dead(&client2).await, "peer closed");

@@ -80,8 +80,9 @@ impl From<u64> for ServerKey {
     }
 }
 
-/// Why an acquire returned without a connection.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why an acquire returned without a connection. Comparable: the failure it carries
+/// compares as [`Failure`] does (I/O errors by kind).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AcquireError {
     /// No connection became idle within the timeout ([`Pool::acquire`], which knows nothing

@@ -182,9 +182,10 @@ impl PoolPolicy {
     }
 
     /// Retire connections by age: each kept connection gets a lifetime drawn uniformly in
-    /// [A/2, 3A/2) so retirements do not synchronise; [`Pool::retire_expired`](crate::Pool::retire_expired)
-    /// (crate::pool::Pool::retire_expired), called by the roving client at each rover tick,
-    /// closes an expired idle connection at once and a leased one when its lease ends.
+    /// [A/2, 3A/2) so retirements do not synchronise;
+    /// [`Pool::retire_expired`](crate::Pool::retire_expired), called by the roving client at
+    /// each rover tick, closes an expired idle connection at once and a leased one when its
+    /// lease ends.
     /// Under a roving client, A is raised to at least 2 × `max_slots` roving intervals, or
     /// pools could not refill. `None`: never (the original, the default).
     pub fn max_age(mut self, max_age: Option<Duration>) -> Self {

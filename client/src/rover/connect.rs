@@ -5,7 +5,9 @@
 //! tries each address in turn, the whole under the connect timeout; a failure names the
 //! address it was trying, for the unreachable event. Under the default discovery every id
 //! is already one address, so the lookup is a parse. [`connect_tcp`] is the same with a
-//! socket the caller prepares (options, a source address), for custom TCP connectors.
+//! socket the caller configures (options, a source address), for custom TCP connectors. It
+//! makes the socket itself, of the family of the address tried, so a configuration never
+//! has to guess it: a name may resolve to IPv4 and IPv6 addresses alike.
 
 use std::future::Future;
 use std::io;
@@ -64,25 +66,23 @@ impl Connector for TcpConnector {
         server: &ServerId,
         timeout: Duration,
     ) -> Result<Connected<TcpStream>, ConnectError> {
-        connect_tcp(server, timeout, |addr| match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        })
-        .await
+        connect_tcp(server, timeout, |_socket, _addr| Ok(())).await
     }
 }
 
-/// What [`TcpConnector`] does, with the socket made by `socket` for each address tried:
+/// What [`TcpConnector`] does, with each socket passed to `configure` before it connects:
 /// the building block of a TCP connector that sets socket options or binds a source
 /// address. Resolves `server`'s host, then tries each address in turn until one connects,
-/// the whole under `timeout`; a failure names the address it was trying.
+/// the whole under `timeout`; a failure names the address it was trying. The socket is of
+/// the address's family (IPv4 or IPv6); `configure` gets both, so it can bind a source
+/// address of the same family.
 pub async fn connect_tcp<F>(
     server: &ServerId,
     timeout: Duration,
-    mut socket: F,
+    mut configure: F,
 ) -> Result<Connected<TcpStream>, ConnectError>
 where
-    F: FnMut(SocketAddr) -> io::Result<TcpSocket> + Send,
+    F: FnMut(&TcpSocket, SocketAddr) -> io::Result<()> + Send,
 {
     let mut trying = None;
     let attempt = async {
@@ -92,7 +92,12 @@ where
         let mut last = None;
         for addr in addrs {
             trying = Some(addr);
-            let connected = match socket(addr) {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            };
+            let configured = socket.and_then(|socket| configure(&socket, addr).map(|()| socket));
+            let connected = match configured {
                 Ok(socket) => socket.connect(addr).await,
                 Err(error) => Err(error),
             };

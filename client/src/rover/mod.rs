@@ -233,8 +233,13 @@ impl<K: Connector> Rover<K> {
     /// Allowed at any time, also while roving.
     pub fn add_server(&self, id: &str) -> Result<ServerId, InvalidServerId> {
         let id = ServerId::new(id)?;
-        self.shared.servers().add(id.clone());
+        self.add_id(id.clone());
         Ok(id)
+    }
+
+    /// [`add_server`](Self::add_server) with an id already checked.
+    pub(crate) fn add_id(&self, id: ServerId) {
+        self.shared.servers().add(id);
     }
 
     /// Removes a server by id; returns whether it was in the set.

@@ -44,6 +44,10 @@ impl<S: Liveness> Liveness for Connection<S> {
     fn is_alive(&self) -> bool {
         self.stream.is_alive()
     }
+
+    fn has_unread(&self) -> bool {
+        self.stream.has_unread()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Connection<S> {

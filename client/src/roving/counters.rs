@@ -9,6 +9,8 @@ use crate::observe;
 /// Event counts since the client started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Leases handed out (`acquire` and `try_acquire`).
+    pub leases: u64,
     /// Connections the pool kept (replacements included).
     pub kept: u64,
     /// Connections the pool refused (slot not better than its worst).
@@ -26,6 +28,7 @@ pub struct Counters {
 /// What happened, for [`AtomicCounters::add`].
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Event {
+    Leased,
     Kept,
     Rejected,
     Evicted,
@@ -36,6 +39,7 @@ pub(super) enum Event {
 
 #[derive(Debug, Default)]
 pub(super) struct AtomicCounters {
+    leases: AtomicU64,
     kept: AtomicU64,
     rejected: AtomicU64,
     evicted: AtomicU64,
@@ -51,6 +55,7 @@ impl AtomicCounters {
             return;
         }
         let (counter, name) = match event {
+            Event::Leased => (&self.leases, observe::LEASES),
             Event::Kept => (&self.kept, observe::KEPT),
             Event::Rejected => (&self.rejected, observe::REJECTED),
             Event::Evicted => (&self.evicted, observe::EVICTED),
@@ -67,6 +72,7 @@ impl AtomicCounters {
         // Relaxed: a statistics snapshot, each value read on its own.
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Counters {
+            leases: get(&self.leases),
             kept: get(&self.kept),
             rejected: get(&self.rejected),
             evicted: get(&self.evicted),

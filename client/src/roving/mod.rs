@@ -34,11 +34,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use connection::Connection;
-use counters::AtomicCounters;
 pub use counters::Counters;
-use membership::{Membership, Wake};
+use counters::{AtomicCounters, Event};
+use membership::{Membership, Schedule, Wake};
 
-use crate::discovery::{Discovery, DnsDiscovery, DynDiscovery};
+use crate::discovery::{Discovery, DnsDiscovery, DynDiscovery, IpFamily};
 use crate::failure::Failure;
 use crate::observe;
 use crate::pool::{AcquireError, Lease, Liveness, Pool, PoolError, PoolPolicy};
@@ -68,6 +68,12 @@ pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 /// Default shortest time between two discoveries asked for by connect failures.
 pub const DEFAULT_DISCOVERY_MIN_GAP: Duration = Duration::from_secs(5);
 
+/// Default longest time one discovery may take.
+pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Makes a client's discovery.
+type MakeDiscovery = Arc<dyn Fn() -> Arc<dyn DynDiscovery> + Send + Sync>;
+
 /// Settings of a [`RovingClient`] over the connector `K`.
 #[derive(Clone)]
 #[must_use]
@@ -77,9 +83,12 @@ pub struct RovingClientBuilder<K = TcpConnector> {
     pool: PoolPolicy,
     acquire_timeout: Duration,
     connector: K,
-    discovery: Option<Arc<dyn DynDiscovery>>,
+    /// Makes each built client its own discovery (a clone of the one given).
+    discovery: Option<MakeDiscovery>,
+    ip_family: IpFamily,
     discovery_interval: Duration,
     discovery_min_gap: Duration,
+    discovery_timeout: Duration,
 }
 
 impl Default for RovingClientBuilder<TcpConnector> {
@@ -91,8 +100,10 @@ impl Default for RovingClientBuilder<TcpConnector> {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             connector: TcpConnector,
             discovery: None,
+            ip_family: IpFamily::default(),
             discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
             discovery_min_gap: DEFAULT_DISCOVERY_MIN_GAP,
+            discovery_timeout: DEFAULT_DISCOVERY_TIMEOUT,
         }
     }
 }
@@ -106,8 +117,10 @@ impl<K: std::fmt::Debug> std::fmt::Debug for RovingClientBuilder<K> {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("connector", &self.connector)
             .field("custom_discovery", &self.discovery.is_some())
+            .field("ip_family", &self.ip_family)
             .field("discovery_interval", &self.discovery_interval)
             .field("discovery_min_gap", &self.discovery_min_gap)
+            .field("discovery_timeout", &self.discovery_timeout)
             .finish()
     }
 }
@@ -190,16 +203,29 @@ where
             acquire_timeout: self.acquire_timeout,
             connector,
             discovery: self.discovery,
+            ip_family: self.ip_family,
             discovery_interval: self.discovery_interval,
             discovery_min_gap: self.discovery_min_gap,
+            discovery_timeout: self.discovery_timeout,
         }
     }
 
     /// Where the servers come from, given the names. Default: [`DnsDiscovery`], one server
-    /// per address of each name (A and AAAA); [`StaticDiscovery`](crate::StaticDiscovery)
-    /// takes each name as one server, resolved by the connector at each connect.
-    pub fn discovery(mut self, discovery: impl Discovery) -> Self {
-        self.discovery = Some(Arc::new(discovery));
+    /// per address of each name (of the [`ip_family`](Self::ip_family));
+    /// [`StaticDiscovery`](crate::StaticDiscovery) takes each name as one server, resolved
+    /// by the connector at each connect. Each client built gets a clone of `discovery`, so
+    /// what it keeps between lookups (the kept answers of a `DnsDiscovery`) is its own.
+    pub fn discovery<D: Discovery + Clone>(mut self, discovery: D) -> Self {
+        self.discovery = Some(Arc::new(move || Arc::new(discovery.clone())));
+        self
+    }
+
+    /// Which addresses of a name the default discovery makes servers of. Default:
+    /// [`IpFamily::V4`], as `callosum-server` listens on `0.0.0.0` by default; use
+    /// [`IpFamily::Any`] for servers listening on both families. Ignored when
+    /// [`discovery`](Self::discovery) is set (configure that discovery instead).
+    pub fn ip_family(mut self, family: IpFamily) -> Self {
+        self.ip_family = family;
         self
     }
 
@@ -211,9 +237,17 @@ where
     }
 
     /// Shortest time between two discoveries when connect failures ask for one sooner than
-    /// the interval. Default 5 s.
+    /// the interval. Default 5 s. A change of the names is looked up at once all the same.
     pub fn discovery_min_gap(mut self, gap: Duration) -> Self {
         self.discovery_min_gap = gap;
+        self
+    }
+
+    /// Longest time one discovery (all the names' lookups) may take; one that takes longer
+    /// is a failed discovery ([`Failure::Discovery`]) and the servers stay as they were.
+    /// Default 5 s.
+    pub fn discovery_timeout(mut self, timeout: Duration) -> Self {
+        self.discovery_timeout = timeout;
         self
     }
 
@@ -228,9 +262,10 @@ where
             .collect::<Result<Vec<_>, _>>()?;
         let interval = self.rover.get_roving_interval();
         let pool = Pool::with_policy(self.pool.for_roving_interval(interval))?;
-        let discovery = self
-            .discovery
-            .unwrap_or_else(|| Arc::new(DnsDiscovery::default()));
+        let discovery = match &self.discovery {
+            Some(make) => make(),
+            None => Arc::new(DnsDiscovery::default().ip_family(self.ip_family)),
+        };
         let shared = Arc::new(Shared {
             rover: Rover::with_connector(self.rover, self.connector),
             pool,
@@ -240,16 +275,17 @@ where
             wake: Arc::new(Wake::default()),
             last_failure: Mutex::new(None),
         });
-        if let Some(servers) = shared.discovery.dyn_discover_now(&names) {
-            shared.apply(servers);
-        }
+        shared.apply_known(shared.membership());
         let events = shared.rover.start();
         let feed = tokio::spawn(feed::feed(events, Arc::downgrade(&shared)));
         let discovering = tokio::spawn(membership::rediscover(
             Arc::downgrade(&shared),
             shared.wake.clone(),
-            self.discovery_interval,
-            self.discovery_min_gap,
+            Schedule {
+                interval: self.discovery_interval,
+                min_gap: self.discovery_min_gap,
+                timeout: self.discovery_timeout,
+            },
         ));
         Ok(RovingClient {
             shared,
@@ -346,9 +382,10 @@ where
         async {
             let started = Instant::now();
             let acquired = self.shared.pool.acquire(self.acquire_timeout).await;
-            observe::acquired(started.elapsed(), acquired.is_ok());
+            observe::acquired(started.elapsed());
             match acquired {
                 Ok(lease) => {
+                    self.shared.counters.add(Event::Leased, 1);
                     span.record("slot", lease.slot());
                     span.record("server", tracing::field::display(lease.server()));
                     Ok(lease)
@@ -369,7 +406,7 @@ where
     pub fn try_acquire(&self) -> Option<Lease<Connection<K::Stream>>> {
         let lease = self.shared.pool.get();
         if lease.is_some() {
-            observe::count(observe::LEASES, 1);
+            self.shared.counters.add(Event::Leased, 1);
         }
         lease
     }
@@ -379,19 +416,13 @@ where
     /// An address already in the set has its backoff reset.
     pub fn add_server(&self, id: &str) -> Result<ServerId, InvalidServerId> {
         let id = ServerId::new(id)?;
-        let names = {
-            let mut membership = self.shared.membership();
+        self.shared.change_names(|membership| {
             membership.add_name(id.clone());
-            membership.names()
-        };
-        // Adding the same address again resets its backoff, as `Rover::add_server` does.
-        if self.shared.rover.contains(&id) {
-            self.shared.rover.add_server(id.as_str())?;
-        }
-        if let Some(servers) = self.shared.discovery.dyn_discover_now(&names) {
-            self.shared.apply(servers);
-        }
-        self.shared.wake.names();
+            // Adding the same address again resets its backoff, as `Rover::add_server` does.
+            if self.shared.rover.contains(&id) {
+                self.shared.rover.add_id(id.clone());
+            }
+        });
         Ok(id)
     }
 
@@ -402,15 +433,8 @@ where
         let Ok(id) = ServerId::new(id) else {
             return false;
         };
-        let (removed, names) = {
-            let mut membership = self.shared.membership();
-            (membership.remove_name(&id), membership.names())
-        };
-        if let Some(servers) = self.shared.discovery.dyn_discover_now(&names) {
-            self.shared.apply(servers);
-        }
-        self.shared.wake.names();
-        removed
+        self.shared
+            .change_names(|membership| membership.remove_name(&id))
     }
 
     /// The configured names, sorted.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use callosum_client::{RovingClient, RovingClientBuilder};
-use callosum_server::{Handler, Hold, RunningServer, Server, Slots};
+use callosum_server::{Connection, Handler, Hold, RunningServer, Server, Slots};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -54,7 +54,7 @@ pub async fn two_on_each(builder: RovingClientBuilder) -> RovingClient {
 }
 
 /// Starts a `callosum-server` (one unpinned shard, hold mode) on `127.0.0.1:0`.
-pub async fn start_server() -> (SocketAddr, ServerHandle) {
+pub fn start_server() -> (SocketAddr, ServerHandle) {
     start_server_on(Ipv4Addr::LOCALHOST.into(), 0, Hold)
 }
 
@@ -70,6 +70,15 @@ pub fn start_server_on<H: Handler>(
     port: u16,
     handler: H,
 ) -> (SocketAddr, ServerHandle) {
+    try_start_server_on(host, port, handler).expect("callosum-server starts")
+}
+
+/// [`start_server_on`], or `None` when the server does not start (the port is taken).
+pub fn try_start_server_on<H: Handler>(
+    host: IpAddr,
+    port: u16,
+    handler: H,
+) -> Option<(SocketAddr, ServerHandle)> {
     assert!(host.is_loopback(), "tests use loopback only");
     let slots = Arc::new(Slots::new(1 << 16));
     let server = Server::builder()
@@ -79,14 +88,44 @@ pub fn start_server_on<H: Handler>(
         .pin(false)
         .slot_source(slots.clone())
         .start_with(handler)
-        .expect("callosum-server starts");
-    (
+        .ok()?;
+    Some((
         server.local_addr(),
         ServerHandle {
             _server: server,
             slots,
         },
-    )
+    ))
+}
+
+/// Two servers on one port at two loopback addresses (`host_a`, `host_b`), as behind a
+/// headless Service's name. The port is free on `host_a` when chosen but may be taken on
+/// `host_b`: then it tries another.
+pub fn start_two_on_one_port(
+    host_a: IpAddr,
+    host_b: IpAddr,
+) -> ((SocketAddr, ServerHandle), (SocketAddr, ServerHandle)) {
+    for _ in 0..20 {
+        let a = start_server_on(host_a, 0, Hold);
+        if let Some(b) = try_start_server_on(host_b, a.0.port(), Hold) {
+            return (a, b);
+        }
+    }
+    panic!("no port free on both {host_a} and {host_b} in 20 tries");
+}
+
+/// Reads and drops whatever the client sends until it closes: a handler's way to hold a
+/// connection.
+pub async fn read_until_closed(conn: &mut Connection) {
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let (read, b) = conn.stream().read(buf).await;
+        buf = b;
+        if !matches!(read, Ok(n) if n > 0) {
+            return;
+        }
+        buf.clear();
+    }
 }
 
 /// Starts a server on `127.0.0.1:0` that writes `bytes` on every connection, then keeps
