@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-use crate::accept::IN_FLIGHT;
 
 /// Descriptors each shard uses besides its connections: its listener and the duplicate
 /// that stopping shuts down, its ring, its tokio runtime's epoll instance and waker, and its
@@ -46,10 +45,10 @@ const METRICS: u64 = 8;
 const SLACK: u64 = 16;
 
 /// The descriptors a server keeps for itself: `open` already open at start-up, plus what
-/// `shards` shards and the metrics endpoint use, plus the accepts in flight (each may hold a
-/// descriptor beyond the budget before its shard sees it).
-pub(crate) fn reserve(open: u64, shards: usize) -> u64 {
-    open + shards as u64 * (PER_SHARD + IN_FLIGHT as u64) + METRICS + SLACK
+/// `shards` shards and the metrics endpoint use, plus the `accepts_per_shard` accepts in flight
+/// (each may hold a descriptor beyond the budget before its shard sees it).
+pub(crate) fn reserve(open: u64, shards: usize, accepts_per_shard: usize) -> u64 {
+    open + shards as u64 * (PER_SHARD + accepts_per_shard as u64) + METRICS + SLACK
 }
 
 /// How many connections the server may hold at once, how many it holds, and its spares.

@@ -204,7 +204,7 @@ impl Held {
         // socket is closed already) and must not take the shard down.
         match std::panic::catch_unwind(AssertUnwindSafe(|| drop(entry))) {
             Ok(()) => Ended::Closed,
-            Err(panic) => Ended::Panicked(crate::shard::panic_message(&*panic)),
+            Err(panic) => Ended::Panicked(crate::panics::panic_message(&*panic)),
         }
     }
 }

@@ -39,6 +39,7 @@
 //! - `limits`: raising `RLIMIT_NOFILE` and growing the descriptor table up front.
 //! - `stats`: per-shard counters and the [`Stats`] snapshot.
 //! - `log_limit`: rate-limited logging for floods of errors.
+//! - `panics`: the message of a caught panic, for the log line it goes into.
 //! - [`prometheus`]: the optional Prometheus endpoint, on threads of its own, capped and
 //!   timed out so that it can never take resources from the slot port.
 #![deny(missing_docs)]
@@ -63,6 +64,7 @@ not_loom! {
     mod handler;
     mod held;
     mod limits;
+    mod panics;
     mod listener;
     mod log_limit;
     pub mod prometheus;

@@ -213,7 +213,7 @@ fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
     };
     // Before any listener is bound: they are part of the per-shard reserve.
     let open = limits::open_descriptors().unwrap_or(64);
-    let capacity = limit.saturating_sub(fd_budget::reserve(open, config.shards));
+    let capacity = limit.saturating_sub(fd_budget::reserve(open, config.shards, crate::accept::IN_FLIGHT));
     if default_slots && capacity < u64::from(config.max_slots) {
         tracing::warn!(
             descriptor_limit = limit,

@@ -38,6 +38,7 @@ use crate::error::ServerError;
 use crate::handler::Handler;
 use crate::held::{Ended, Held};
 use crate::log_limit::LogLimit;
+use crate::panics::panic_message;
 use crate::shared::Shared;
 use crate::slot_line::{self, Sent, SlotLine};
 use crate::slots::SlotGuard;
@@ -379,15 +380,6 @@ fn note_held(ctx: &ShardCtx, ended: Ended) {
 fn note_panic(ctx: &ShardCtx, message: &str) {
     ShardCounters::bump(&ctx.counters().handler_panics);
     tracing::error!(shard = ctx.index, %message, "connection panicked; closed");
-}
-
-/// A panic's message, when it has one.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
 }
 
 fn conn_counters(conn: &Connection) -> &ShardCounters {
