@@ -28,14 +28,14 @@ use rand::rngs::SmallRng;
 use tokio::net::TcpStream;
 
 use crate::config::{Config, Pacing, Phase, PhaseKind};
-use crate::embedded::{EmbeddedError, EmbeddedServer, ServerStats};
+use crate::embedded::{EmbeddedError, EmbeddedServer};
 use crate::handshake::{HandshakeError, connect_then_reset, handshake, reset, still_open};
 use crate::limits::{self, LimitError};
 use crate::progress::Progress;
 use crate::registry::SlotRegistry;
 use crate::report::{Report, RunReport};
 use crate::reset::ResetPoint;
-use crate::stats::{LATE_START, Recorder, micros};
+use crate::stats::{LATE_START, PhaseResult, Recorder, micros};
 use crate::sysinfo;
 
 /// Why a run failed (as opposed to handshakes failing, which are counted in the report).
@@ -243,22 +243,6 @@ pub(crate) struct WorkerOut {
     pub(crate) held_slots: Vec<Vec<u32>>,
     /// Hold: connections found closed by the server at the end of the hold.
     pub(crate) closed_by_server: u64,
-}
-
-/// Everything a phase measured, before it is turned into a [`RunReport`].
-pub(crate) struct PhaseResult {
-    pub(crate) rec: Recorder,
-    pub(crate) loadgen_cpu: Duration,
-    pub(crate) process_cpu: Duration,
-    pub(crate) server_cpu: Option<Duration>,
-    pub(crate) elapsed: Duration,
-    pub(crate) window: Duration,
-    pub(crate) held_slots: Vec<Vec<u32>>,
-    pub(crate) closed_by_server: u64,
-    pub(crate) rss_per_held: Option<f64>,
-    pub(crate) kernel_per_held: Option<sysinfo::KernelShare>,
-    pub(crate) server_stats: Option<ServerStats>,
-    pub(crate) violations: Vec<(u64, Vec<u32>)>,
 }
 
 enum Event {

@@ -22,6 +22,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        // Colour codes only for a terminal: logs piped to a file or a CI log stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Some(Command::Simulate(args)) = &cli.command {
         return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock())

@@ -14,9 +14,9 @@ use serde::Serialize;
 
 use crate::config::{Config, Pacing, Phase, PhaseKind};
 use crate::embedded::ServerStats;
-use crate::engine::PhaseResult;
 use crate::handshake::ErrorKind;
 use crate::stats::LatencySummary;
+use crate::stats::PhaseResult;
 
 /// The JSON document's `schema` value; changes when a field changes meaning or goes away.
 pub const SCHEMA: &str = "callosum-loadgen/v1";

@@ -190,6 +190,23 @@ impl LatencySummary {
     }
 }
 
+/// Everything a phase measured, before it is turned into a report
+/// ([`RunReport`](crate::report::RunReport)): the engine produces it, the report reads it.
+pub(crate) struct PhaseResult {
+    pub(crate) rec: Recorder,
+    pub(crate) loadgen_cpu: std::time::Duration,
+    pub(crate) process_cpu: std::time::Duration,
+    pub(crate) server_cpu: Option<std::time::Duration>,
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) window: std::time::Duration,
+    pub(crate) held_slots: Vec<Vec<u32>>,
+    pub(crate) closed_by_server: u64,
+    pub(crate) rss_per_held: Option<f64>,
+    pub(crate) kernel_per_held: Option<crate::sysinfo::KernelShare>,
+    pub(crate) server_stats: Option<crate::embedded::ServerStats>,
+    pub(crate) violations: Vec<(u64, Vec<u32>)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
