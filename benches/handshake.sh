@@ -5,7 +5,8 @@
 #
 # For each server:
 #   churn: connect, read the slot line, close; 64 in flight; 200,000 handshakes, the sources
-#          spread over 127.0.0.1 ... 127.0.0.16 (one address pair has ~28,000 ephemeral ports)
+#          spread over 127.0.0.x by the load generator (one address pair has ~28,000
+#          ephemeral ports, and TIME_WAIT keeps each for 60 s)
 #   hold:  19,000 connections held open at once (server and client are separate processes:
 #          each has its own 20,000-descriptor limit), HOLD_REPS times against the same server
 #          (one hold lasts under a second, so its p99 is at the mercy of a single scheduler
@@ -35,7 +36,7 @@
 # Usage: bash benches/handshake.sh    (about 5 minutes per round, most of it TIME_WAIT drains)
 #        SIDE_BY_SIDE=6 bash benches/handshake.sh    (about 5 seconds per run)
 # Knobs (environment): SERVERS="callosum c tokio node", ROUNDS=3, CHURN_COUNT=200000, CONCURRENCY=64,
-#   HOLD=19000, HOLD_REPS=3, SRC_IPS=16, SHARDS=<cores>, CALLOSUM_ARGS="" (the defaults), OUT=target/handshake-bench,
+#   HOLD=19000, HOLD_REPS=3, SRC_IPS="" (as many as the load generator picks), SHARDS=<cores>, CALLOSUM_ARGS="" (the defaults), OUT=target/handshake-bench,
 #   TW_MAX=1000 (TIME_WAIT sockets tolerated before a churn), TW_WAIT=65 (most seconds to wait; TIME_WAIT lasts 60 s).
 # Needs: cargo, cc, node, jq, ss. Loopback only. Every run is bounded: a count, a handshake
 # timeout, and bounded waits.
@@ -47,7 +48,7 @@ ROUNDS=${ROUNDS:-3}
 CHURN_COUNT=${CHURN_COUNT:-200000}
 CONCURRENCY=${CONCURRENCY:-64}
 HOLD=${HOLD:-19000}
-SRC_IPS=${SRC_IPS:-16}
+SRC_IPS=${SRC_IPS:-}
 SHARDS=${SHARDS:-$(nproc)}
 CALLOSUM_ARGS=${CALLOSUM_ARGS:-}
 HOLD_REPS=${HOLD_REPS:-3}
@@ -166,13 +167,13 @@ run_server() {
   wait_listening "$port"
   log "round $round: $name (pid $SERVER_PID, port $port): churn of $CHURN_COUNT, $CONCURRENCY in flight"
   "$LOADGEN" churn --target "127.0.0.1:$port" --count "$CHURN_COUNT" \
-    --concurrency "$CONCURRENCY" --src-ips "$SRC_IPS" --server-pid "$SERVER_PID" --no-progress \
+    --concurrency "$CONCURRENCY" ${SRC_IPS:+--src-ips "$SRC_IPS"} --server-pid "$SERVER_PID" --no-progress \
     --json "$OUT/$name-r$round-churn.json" --hgrm "$OUT/$name-r$round-churn.hgrm" \
     >"$OUT/$name-r$round-churn.txt"
   for rep in $(seq "$HOLD_REPS"); do
     log "round $round: $name: hold $rep of $HOLD_REPS, $HOLD connections"
     "$LOADGEN" hold --target "127.0.0.1:$port" --connections "$HOLD" \
-      --concurrency "$CONCURRENCY" --src-ips "$SRC_IPS" --server-pid "$SERVER_PID" --no-progress \
+      --concurrency "$CONCURRENCY" ${SRC_IPS:+--src-ips "$SRC_IPS"} --server-pid "$SERVER_PID" --no-progress \
       --json "$OUT/$name-r$round-hold$rep.json" --hgrm "$OUT/$name-r$round-hold$rep.hgrm" \
       >"$OUT/$name-r$round-hold$rep.txt"
     wait_closed "$port"
@@ -210,7 +211,7 @@ side_by_side() {
     tc=$(cpu_ticks "${SIDE_PIDS[0]}")
     tcc=$(cpu_ticks "${SIDE_PIDS[1]}")
     "$LOADGEN" churn "${order[@]}" --count "$SBS_COUNT" --concurrency "$CONCURRENCY" \
-      --src-ips "$SRC_IPS" --no-progress --json "$OUT/side-by-side-$run.json" \
+      ${SRC_IPS:+--src-ips "$SRC_IPS"} --no-progress --json "$OUT/side-by-side-$run.json" \
       >"$OUT/side-by-side-$run.txt"
     dc=$(($(cpu_ticks "${SIDE_PIDS[0]}") - tc))
     dcc=$(($(cpu_ticks "${SIDE_PIDS[1]}") - tcc))
@@ -225,7 +226,7 @@ side_by_side() {
   done >"$OUT/side-by-side.jsonl"
   echo
   echo "Side by side, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores: Callosum and the C epoll server at once," \
-    "one churn of $SBS_COUNT split between them ($CONCURRENCY in flight, $SRC_IPS source addresses)"
+    "one churn of $SBS_COUNT split between them ($CONCURRENCY in flight, ${SRC_IPS:-enough} source addresses)"
   echo
   echo "| run | handshakes/s (both) | errors | Callosum CPU/hs | C CPU/hs | Callosum / C |"
   echo "| ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -270,7 +271,7 @@ done >"$OUT/summary.jsonl"
 
 echo
 echo "Handshake benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores; client: callosum-loadgen" \
-  "($CONCURRENCY in flight, $SRC_IPS source addresses); churn $CHURN_COUNT handshakes; hold $HOLD connections;" \
+  "($CONCURRENCY in flight, ${SRC_IPS:-enough} source addresses); churn $CHURN_COUNT handshakes; hold $HOLD connections;" \
   "$ROUNDS interleaved rounds, $HOLD_REPS holds per server and round"
 echo
 echo "Median over the rounds:"
