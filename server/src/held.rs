@@ -124,8 +124,9 @@ impl Held {
     }
 
     /// Takes a connection whose slot line has been sent: from now on only its peer's close
-    /// (or the drain's shutdown) ends it.
-    pub(crate) fn hold(&mut self, fd: OwnedFd, slot: SlotGuard<Rc<ShardCtx>>) {
+    /// (or the drain's shutdown) ends it. Returns how it ended if its first receive already
+    /// saw the end.
+    pub(crate) fn hold(&mut self, fd: OwnedFd, slot: SlotGuard<Rc<ShardCtx>>) -> Option<Ended> {
         let raw = fd.as_raw_fd();
         self.ctx.open(raw);
         let index = self.entries.insert(Entry {
@@ -137,19 +138,31 @@ impl Held {
             fd,
             _area: DiscardBuf::new(),
         };
-        self.receive(index, socket);
+        self.receive(index, socket)
     }
 
     /// Submits the next receive of entry `index` and polls it once, which registers its waker
-    /// (tokio-uring wakes only an operation that was polled).
-    fn receive(&mut self, index: usize, socket: HeldSocket) {
-        let mut recv = discard::submit_recv(socket);
+    /// (tokio-uring wakes only an operation that was polled). The poll is `Pending` in
+    /// practice (tokio-uring hands completions over in its own task, not during a submit or a
+    /// poll); should it be ready, the result is handled here all the same, never dropped.
+    fn receive(&mut self, index: usize, mut socket: HeldSocket) -> Option<Ended> {
         let waker = entry_waker(index);
-        let mut cx = Context::from_waker(&waker);
-        // A completion cannot be there yet: tokio-uring only reaps completions in its own
-        // task, not during this call, so this is `Pending`, and the wake-up comes later.
-        let _ = Pin::new(&mut recv).poll(&mut cx);
-        self.entries[index].recv = Some(recv);
+        loop {
+            let mut recv = discard::submit_recv(socket);
+            match Pin::new(&mut recv).poll(&mut Context::from_waker(&waker)) {
+                Poll::Pending => {
+                    self.entries[index].recv = Some(recv);
+                    return None;
+                }
+                Poll::Ready((Received::Bytes(_) | Received::PollFirstRefused, again)) => {
+                    socket = again;
+                }
+                // The receive has completed: nothing is in flight on the socket.
+                Poll::Ready((Received::Eof | Received::Failed(_), last)) => {
+                    return Some(self.close(index, last));
+                }
+            }
+        }
     }
 
     /// Polls the held connections whose receives completed (and registers the loop's waker
@@ -178,10 +191,13 @@ impl Held {
                 continue; // woken for a completion that is not there yet, or spuriously
             };
             entry.recv = None;
-            match received {
+            let end = match received {
                 Received::Bytes(_) | Received::PollFirstRefused => self.receive(index, socket),
                 // The receive has completed: nothing is in flight on the socket.
-                Received::Eof | Received::Failed(_) => ended(self.close(index, socket)),
+                Received::Eof | Received::Failed(_) => Some(self.close(index, socket)),
+            };
+            if let Some(end) = end {
+                ended(end);
             }
         }
         // Give the list's capacity back, so that the next wake-up does not allocate.

@@ -312,7 +312,9 @@ fn admit<H: Handler>(
     let line = SlotLine::new(slot.slot());
     let unsent = match slot_line::send_now(socket.as_raw_fd(), &line) {
         Ok(Sent::All) if handler.holds_only() => {
-            held.hold(socket, slot);
+            if let Some(ended) = held.hold(socket, slot) {
+                note_held(ctx, ended);
+            }
             return Admitted::Held;
         }
         Ok(Sent::All) => 0,
