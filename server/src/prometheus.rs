@@ -136,8 +136,72 @@ impl Scrape {
         // A panic while rendering leaves nothing half-done that the next scrape would see.
         let _one_at_a_time = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         let stats = self.server.stats();
-        metrics::with_local_recorder(&self.recorder, || publish(&stats));
+        metrics::with_local_recorder(&self.recorder, || {
+            describe();
+            publish(&stats);
+            metrics::gauge!("callosum_max_slots").set(f64::from(self.server.max_slots()));
+            let descriptors = self.server.descriptor_capacity();
+            metrics::gauge!("callosum_descriptor_capacity").set(descriptors as f64);
+            publish_process();
+        });
         self.rendered.render()
+    }
+}
+
+/// `# HELP` for every family (the text format's `# TYPE` lines come with every metric).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!("callosum_accepted_total", "Connections accepted and given a slot.");
+    describe_counter!(
+        "callosum_refused_total",
+        "Connections closed without a slot line: no slot or no descriptor to spare."
+    );
+    describe_counter!(
+        "callosum_accept_errors_total",
+        "Accepts that failed (resource exhaustion, connections lost before the accept)."
+    );
+    describe_counter!(
+        "callosum_handshake_errors_total",
+        "Connections whose slot line could not be sent."
+    );
+    describe_counter!(
+        "callosum_handler_panics_total",
+        "Connections whose handler (or slot source) panicked; each was closed, its slot freed."
+    );
+    describe_gauge!("callosum_active_connections", "Connections open now.");
+    describe_gauge!("callosum_slot_high_water", "Highest slot handed out plus one.");
+    describe_gauge!("callosum_max_slots", "Slots of the default allocator (--max-slots).");
+    describe_gauge!(
+        "callosum_descriptor_capacity",
+        "Connections the descriptor limit lets the server hold at once."
+    );
+    describe_gauge!("callosum_build_info", "Always 1; the labels say which build runs.");
+    describe_gauge!("process_open_fds", "Descriptors the process has open.");
+    describe_gauge!("process_max_fds", "The process's descriptor limit (RLIMIT_NOFILE, soft).");
+    describe_gauge!("process_resident_memory_bytes", "Resident memory of the process.");
+}
+
+/// The build, and the process's descriptors and memory, read from `/proc/self`.
+fn publish_process() {
+    metrics::gauge!("callosum_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(dir.count() as f64);
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` into the valid, writable `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        metrics::gauge!("process_max_fds").set(limit.rlim_cur as f64);
+    }
+    let resident_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok());
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if let (Some(pages), true) = (resident_pages, page > 0) {
+        metrics::gauge!("process_resident_memory_bytes").set((pages * page as u64) as f64);
     }
 }
 

@@ -253,6 +253,17 @@ impl ServerHandle {
         self.shared.counters.snapshot()
     }
 
+    /// The slots of the default allocator (`max_slots`; a custom slot source may hold fewer).
+    pub fn max_slots(&self) -> u32 {
+        self.shared.config.max_slots
+    }
+
+    /// How many connections the descriptor limit lets the server hold at once (beyond them,
+    /// connections are refused as beyond `max_slots`).
+    pub fn descriptor_capacity(&self) -> u64 {
+        self.shared.descriptors.capacity()
+    }
+
     /// The address the server listens on (with the port resolved when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr()

@@ -46,6 +46,46 @@ fn get_metrics_answers_in_the_text_format_and_other_requests_are_refused() {
         "{ok}"
     );
     assert!(ok.contains("callosum_accepted_total 1"), "{ok}");
+    // Every family is described and typed, with the capacity, the build and the process.
+    for family in [
+        "callosum_accepted_total",
+        "callosum_refused_total",
+        "callosum_accept_errors_total",
+        "callosum_handshake_errors_total",
+        "callosum_handler_panics_total",
+        "callosum_active_connections",
+        "callosum_slot_high_water",
+        "callosum_max_slots",
+        "callosum_descriptor_capacity",
+        "callosum_build_info",
+        "process_open_fds",
+        "process_max_fds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            ok.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}: {ok}"
+        );
+        assert!(
+            ok.contains(&format!("# TYPE {family} ")),
+            "no TYPE for {family}: {ok}"
+        );
+    }
+    assert!(
+        ok.contains("# TYPE callosum_active_connections gauge"),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("# TYPE callosum_accepted_total counter"),
+        "{ok}"
+    );
+    let version = format!(
+        "callosum_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(ok.contains(&version), "{ok}");
+    let max_slots = format!("callosum_max_slots {}", server.handle().max_slots());
+    assert!(ok.contains(&max_slots), "{ok}");
 
     for (request, status) in [
         (&b"GET / HTTP/1.1\r\n\r\n"[..], "404"),
