@@ -20,6 +20,14 @@ use crate::error::ServerError;
 
 /// Binds `config.shards` listeners on `config.addr()` (with port 0, on one free port).
 pub(crate) fn bind_shard_listeners(config: &ServerConfig) -> Result<Vec<TcpListener>, ServerError> {
+    if let Some(cap) = somaxconn().filter(|&cap| u64::from(config.backlog) > cap) {
+        // The kernel cuts the backlog down silently: say so once, at start-up.
+        tracing::warn!(
+            "listen backlog {} is above net.core.somaxconn ({cap}): the kernel caps each \
+             shard's backlog at {cap}; raise the sysctl for a longer one",
+            config.backlog
+        );
+    }
     let wanted = config.addr();
     let addr = probe(wanted)?;
     (0..config.shards)
@@ -65,6 +73,15 @@ fn listener(addr: SocketAddr, config: &ServerConfig) -> io::Result<TcpListener> 
     socket.bind(&SockAddr::from(addr))?;
     socket.listen(config.backlog as i32)?;
     Ok(socket.into())
+}
+
+/// `net.core.somaxconn`, the kernel's cap on every listen backlog, if it can be read.
+fn somaxconn() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn bind_error(addr: SocketAddr, source: io::Error) -> ServerError {

@@ -499,3 +499,30 @@ fn a_descriptor_limit_below_max_slots_is_warned_of_with_the_real_capacity() {
         fits.startup_log
     );
 }
+
+#[test]
+fn a_backlog_above_somaxconn_is_warned_of_at_start_up() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("net.core.somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let above = (somaxconn + 1).to_string();
+    let server = spawn_server(&["--backlog", &above]);
+    let warning = server
+        .startup_log
+        .lines()
+        .find(|l| l.contains("above net.core.somaxconn"))
+        .unwrap_or_else(|| panic!("no warning: {}", server.startup_log));
+    assert!(
+        warning.contains(&format!("listen backlog {above}")),
+        "{warning}"
+    );
+    assert!(warning.contains(&format!("({somaxconn})")), "{warning}");
+    let within = spawn_server(&["--backlog", &somaxconn.to_string()]);
+    assert!(
+        !within.startup_log.contains("somaxconn"),
+        "{}",
+        within.startup_log
+    );
+}
