@@ -4,34 +4,20 @@
 //! reaches every listener.
 #![cfg(not(loom))]
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use process::ServerProcess;
 use support::*;
-
-struct ServerProcess {
-    child: Child,
-    addr: SocketAddr,
-    /// What the server wrote to stderr up to saying it listens.
-    startup_log: String,
-    /// Bytes the server has written to stderr since it said it listens.
-    stderr_bytes: Arc<AtomicU64>,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -43,74 +29,12 @@ fn free_port() -> u16 {
 
 /// Starts the binary on a free loopback port; returns once it says it listens.
 fn spawn_server(extra: &[&str]) -> ServerProcess {
-    spawn_server_limited(extra, None)
+    ServerProcess::start(extra)
 }
 
 /// [`spawn_server`], with the process's descriptor limit (soft and hard) set to `nofile`.
 fn spawn_server_limited(extra: &[&str], nofile: Option<u64>) -> ServerProcess {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_callosum-server"));
-    if let Some(limit) = nofile {
-        let rl = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
-        };
-        // SAFETY: setrlimit is async-signal-safe and `rl` is a plain value copied into the
-        // closure; lowering both limits is always allowed.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    }
-    let mut child = command
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--shards",
-            "2",
-            "--no-pin",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn callosum-server");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let mut startup_log = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited early"
-        );
-        if let Some(addr) = line.trim().strip_prefix("callosum-server: listening on ") {
-            break addr.parse().unwrap();
-        }
-        startup_log.push_str(&line);
-    };
-    // Keep draining stderr so the server never blocks on a full pipe, counting it.
-    let stderr_bytes = Arc::new(AtomicU64::new(0));
-    let counted = stderr_bytes.clone();
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-            counted.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    });
-    ServerProcess {
-        child,
-        addr,
-        startup_log,
-        stderr_bytes,
-    }
+    ServerProcess::start_limited(extra, nofile)
 }
 
 fn signal(child: &Child, signal: libc::c_int) {

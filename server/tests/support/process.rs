@@ -5,42 +5,90 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A running `callosum-server` process, killed when dropped.
 pub struct ServerProcess {
-    child: Child,
+    /// The process (its stdout is piped; its stderr is drained).
+    pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// What it wrote to stderr up to saying it listens.
+    pub startup_log: String,
+    /// Bytes it has written to stderr since it said it listens.
+    pub stderr_bytes: Arc<AtomicU64>,
 }
 
 impl ServerProcess {
-    /// Starts the binary on `127.0.0.1:0` with two unpinned shards and `extra` flags; returns
-    /// once it says where it listens.
+    /// Starts the binary on `127.0.0.1:0` with two shards and `extra` flags; returns once it
+    /// says where it listens.
     pub fn start(extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callosum-server"))
+        Self::start_limited(extra, None)
+    }
+
+    /// [`start`](Self::start), with the process's descriptor limit (soft and hard) set to
+    /// `nofile`.
+    pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callosum-server"));
+        if let Some(limit) = nofile {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit is async-signal-safe and `rl` is a plain value copied into the
+            // closure; lowering both limits is always allowed.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--shards", "2"])
-            .arg("--no-pin")
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn callosum-server");
-        let mut log = BufReader::new(child.stderr.take().expect("piped stderr"));
-        let mut addr = None;
-        for line in (&mut log).lines() {
-            let line = line.expect("the server's stderr");
-            if let Some(a) = line.strip_prefix("callosum-server: listening on ") {
-                addr = Some(a.trim().parse().expect("a socket address"));
-                break;
+        let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut line = String::new();
+        let mut startup_log = String::new();
+        let addr = loop {
+            line.clear();
+            let read = stderr.read_line(&mut line).expect("the server's stderr");
+            assert!(
+                read > 0,
+                "the server exited before listening: {startup_log}"
+            );
+            if let Some(addr) = line.trim().strip_prefix("callosum-server: listening on ") {
+                break addr.parse().expect("a socket address");
             }
+            startup_log.push_str(&line);
+        };
+        // Keep draining stderr so the server never blocks on a full pipe, counting it.
+        let stderr_bytes = Arc::new(AtomicU64::new(0));
+        let counted = stderr_bytes.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                counted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        });
+        Self {
+            child,
+            addr,
+            startup_log,
+            stderr_bytes,
         }
-        let addr = addr.expect("the server exited before listening");
-        // Keep reading its log so the server never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut log, &mut std::io::sink()));
-        Self { child, addr }
     }
 
     /// Its process id.
