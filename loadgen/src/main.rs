@@ -1,19 +1,29 @@
-//! `callosum-loadgen`: benchmarks Callosum servers (see the crate docs and the README).
+//! `callosum-loadgen`: benchmarks Callosum servers and simulates their balance (see the crate
+//! docs and docs/loadgen.md).
+//!
+//! Exit status: 0 when the run did what was asked; 1 when it could not be done at all; 2 for a
+//! command line that cannot be parsed; 3 when more handshakes failed than `--max-error-rate`
+//! allows (or every attempt of the first second failed alike); 4 when an open-loop rate was
+//! not achieved; 5 when the slot invariant was violated; 130 after Ctrl-C. Every failure is
+//! one line on stderr.
+
+use std::io::Write;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use callosum_loadgen::cli::Command;
-use clap::Parser;
+use callosum_loadgen::Shutdown;
+use callosum_loadgen::cli::{Cli, Command, LoadRun, is_stdout};
 
-fn main() -> anyhow::Result<()> {
-    let cli = match callosum_loadgen::cli::Cli::try_parse() {
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_args() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
         Err(err) => {
             // One line, naming the option and what is wrong; exit status 2, as clap's own.
             let text = err.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("callosum-loadgen: {first}");
-            std::process::exit(2);
+            eprintln!("callosum-loadgen: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
         }
     };
     tracing_subscriber::fmt()
@@ -25,27 +35,61 @@ fn main() -> anyhow::Result<()> {
         // Colour codes only for a terminal: logs piped to a file or a CI log stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(Command::Simulate(args)) = &cli.command {
-        return callosum_loadgen::simulate::run(args, &mut std::io::stdout().lock())
-            .context("simulation");
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the context chain, no backtrace (even with RUST_BACKTRACE set).
+            eprintln!("callosum-loadgen: {e:#}");
+            ExitCode::from(1)
+        }
     }
-    if let Some(Command::Balance(args)) = &cli.command {
-        return callosum_loadgen::balance::run(args, &mut std::io::stdout().lock())
-            .context("live balance run");
-    }
-    let (config, outputs) = cli.config().context("not a load scenario")?;
-    let shutdown = callosum_loadgen::Shutdown::new();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let load = match cli.command {
+        None => cli.load.default_job(),
+        Some(Command::Churn(a)) => a.run(),
+        Some(Command::Hold(a)) => a.run(),
+        Some(Command::Simulate(args)) => {
+            let mut table = table_out(args.cluster.json.as_deref());
+            callosum_loadgen::simulate::run(&args, &mut table).context("simulation")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Command::Balance(args)) => {
+            let mut table = table_out(args.cluster.json.as_deref());
+            callosum_loadgen::balance::run(&args, &mut table).context("live balance run")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    run_load(load)
+}
+
+/// Runs the load instrument: the table to stdout (stderr when the JSON goes to stdout), the
+/// files, and the verdict as the exit status.
+fn run_load(LoadRun { plan, outputs }: LoadRun) -> anyhow::Result<ExitCode> {
+    let shutdown = Shutdown::new();
     on_ctrl_c(shutdown.clone());
-    let report = callosum_loadgen::run(&config, &shutdown).context("load generator run")?;
-    report
-        .write_table(&mut std::io::stdout().lock())
-        .context("writing the table")?;
+    let table = table_out(outputs.json.as_deref());
+    let report = callosum_loadgen::run(&plan, &shutdown, table).context("load run")?;
     outputs.write(&report).context("writing the output files")?;
-    Ok(())
+    let verdict = report.verdict(&plan.criteria);
+    if !verdict.is_pass() {
+        eprintln!("callosum-loadgen: {verdict}");
+    }
+    Ok(ExitCode::from(verdict.exit_code()))
+}
+
+/// Where the table goes: stdout, unless the JSON goes there (`--json -`).
+fn table_out(json: Option<&std::path::Path>) -> Box<dyn Write> {
+    if json.is_some_and(is_stdout) {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
 }
 
 /// Ctrl-C stops the run early: phases finish the handshakes in flight and report.
-fn on_ctrl_c(shutdown: callosum_loadgen::Shutdown) {
+fn on_ctrl_c(shutdown: Shutdown) {
     let _ = std::thread::Builder::new()
         .name("ctrl-c".into())
         .spawn(move || {

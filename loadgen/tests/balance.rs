@@ -7,7 +7,7 @@ use callosum_loadgen::balance::{BalanceArgs, compare, run_live};
 use callosum_loadgen::simulate::{Policy, SimReport, simulate};
 use clap::Parser;
 
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 struct Cli {
     #[command(flatten)]
     args: BalanceArgs,
@@ -25,10 +25,10 @@ const SMALL: [&str; 10] = [
     "2",
     "--clients",
     "4",
-    "--warmup-s",
-    "1",
-    "--duration-s",
-    "3",
+    "--warmup",
+    "1s",
+    "--duration",
+    "3s",
     "--sim-seeds",
     "3",
 ];
@@ -72,7 +72,13 @@ fn a_small_live_run_and_its_simulation_serve_every_server() {
 
 #[test]
 fn bad_configurations_are_refused() {
-    assert!(args(&["--policy", "jsq"]).config(Policy::Jsq).is_err());
+    // A policy without a live counterpart is refused while parsing, under either name.
+    for name in ["jsq", "jsq-oracle"] {
+        let argv = ["balance", "--policy", name];
+        let err = Cli::try_parse_from(argv).expect_err("refused while parsing");
+        assert!(err.to_string().contains("no live counterpart"), "{err}");
+    }
+    assert!(args(&[]).config(Policy::Jsq).is_err());
     assert!(
         args(&["--slow-server", "9"])
             .config(Policy::Original)
@@ -87,10 +93,10 @@ fn a_slow_server_gets_less_than_its_fair_share() {
         "3",
         "--clients",
         "6",
-        "--warmup-s",
-        "2",
-        "--duration-s",
-        "4",
+        "--warmup",
+        "2s",
+        "--duration",
+        "4s",
         "--slow-server",
         "0",
     ]);
@@ -115,14 +121,14 @@ fn a_joining_server_rises_to_its_fair_share_under_the_improved_policy() {
     let a = args(&[
         "--clients",
         "32",
-        "--roving-interval-ms",
-        "50",
-        "--warmup-s",
-        "2",
-        "--duration-s",
-        "18",
-        "--join-at-s",
-        "2",
+        "--roving-interval",
+        "50ms",
+        "--warmup",
+        "2s",
+        "--duration",
+        "18s",
+        "--join-at",
+        "2s",
     ]);
     let cfg = a.config(Policy::Improved).expect("valid");
     let live = run_live(&cfg, 2).expect("live run");

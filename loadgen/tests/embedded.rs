@@ -6,16 +6,16 @@ mod support;
 
 use std::time::Duration;
 
-use callosum_loadgen::limits::LimitError;
-use callosum_loadgen::{Config, LoadgenError, Pacing, Phase, PhaseKind, Shutdown};
+use callosum_loadgen::instrument::limits::LimitError;
+use callosum_loadgen::{LoadgenError, Pacing, Phase, PhaseKind, Plan, Shutdown};
 use support::{hold, within};
 
-fn embedded(phases: Vec<Phase>) -> Config {
-    let mut config = Config {
+fn embedded(phases: Vec<Phase>) -> Plan {
+    let mut config = Plan {
         phases,
         workers: 2,
         progress: false,
-        ..Config::default()
+        ..Plan::default()
     };
     config.embedded.shards = 2;
     config
@@ -25,7 +25,7 @@ fn embedded(phases: Vec<Phase>) -> Config {
 fn hold_2000_gets_2000_successes_and_slots_0_to_1999_once_each() {
     let config = embedded(vec![hold(2_000)]);
     let report = within(Duration::from_secs(60), move || {
-        callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
+        callosum_loadgen::run(&config, &Shutdown::new(), std::io::sink()).expect("run")
     });
     let r = &report.runs[0];
     assert!(r.embedded);
@@ -57,7 +57,7 @@ fn a_bounded_churn_then_a_hold_like_the_default_job() {
     };
     let config = embedded(vec![churn, hold(500)]);
     let report = within(Duration::from_secs(60), move || {
-        callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
+        callosum_loadgen::run(&config, &Shutdown::new(), std::io::sink()).expect("run")
     });
     assert_eq!(report.runs.len(), 2);
     assert_eq!(
@@ -90,10 +90,10 @@ fn a_time_bounded_churn_spreads_over_loopback_source_addresses_by_itself() {
         warmup: Duration::ZERO,
     };
     let config = embedded(vec![churn]);
-    let expected = callosum_loadgen::limits::port_plan(&config).src_ips;
+    let expected = callosum_loadgen::instrument::limits::port_plan(&config).src_ips;
     assert!(expected > 1, "the estimate asks for a spread: {expected}");
     let report = within(Duration::from_secs(60), move || {
-        callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
+        callosum_loadgen::run(&config, &Shutdown::new(), std::io::sink()).expect("run")
     });
     let r = &report.runs[0];
     assert_eq!(r.src_ips, expected);
@@ -107,7 +107,8 @@ fn an_embedded_hold_beyond_half_the_descriptors_is_refused_before_starting() {
     // would fit one side of the connections, but not both ends in one process.
     let limit = callosum_server::raise_nofile_limit().expect("rlimit");
     let config = embedded(vec![hold(limit * 3 / 5)]);
-    let err = callosum_loadgen::run(&config, &Shutdown::new()).expect_err("refused");
+    let err =
+        callosum_loadgen::run(&config, &Shutdown::new(), std::io::sink()).expect_err("refused");
     assert!(
         matches!(err, LoadgenError::Limits(LimitError::TooManyFds { .. })),
         "{err}"
@@ -120,7 +121,7 @@ fn a_hold_with_resets_keeps_exactly_the_connections_not_reset() {
     let mut config = embedded(vec![hold(1_000)]);
     config.reset_fraction = 0.5;
     let report = within(Duration::from_secs(60), move || {
-        callosum_loadgen::run(&config, &Shutdown::new()).expect("run")
+        callosum_loadgen::run(&config, &Shutdown::new(), std::io::sink()).expect("run")
     });
     let r = &report.runs[0];
     let resets = r.resets.as_ref().expect("resets reported");

@@ -15,9 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callosum_loadgen::handshake::{Connected, handshake, still_open};
-use callosum_loadgen::limits::open_fds;
-use callosum_loadgen::{Config, Pacing, Phase, PhaseKind, Shutdown};
+use callosum_loadgen::instrument::handshake::{Connected, handshake, still_open};
+use callosum_loadgen::instrument::limits::open_fds;
+use callosum_loadgen::{Pacing, Phase, PhaseKind, Plan, Shutdown};
 use callosum_server::{Server, Slots};
 use support::within;
 
@@ -88,7 +88,7 @@ fn a_reset_storm_beside_a_hold_leaks_no_slot_and_no_descriptor() {
     let baseline = open_fds();
     let kinds_before = fd_kinds();
 
-    let config = Config {
+    let config = Plan {
         targets: vec![addr],
         phases: vec![Phase {
             kind: PhaseKind::Churn {
@@ -103,10 +103,10 @@ fn a_reset_storm_beside_a_hold_leaks_no_slot_and_no_descriptor() {
         src_ips: Some(4),
         progress: false,
         reset_fraction: 0.3,
-        ..Config::default()
+        ..Plan::default()
     };
     let report = within(Duration::from_secs(180), move || {
-        callosum_loadgen::run(&config, &Shutdown::new()).expect("the storm runs")
+        callosum_loadgen::run(&config, &Shutdown::new(), std::io::sink()).expect("the storm runs")
     });
     let run = &report.runs[0];
     let resets = run.resets.as_ref().expect("resets reported");

@@ -13,19 +13,19 @@ struct Cli {
 /// The command-line defaults (S=4 C=16 P=8 k=4, 80 % load) with a short run (10 s warm-up,
 /// 60 s measured unless `extra` says otherwise), plus `extra` flags.
 fn config(policy: Policy, extra: &[&str]) -> SimConfig {
-    let mut argv = vec!["simulate", "--warmup-s", "10"];
-    if !extra.contains(&"--duration-s") {
-        argv.extend_from_slice(&["--duration-s", "60"]);
+    let mut argv = vec!["simulate", "--warmup", "10s"];
+    if !extra.contains(&"--duration") {
+        argv.extend_from_slice(&["--duration", "60s"]);
     }
     argv.extend_from_slice(extra);
     let cli = Cli::try_parse_from(argv).expect("valid test flags");
-    SimConfig::from_args(&cli.args, policy)
+    cli.args.config(policy)
 }
 
 #[test]
 fn same_seed_gives_byte_identical_json() {
     for policy in Policy::ALL {
-        let cfg = config(policy, &["--duration-s", "20"]);
+        let cfg = config(policy, &["--duration", "20s"]);
         let a = serde_json::to_string(&simulate(&cfg)).expect("serialisable");
         let b = serde_json::to_string(&simulate(&cfg)).expect("serialisable");
         assert_eq!(a, b, "{policy:?} is not deterministic");
@@ -73,7 +73,7 @@ fn a_slow_server_gets_less_than_its_fair_share() {
 
 #[test]
 fn a_joining_server_reaches_its_fair_share_under_the_improved_policy() {
-    let extra = ["--join-at-s", "10", "--duration-s", "70"];
+    let extra = ["--join-at", "10s", "--duration", "70s"];
     let improved = simulate(&config(Policy::Improved, &extra))
         .join
         .expect("join report");
@@ -109,11 +109,11 @@ fn the_improved_policy_evens_long_run_rates() {
 
 #[test]
 fn a_server_that_leaves_drains_and_a_crash_fails_its_requests() {
-    let drained = simulate(&config(Policy::Improved, &["--leave-at-s", "5"]));
+    let drained = simulate(&config(Policy::Improved, &["--leave-at", "5s"]));
     let leave = drained.leave.expect("leave report");
     assert_eq!(leave.failed, 0);
     assert!(leave.drained_after_s.is_some_and(|d| d < 5.0), "{leave:?}");
-    let crashed = simulate(&config(Policy::Original, &["--leave-at-s", "5", "--crash"]));
+    let crashed = simulate(&config(Policy::Original, &["--leave-at", "5s", "--crash"]));
     let leave = crashed.leave.expect("leave report");
     assert_eq!(leave.drained_after_s, Some(0.0));
     assert!(crashed.requests > 0);
@@ -127,10 +127,10 @@ fn run_prints_a_table_json_and_a_plot() {
     let svg_arg = svg.to_string_lossy().to_string();
     let short = [
         "simulate",
-        "--warmup-s",
-        "2",
-        "--duration-s",
-        "5",
+        "--warmup",
+        "2s",
+        "--duration",
+        "5s",
         "--policy",
         "original,p2c",
     ];
@@ -144,13 +144,18 @@ fn run_prints_a_table_json_and_a_plot() {
     let plot = std::fs::read_to_string(&svg).expect("svg written");
     assert!(plot.contains("<svg") && plot.contains("server 3"));
 
-    let mut argv = short.to_vec();
-    argv.push("--json");
-    let cli = Cli::try_parse_from(argv).expect("valid flags");
-    let mut first = Vec::new();
-    callosum_loadgen::simulate::run(&cli.args, &mut first).expect("run");
-    let mut second = Vec::new();
-    callosum_loadgen::simulate::run(&cli.args, &mut second).expect("run");
+    let json = |name: &str| {
+        let path = dir.join(name);
+        let mut argv = short.to_vec();
+        let arg = path.to_string_lossy().to_string();
+        argv.extend_from_slice(&["--json", &arg]);
+        let cli = Cli::try_parse_from(argv).expect("valid flags");
+        let mut table = Vec::new();
+        callosum_loadgen::simulate::run(&cli.args, &mut table).expect("run");
+        assert!(!table.is_empty(), "the table still goes to the writer");
+        std::fs::read(&path).expect("JSON written")
+    };
+    let (first, second) = (json("a.json"), json("b.json"));
     assert_eq!(first, second, "JSON output is deterministic");
     let v: serde_json::Value = serde_json::from_slice(&first).expect("valid JSON");
     assert_eq!(v["runs"].as_array().map(Vec::len), Some(2));

@@ -28,13 +28,14 @@ pub mod engine;
 pub mod server;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use callosum_client::PoolPolicy;
 use serde::Serialize;
 
-use crate::simulate::{ClusterArgs, Policy, SimConfig, SimError, SimReport, SimulateArgs};
+use crate::cli::values::{at_least_one, duration, positive_duration};
+use crate::simulate::{
+    ClusterArgs, Policy, PoolRules, SimConfig, SimError, SimReport, Timing, default_max_age,
+};
 pub use engine::{LiveError, LiveReport, run_live};
 
 /// The policies a live run can use, in report order.
@@ -80,82 +81,79 @@ pub enum BalanceError {
 /// Options of `callosum-loadgen balance`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BalanceArgs {
-    /// The cluster, the workload and the events (as `simulate` takes them).
+    /// The cluster, the workload, the events and the outputs (as `simulate` takes them).
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Roving interval, milliseconds. Default 100 (a run converges in seconds).
-    #[arg(long, default_value_t = 100.0)]
-    pub roving_interval_ms: f64,
-    /// Warm-up, seconds, before measuring. Default 5.
-    #[arg(long, default_value_t = 5.0)]
-    pub warmup_s: f64,
-    /// Measured window, seconds. Default 20.
-    #[arg(long, default_value_t = 20.0)]
-    pub duration_s: f64,
-    /// Policies to run, comma-separated (jsq-oracle has no live counterpart). Default
-    /// original,improved,random,round-robin,p2c.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = LIVE_POLICIES.to_vec())]
+    /// Roving interval (short, so a run converges in seconds).
+    #[arg(long, default_value = "100ms", value_parser = positive_duration)]
+    pub roving_interval: Duration,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub warmup: Duration,
+    /// Measured window.
+    #[arg(short = 'z', long, default_value = "20s", value_parser = positive_duration)]
+    pub duration: Duration,
+    /// Policies to run, comma-separated (those with a live counterpart).
+    #[arg(long, value_delimiter = ',', value_parser = live_policy,
+          default_value = "original,improved,random,round-robin,p2c")]
     pub policy: Vec<Policy>,
-    /// Worker threads of the clients' tokio runtime. Default 2.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    /// Worker threads of the clients' tokio runtime (this tool's threads).
+    #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]
+    pub workers: usize,
     /// Seeds the simulator runs for the comparison (seed, seed+1, ...); 0 skips it.
-    /// Default 5.
     #[arg(long, default_value_t = 5)]
     pub sim_seeds: u64,
-    /// Print JSON (live reports, simulated reports, comparison) instead of tables. Default
-    /// off.
-    #[arg(long)]
-    pub json: bool,
-    /// Write an SVG plot of per-server load over time (live runs) to this path. Default none.
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
+}
+
+/// A policy with a live counterpart, by name.
+fn live_policy(s: &str) -> Result<Policy, String> {
+    let policy = <Policy as clap::ValueEnum>::from_str(s, false)?;
+    if LIVE_POLICIES.contains(&policy) {
+        Ok(policy)
+    } else {
+        Err(format!(
+            "{s} has no live counterpart (no client knows every queue); live policies: {}",
+            LIVE_POLICIES.map(Policy::name).join(", ")
+        ))
+    }
 }
 
 impl BalanceArgs {
-    /// The same configuration as `simulate` options: the improved rules at the simulator's
-    /// defaults, with the maximum age the client's improved policy uses at this roving
-    /// interval and pool size.
-    pub fn simulate_args(&self) -> SimulateArgs {
-        let roving = Duration::from_secs_f64(self.roving_interval_ms.max(0.0) / 1e3);
-        let max_age = PoolPolicy::improved()
-            .max_slots(self.cluster.max_slots)
-            .max_age_for(roving)
-            .map_or(0.0, |a| a.as_secs_f64());
-        SimulateArgs {
-            cluster: self.cluster.clone(),
-            no_queue: false,
-            roving_interval_ms: self.roving_interval_ms,
-            warmup_s: self.warmup_s,
-            duration_s: self.duration_s,
-            policy: self.policy.clone(),
-            crash: false,
-            max_age_s: max_age,
-            accept_equal: true,
-            random_ties: true,
-            least_outstanding: true,
-            latency_alpha: 0.2,
-            slow_threshold: 1.5,
-            json: self.json,
-            svg: None,
-            threads: 2,
+    /// The scenario's timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            roving_interval: self.roving_interval,
+            warmup: self.warmup,
+            duration: self.duration,
         }
     }
 
-    /// The run of `policy` as a [`SimConfig`], checked for what the live run cannot do.
+    /// The run of `policy` as a [`SimConfig`], checked for what the live run cannot do: the
+    /// improved rules at the client's defaults, with the maximum age the client's improved
+    /// policy uses at this roving interval and pool size.
     pub fn config(&self, policy: Policy) -> Result<SimConfig, BalanceError> {
-        let cfg = SimConfig::from_args(&self.simulate_args(), policy);
+        let max_age = default_max_age(self.cluster.pool_size as usize, self.roving_interval);
+        let rules = PoolRules::improved(
+            (!max_age.is_zero()).then(|| u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX)),
+            true,
+            true,
+            true,
+            Some(0.2),
+            1.5,
+        );
+        let cfg = SimConfig::new(&self.cluster, self.timing(), policy, rules, false, false);
         cfg.validate()?;
-        if policy == Policy::Jsq {
-            return Err(BalanceError::Invalid(
-                "jsq-oracle has no live counterpart (no client knows every queue)".into(),
-            ));
+        if !LIVE_POLICIES.contains(&policy) {
+            return Err(BalanceError::Invalid(format!(
+                "{} has no live counterpart (no client knows every queue)",
+                policy.name()
+            )));
         }
         if self
             .cluster
             .slow_server
             .is_some_and(|s| s >= self.cluster.servers)
-            || (self.cluster.leave_at_s.is_some()
+            || (self.cluster.leave_at.is_some()
                 && self.cluster.leave_server >= self.cluster.servers)
         {
             return Err(BalanceError::Invalid(
@@ -164,14 +162,14 @@ impl BalanceArgs {
         }
         // Every time becomes a `Duration`: finite, and at most a day.
         let times = [
-            Some(self.warmup_s),
-            Some(self.duration_s),
-            Some(self.cluster.service_ms / 1e3 * self.cluster.slow_factor),
-            Some(self.roving_interval_ms / 1e3),
-            Some(self.cluster.sample_ms / 1e3),
-            Some(self.cluster.window_s),
-            self.cluster.join_at_s,
-            self.cluster.leave_at_s,
+            Some(cfg.warmup_s),
+            Some(cfg.duration_s),
+            Some(cfg.service_ms / 1e3 * cfg.slow_factor),
+            Some(cfg.roving_interval_ms / 1e3),
+            Some(cfg.sample_ms / 1e3),
+            Some(cfg.window_s),
+            cfg.join_at_s,
+            cfg.leave_at_s,
         ];
         if times
             .iter()
@@ -182,7 +180,7 @@ impl BalanceArgs {
                 "every time must be finite, non-negative and at most {MAX_SECONDS} s"
             )));
         }
-        if self.cluster.join_at_s.is_some() && self.cluster.leave_at_s.is_some() {
+        if cfg.join_at_s.is_some() && cfg.leave_at_s.is_some() {
             return Err(BalanceError::Invalid(
                 "a run either joins or leaves a server, not both".into(),
             ));
@@ -211,7 +209,7 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
     let mut live = Vec::with_capacity(configs.len());
     for cfg in &configs {
         let t0 = std::time::Instant::now();
-        let report = run_live(cfg, args.threads).map_err(|source| BalanceError::Live {
+        let report = run_live(cfg, args.workers).map_err(|source| BalanceError::Live {
             policy: cfg.policy.name(),
             source,
         })?;
@@ -226,19 +224,17 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
     let sims = compare::simulate_seeds(&configs, args.sim_seeds);
     let rows = compare::rows(&live, &sims);
     let first: Vec<SimReport> = sims.iter().filter_map(|s| s.first().cloned()).collect();
-    if args.json {
-        let base = configs.first().ok_or(BalanceError::NoPolicy)?;
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &Output {
-                config: base,
-                live: &live,
-                simulated: &first,
-                comparison: &rows,
-            },
-        )?;
-        writeln!(out)?;
-    } else {
+    let base = configs.first().ok_or(BalanceError::NoPolicy)?;
+    crate::simulate::write_json(
+        args.cluster.json.as_deref(),
+        &Output {
+            config: base,
+            live: &live,
+            simulated: &first,
+            comparison: &rows,
+        },
+    )?;
+    if args.cluster.table_wanted() {
         let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
         writeln!(out, "live:")?;
         write!(out, "{}", crate::simulate::report::table(&reports))?;
@@ -248,7 +244,7 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
                 "{:<12} live: service {:.2} ms measured (asked {:.2}), {} late samples, {} connections left open after close",
                 l.report.policy,
                 l.service_ms_measured,
-                args.cluster.service_ms,
+                args.cluster.service_time.as_secs_f64() * 1e3,
                 l.late_samples,
                 l.conns_open_after_close
             )?;
@@ -263,12 +259,12 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
             writeln!(out, "\n{}", compare::table(&rows, args.sim_seeds))?;
         }
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.cluster.svg {
         let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
         crate::simulate::plot::plot(
             path,
             &reports,
-            args.cluster.window_s,
+            args.cluster.window.as_secs_f64(),
             args.cluster.servers <= crate::simulate::engine::PLOT_EACH_MAX,
         )?;
     }

@@ -29,7 +29,9 @@ pub mod server;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::cli::values::{at_least_one, duration, non_negative, positive, positive_duration};
 
 use serde::Serialize;
 
@@ -63,117 +65,180 @@ pub enum SimError {
 }
 
 /// The options `simulate` and `balance` share, with the same meaning and defaults: the
-/// cluster, its workload, and the events (a slow server, a join, a leave).
+/// cluster, its workload, the events (a slow server, a join, a leave) and the outputs.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClusterArgs {
-    /// Servers (S; K in `balance`). Default 4.
-    #[arg(long, default_value_t = 4)]
+    /// Servers (S).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub servers: usize,
-    /// Clients (C), each with a rover and a pool (or a baseline router). Default 16.
-    #[arg(long, default_value_t = 16)]
+    /// Clients (C), each with a rover and a pool (or a baseline router).
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub clients: usize,
-    /// Pool size per client (max_slots, P), connections, at most 64. Default 8.
-    #[arg(long, default_value_t = 8)]
-    pub max_slots: usize,
-    /// Workers per server (k); requests beyond k queue FIFO. Default 4.
-    #[arg(long, default_value_t = 4)]
-    pub workers: u32,
-    /// Mean service time, milliseconds (exponential). Default 10.
-    #[arg(long, default_value_t = 10.0)]
-    pub service_ms: f64,
-    /// Offered load as a fraction of the capacity of the servers present at the start
-    /// (Σ workers / (service time × slowdown)). Default 0.8.
-    #[arg(long, default_value_t = 0.8)]
+    /// Connections in each client's pool (P, the pool's max_slots), at most 64.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub pool_size: u64,
+    /// Workers per server (k); requests beyond k queue FIFO.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub server_workers: u32,
+    /// Mean service time (exponential).
+    #[arg(long, default_value = "10ms", value_parser = positive_duration)]
+    pub service_time: Duration,
+    /// Offered load as a share of the capacity of the servers present at the start
+    /// (Σ workers / (service time × slowdown)).
+    #[arg(long, default_value_t = 0.8, value_parser = non_negative)]
     pub load: f64,
-    /// Interval between samples of instantaneous load, milliseconds. Default 10.
-    #[arg(long, default_value_t = 10.0)]
-    pub sample_ms: f64,
-    /// Window for per-window request counts and plots, seconds. Default 1.
-    #[arg(long, default_value_t = 1.0)]
-    pub window_s: f64,
-    /// Seed of every random stream (arrivals, service times, routing). Default 1.
+    /// Interval between samples of instantaneous load.
+    #[arg(long, default_value = "10ms", value_parser = positive_duration)]
+    pub sample_interval: Duration,
+    /// Window of the per-window request counts and plots.
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
+    pub window: Duration,
+    /// Seed of every random stream (arrivals, service times, routing).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Make this server (id) slower. Default none.
-    #[arg(long)]
+    /// Make this server (id) slower.
+    #[arg(long, value_name = "ID")]
     pub slow_server: Option<usize>,
-    /// Service-time multiplier of the slow server. Default 3.
-    #[arg(long, default_value_t = 3.0)]
+    /// Service-time multiplier of the slow server.
+    #[arg(long, default_value_t = 3.0, value_parser = positive)]
     pub slow_factor: f64,
-    /// The last server joins this many seconds into the measured window (absent before).
-    /// Default none.
-    #[arg(long)]
-    pub join_at_s: Option<f64>,
+    /// The last server joins this long into the measured window (absent before).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub join_at: Option<Duration>,
     /// Windows averaged when judging whether the joined server is within 10 % of fair.
-    /// Default 5.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     pub join_smooth_windows: usize,
-    /// A server leaves this many seconds into the measured window. Default none.
-    #[arg(long)]
-    pub leave_at_s: Option<f64>,
-    /// The server (id) that leaves. Default 0.
-    #[arg(long, default_value_t = 0)]
+    /// A server leaves this long into the measured window.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub leave_at: Option<Duration>,
+    /// The server (id) that leaves.
+    #[arg(long, value_name = "ID", default_value_t = 0)]
     pub leave_server: usize,
+    /// Write the results as JSON (deterministic for a seed) to PATH; - for stdout.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot of per-server load over time to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// Whether the table is written: always, unless the JSON goes to stdout.
+    pub fn table_wanted(&self) -> bool {
+        !self.json.as_deref().is_some_and(crate::cli::is_stdout)
+    }
+}
+
+/// How long a scenario runs: each command has its own defaults (a simulation measures
+/// minutes of simulated time, a live run seconds).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Roving interval.
+    pub roving_interval: Duration,
+    /// Warm-up before measuring.
+    pub warmup: Duration,
+    /// Measured window.
+    pub duration: Duration,
 }
 
 /// Options of `callosum-loadgen simulate`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SimulateArgs {
-    /// The cluster, the workload and the events (shared with `balance`).
+    /// The cluster, the workload, the events and the outputs (shared with `balance`).
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Servers never queue: every request is served at once (a pure delay); `--workers`
-    /// then only sets the capacity the load is relative to. Default off.
+    /// Servers never queue: every request is served at once (a pure delay);
+    /// --server-workers then only sets the capacity the load is relative to.
     #[arg(long)]
     pub no_queue: bool,
-    /// Roving interval, milliseconds: each client's rover probes one random server this
-    /// often. Default 1000.
-    #[arg(long, default_value_t = 1000.0)]
-    pub roving_interval_ms: f64,
-    /// Warm-up, seconds of simulated time before measuring. Default 60.
-    #[arg(long, default_value_t = 60.0)]
-    pub warmup_s: f64,
-    /// Measured window, seconds of simulated time. Default 300.
-    #[arg(long, default_value_t = 300.0)]
-    pub duration_s: f64,
-    /// Policies to run, comma-separated. Default all.
+    /// Roving interval: each client's rover probes one random server this often.
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
+    pub roving_interval: Duration,
+    /// Warm-up, simulated time before measuring.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub warmup: Duration,
+    /// Measured window, simulated time.
+    #[arg(short = 'z', long, default_value = "300s", value_parser = positive_duration)]
+    pub duration: Duration,
+    /// Policies to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Policy::ALL.to_vec())]
     pub policy: Vec<Policy>,
-    /// The leaving server crashes (requests at it fail) instead of draining. Default off.
+    /// The leaving server crashes (requests at it fail) instead of draining.
     #[arg(long)]
     pub crash: bool,
-    /// Improved policy: maximum connection age, seconds (each connection's limit drawn in
-    /// [age/2, 3·age/2)); 0 disables. Default 10.
-    #[arg(long, default_value_t = 10.0)]
-    pub max_age_s: f64,
+    /// Improved policy: maximum connection age (each connection's limit drawn in
+    /// [age/2, 3·age/2)); 0 disables [default: the client's rule for the roving interval
+    /// and pool size].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub max_age: Option<Duration>,
     /// Improved policy: a rover connection with a slot equal to the pool's worst replaces it.
-    /// Default true.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub accept_equal: bool,
-    /// Improved policy: break ties between equal slots at random. Default true.
+    /// Improved policy: break ties between equal slots at random.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub random_ties: bool,
     /// Improved policy: lease the idle connection whose server has the fewest of this
-    /// client's requests in flight, lowest slot among those. Default true.
+    /// client's requests in flight, lowest slot among those.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub least_outstanding: bool,
     /// Improved policy: weight of a new response time in each connection's moving average;
-    /// 0 disables the slow-connection penalty. Default 0.2.
+    /// 0 disables the slow-connection penalty.
     #[arg(long, default_value_t = 0.2)]
     pub latency_alpha: f32,
     /// Improved policy: a connection whose average response time is this many times the
-    /// pool's mean counts as one more request in flight (ratio). Default 1.5.
+    /// pool's mean counts as one more request in flight.
     #[arg(long, default_value_t = 1.5)]
     pub slow_threshold: f32,
-    /// Print JSON (deterministic for a seed) instead of a table. Default off.
-    #[arg(long)]
-    pub json: bool,
-    /// Write an SVG plot of per-server load over time to this path. Default none.
-    #[arg(long)]
-    pub svg: Option<PathBuf>,
-    /// Policies simulated at once (threads). Default 2.
-    #[arg(long, default_value_t = 2)]
-    pub threads: usize,
+    /// Policies simulated at once (this tool's threads).
+    #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]
+    pub workers: usize,
+}
+
+impl SimulateArgs {
+    /// The scenario's timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            roving_interval: self.roving_interval,
+            warmup: self.warmup,
+            duration: self.duration,
+        }
+    }
+
+    /// The improved policy's rules these options describe.
+    pub fn rules(&self) -> PoolRules {
+        let max_age = self.max_age.unwrap_or_else(|| {
+            default_max_age(self.cluster.pool_size as usize, self.roving_interval)
+        });
+        PoolRules::improved(
+            (!max_age.is_zero()).then(|| u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX)),
+            self.accept_equal,
+            self.random_ties,
+            self.least_outstanding,
+            (self.latency_alpha > 0.0).then_some(self.latency_alpha),
+            self.slow_threshold,
+        )
+    }
+
+    /// The run of `policy` these options describe.
+    pub fn config(&self, policy: Policy) -> SimConfig {
+        SimConfig::new(
+            &self.cluster,
+            self.timing(),
+            policy,
+            self.rules(),
+            self.no_queue,
+            self.crash,
+        )
+    }
+}
+
+/// The maximum age the client's improved pool settles on for a pool size and roving
+/// interval (zero: none).
+pub fn default_max_age(pool_size: usize, roving_interval: Duration) -> Duration {
+    callosum_client::PoolPolicy::improved()
+        .max_slots(pool_size)
+        .max_age_for(roving_interval)
+        .unwrap_or(Duration::ZERO)
 }
 
 /// One simulation run, fully described (the same configuration gives the same report).
@@ -226,39 +291,40 @@ pub struct SimConfig {
 }
 
 impl SimConfig {
-    /// The configuration `args` describe, for `policy`.
-    pub fn from_args(args: &SimulateArgs, policy: Policy) -> Self {
-        let max_age = (args.max_age_s > 0.0).then_some((args.max_age_s * 1e9) as u64);
+    /// The run of `policy` on `cluster` with `timing`; `rules` are the improved policy's
+    /// (the original always follows [`PoolRules::ORIGINAL`]).
+    pub fn new(
+        cluster: &ClusterArgs,
+        timing: Timing,
+        policy: Policy,
+        rules: PoolRules,
+        no_queue: bool,
+        crash: bool,
+    ) -> Self {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         SimConfig {
             policy,
-            servers: args.cluster.servers,
-            clients: args.cluster.clients,
-            max_slots: args.cluster.max_slots,
-            workers: args.cluster.workers,
-            no_queue: args.no_queue,
-            service_ms: args.cluster.service_ms,
-            load: args.cluster.load,
-            roving_interval_ms: args.roving_interval_ms,
-            warmup_s: args.warmup_s,
-            duration_s: args.duration_s,
-            sample_ms: args.cluster.sample_ms,
-            window_s: args.cluster.window_s,
-            seed: args.cluster.seed,
-            slow_server: args.cluster.slow_server,
-            slow_factor: args.cluster.slow_factor,
-            join_at_s: args.cluster.join_at_s,
-            join_smooth_windows: args.cluster.join_smooth_windows,
-            leave_at_s: args.cluster.leave_at_s,
-            leave_server: args.cluster.leave_server,
-            crash: args.crash,
-            rules: PoolRules::improved(
-                max_age,
-                args.accept_equal,
-                args.random_ties,
-                args.least_outstanding,
-                (args.latency_alpha > 0.0).then_some(args.latency_alpha),
-                args.slow_threshold,
-            ),
+            servers: cluster.servers,
+            clients: cluster.clients,
+            max_slots: cluster.pool_size as usize,
+            workers: cluster.server_workers,
+            no_queue,
+            service_ms: ms(cluster.service_time),
+            load: cluster.load,
+            roving_interval_ms: ms(timing.roving_interval),
+            warmup_s: timing.warmup.as_secs_f64(),
+            duration_s: timing.duration.as_secs_f64(),
+            sample_ms: ms(cluster.sample_interval),
+            window_s: cluster.window.as_secs_f64(),
+            seed: cluster.seed,
+            slow_server: cluster.slow_server,
+            slow_factor: cluster.slow_factor,
+            join_at_s: cluster.join_at.map(|d| d.as_secs_f64()),
+            join_smooth_windows: cluster.join_smooth_windows,
+            leave_at_s: cluster.leave_at.map(|d| d.as_secs_f64()),
+            leave_server: cluster.leave_server,
+            crash,
+            rules,
         }
     }
 
@@ -266,11 +332,11 @@ impl SimConfig {
     pub fn validate(&self) -> Result<(), SimError> {
         if self.servers == 0 || self.clients == 0 || self.max_slots == 0 || self.workers == 0 {
             return Err(SimError::Invalid(
-                "servers, clients, max-slots and workers must be at least 1",
+                "servers, clients, pool-size and server-workers must be at least 1",
             ));
         }
         if self.max_slots > 64 {
-            return Err(SimError::Invalid("max-slots must be at most 64"));
+            return Err(SimError::Invalid("pool-size must be at most 64"));
         }
         if self.join_at_s.is_some() && self.servers < 2 {
             return Err(SimError::Invalid("a join needs at least 2 servers"));
@@ -283,7 +349,7 @@ impl SimConfig {
         ];
         if positive.iter().any(|v| !(*v > 0.0 && v.is_finite())) {
             return Err(SimError::Invalid(
-                "service-ms, roving-interval-ms, sample-ms and window-s must be positive",
+                "service-time, roving-interval, sample-interval and window must be positive",
             ));
         }
         if !(self.load >= 0.0 && self.load.is_finite()) || self.slow_factor <= 0.0 {
@@ -293,7 +359,7 @@ impl SimConfig {
         }
         if self.warmup_s < 0.0 || self.duration_s <= 0.0 {
             return Err(SimError::Invalid(
-                "warmup-s must be non-negative and duration-s positive",
+                "warmup must be non-negative and duration positive",
             ));
         }
         Ok(())
@@ -307,21 +373,18 @@ struct Output<'a> {
     runs: &'a [SimReport],
 }
 
-/// Runs every requested policy on the configuration `args` describe and writes a table (or
-/// JSON) to `out`, wall time and events/s to stderr, and the plot if asked.
+/// Runs every requested policy on the configuration `args` describe and writes the table to
+/// `out` (the JSON to `--json`'s path, `-` for stdout, instead of the table), wall time and
+/// events/s to stderr, and the plot if asked.
 pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
-    let configs: Vec<SimConfig> = args
-        .policy
-        .iter()
-        .map(|&p| SimConfig::from_args(args, p))
-        .collect();
+    let configs: Vec<SimConfig> = args.policy.iter().map(|&p| args.config(p)).collect();
     for c in &configs {
         c.validate()?;
     }
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<(SimReport, f64)>>> = Mutex::new(vec![None; configs.len()]);
     std::thread::scope(|scope| {
-        for _ in 0..args.threads.clamp(1, configs.len().max(1)) {
+        for _ in 0..args.workers.clamp(1, configs.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     let i = {
@@ -351,32 +414,46 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
         );
         reports.push(report);
     }
-    if args.json {
-        let base = configs.first().ok_or(SimError::NoPolicy)?;
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &Output {
-                config: base,
-                runs: &reports,
-            },
-        )?;
-        writeln!(out)?;
-    } else {
+    let base = configs.first().ok_or(SimError::NoPolicy)?;
+    write_json(
+        args.cluster.json.as_deref(),
+        &Output {
+            config: base,
+            runs: &reports,
+        },
+    )?;
+    if args.cluster.table_wanted() {
         write!(out, "{}", report::table(&reports))?;
         writeln!(
             out,
             "(inf.m/m, inf.cv: instantaneous load max/mean and CV; floor: ⌈N/S⌉/(N/S), the best \
              any policy can do; rate.mm: long-run rate max/mean; win.mm: per-{} s window max/mean)",
-            args.cluster.window_s
+            args.cluster.window.as_secs_f64()
         )?;
     }
-    if let Some(path) = &args.svg {
+    if let Some(path) = &args.cluster.svg {
         plot::plot(
             path,
             &reports,
-            args.cluster.window_s,
+            args.cluster.window.as_secs_f64(),
             args.cluster.servers <= engine::PLOT_EACH_MAX,
         )?;
     }
+    Ok(())
+}
+
+/// Writes `doc` as pretty JSON to `path` (`-`: stdout), if a path is given.
+pub fn write_json(path: Option<&std::path::Path>, doc: &impl Serialize) -> Result<(), SimError> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let mut w: Box<dyn Write> = if crate::cli::is_stdout(path) {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(std::fs::File::create(path)?))
+    };
+    serde_json::to_writer_pretty(&mut w, doc)?;
+    writeln!(w)?;
+    w.flush()?;
     Ok(())
 }

@@ -17,7 +17,8 @@ pub enum Policy {
     /// connection; a rover connection replaces the pool's worst only if strictly lower; ties
     /// between equal slots always broken the same way (lower server id first).
     Original,
-    /// The improved Callosum policy (see [`PoolRules::improved`]).
+    /// The improved Callosum policy: the original plus a maximum connection age, equal slots
+    /// accepted, random ties, least outstanding first and a slow-connection penalty.
     Improved,
     /// Uniform random server per request.
     Random,
@@ -28,6 +29,8 @@ pub enum Policy {
     P2c,
     /// Join the shortest queue with global knowledge (queued + in service, ties at random):
     /// the unreachable lower bound.
+    #[value(name = "jsq-oracle", alias = "jsq")]
+    #[serde(rename = "jsq-oracle")]
     Jsq,
 }
 

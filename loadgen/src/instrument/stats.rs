@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::handshake::{ErrorKind, HandshakeError};
-use crate::reset::ResetCounts;
+use crate::instrument::handshake::{ErrorKind, HandshakeError};
+use crate::instrument::reset::ResetCounts;
 
 /// Highest latency recorded, in microseconds (one hour); longer ones are clamped.
 pub const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -25,13 +25,24 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIG).expect("valid histogram bounds")
 }
 
-/// Errors counted by kind, with a few example messages.
+/// Errors counted by kind, with a few distinct example messages and how often each occurred.
 #[derive(Debug, Clone, Default)]
 pub struct ErrorCounts {
     /// Count per kind, indexed by [`ErrorKind::index`].
     pub counts: [u64; ErrorKind::ALL.len()],
-    /// A few messages per kind.
-    pub samples: Vec<(ErrorKind, String)>,
+    /// Up to [`SAMPLES_PER_KIND`] distinct messages per kind, each with its count.
+    pub samples: Vec<ErrorSample>,
+}
+
+/// One distinct error message and how many errors carried it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorSample {
+    /// The error's kind.
+    pub kind: ErrorKind,
+    /// Its message.
+    pub message: String,
+    /// How many errors had this message.
+    pub count: u64,
 }
 
 impl ErrorCounts {
@@ -39,9 +50,28 @@ impl ErrorCounts {
     pub fn add(&mut self, err: &HandshakeError) {
         let kind = err.kind();
         self.counts[kind.index()] += 1;
-        if self.samples.iter().filter(|(k, _)| *k == kind).count() < SAMPLES_PER_KIND {
-            self.samples.push((kind, err.to_string()));
+        self.note(kind, err.to_string(), 1);
+    }
+
+    /// Adds `count` errors with `message` to the samples (a new sample while there is room).
+    fn note(&mut self, kind: ErrorKind, message: String, count: u64) {
+        if let Some(s) = self
+            .samples
+            .iter_mut()
+            .find(|s| s.kind == kind && s.message == message)
+        {
+            s.count += count;
+        } else if self.samples_of(kind) < SAMPLES_PER_KIND {
+            self.samples.push(ErrorSample {
+                kind,
+                message,
+                count,
+            });
         }
+    }
+
+    fn samples_of(&self, kind: ErrorKind) -> usize {
+        self.samples.iter().filter(|s| s.kind == kind).count()
     }
 
     /// Errors of one kind.
@@ -59,10 +89,8 @@ impl ErrorCounts {
         for (a, b) in self.counts.iter_mut().zip(other.counts) {
             *a += b;
         }
-        for (kind, msg) in &other.samples {
-            if self.samples.iter().filter(|(k, _)| k == kind).count() < SAMPLES_PER_KIND {
-                self.samples.push((*kind, msg.clone()));
-            }
+        for s in &other.samples {
+            self.note(s.kind, s.message.clone(), s.count);
         }
     }
 }
@@ -191,19 +219,25 @@ impl LatencySummary {
 }
 
 /// Everything a phase measured, before it is turned into a report
-/// ([`RunReport`](crate::report::RunReport)): the engine produces it, the report reads it.
+/// ([`RunReport`](crate::instrument::report::RunReport)): the engine produces it, the report reads it.
 pub(crate) struct PhaseResult {
     pub(crate) rec: Recorder,
-    pub(crate) loadgen_cpu: std::time::Duration,
-    pub(crate) process_cpu: std::time::Duration,
-    pub(crate) server_cpu: Option<std::time::Duration>,
-    pub(crate) elapsed: std::time::Duration,
-    pub(crate) window: std::time::Duration,
+    pub(crate) loadgen_cpu: Duration,
+    pub(crate) process_cpu: Duration,
+    pub(crate) server_cpu: Option<Duration>,
+    /// The share of the handshakes that went to the server whose CPU `server_cpu` is.
+    pub(crate) server_share: f64,
+    pub(crate) elapsed: Duration,
+    pub(crate) window: Duration,
+    /// The phase's time limit, if it had one.
+    pub(crate) requested: Option<Duration>,
+    /// Why the phase stopped before its end, when it did on its own.
+    pub(crate) stopped_early: Option<String>,
     pub(crate) held_slots: Vec<Vec<u32>>,
     pub(crate) closed_by_server: u64,
     pub(crate) rss_per_held: Option<f64>,
-    pub(crate) kernel_per_held: Option<crate::sysinfo::KernelShare>,
-    pub(crate) server_stats: Option<crate::embedded::ServerStats>,
+    pub(crate) kernel_per_held: Option<crate::instrument::sysinfo::KernelShare>,
+    pub(crate) server_stats: Option<crate::instrument::embedded::ServerStats>,
     pub(crate) violations: Vec<(u64, Vec<u32>)>,
 }
 
@@ -229,13 +263,41 @@ mod tests {
     }
 
     #[test]
-    fn error_samples_are_bounded_per_kind() {
+    fn error_samples_are_distinct_messages_with_counts() {
         let mut e = ErrorCounts::default();
         for _ in 0..10 {
             e.add(&HandshakeError::NoSlot);
         }
+        for n in 1..=5 {
+            e.add(&HandshakeError::Truncated(n));
+            e.add(&HandshakeError::Truncated(n));
+        }
         assert_eq!(e.get(ErrorKind::NoSlot), 10);
-        assert_eq!(e.samples.len(), SAMPLES_PER_KIND);
+        assert_eq!(e.get(ErrorKind::Protocol), 10);
+        let no_slot: Vec<_> = e
+            .samples
+            .iter()
+            .filter(|s| s.kind == ErrorKind::NoSlot)
+            .collect();
+        assert_eq!(no_slot.len(), 1);
+        assert_eq!(no_slot[0].count, 10);
+        let protocol: Vec<_> = e
+            .samples
+            .iter()
+            .filter(|s| s.kind == ErrorKind::Protocol)
+            .map(|s| s.count)
+            .collect();
+        assert_eq!(protocol, vec![2; SAMPLES_PER_KIND]);
+        let mut merged = e.clone();
+        merged.merge(&e);
+        assert_eq!(merged.samples.len(), e.samples.len());
+        assert!(
+            merged
+                .samples
+                .iter()
+                .zip(&e.samples)
+                .all(|(m, s)| m.count == 2 * s.count)
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! sockets at the same time moves them.
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 fn rusage(who: libc::c_int) -> Duration {
@@ -172,9 +173,122 @@ pub fn rss(pid: Option<u32>) -> io::Result<u64> {
     Ok(pages * page_size())
 }
 
+/// The TCP addresses process `pid` listens on: the inodes of its sockets (`/proc/PID/fd`)
+/// matched against the listening sockets of its network namespace (`/proc/PID/net/tcp`,
+/// `tcp6`). Tells which of several targets a `--server-pid` process serves.
+pub fn listening(pid: u32) -> io::Result<Vec<SocketAddr>> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(link) = std::fs::read_link(entry?.path()) else {
+            continue; // closed since the listing
+        };
+        let link = link.to_string_lossy();
+        if let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue; // no IPv6 on this host
+        };
+        out.extend(
+            listening_sockets(&text)
+                .filter(|(_, inode)| inodes.contains(*inode))
+                .map(|(addr, _)| addr),
+        );
+    }
+    Ok(out)
+}
+
+/// The listening sockets of a `/proc/net/tcp` or `tcp6` table: (local address, inode).
+fn listening_sockets(text: &str) -> impl Iterator<Item = (SocketAddr, &str)> {
+    const LISTEN: &str = "0A";
+    text.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[3] != LISTEN {
+            return None;
+        }
+        Some((parse_proc_addr(f[1])?, f[9]))
+    })
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6), as the kernel prints them: each
+/// 32-bit word in host byte order.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // Each word's bytes are in memory order once the printed value is read back natively.
+    let word = |i: usize| {
+        u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+            .ok()
+            .map(u32::to_ne_bytes)
+    };
+    let ip: IpAddr = match ip.len() {
+        8 => Ipv4Addr::from(word(0)?).into(),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Ipv6Addr::from(bytes).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Whether a socket listening on `listen` receives connections made to `target`.
+pub fn serves(listen: SocketAddr, target: SocketAddr) -> bool {
+    listen.port() == target.port()
+        && (listen.ip() == target.ip()
+            || listen.ip().is_unspecified()
+            || matches!((listen.ip(), target.ip()), (IpAddr::V6(l), IpAddr::V4(t))
+                if l.to_ipv4_mapped() == Some(t)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_net_tcp_gives_the_listening_sockets_and_their_inodes() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0 100 0 0 10 0\n\
+            1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 4343 1 0 20 4 30 10 -1\n\
+            2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0 100 0 0 10 0\n";
+        let got: Vec<_> = listening_sockets(text).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("127.0.0.1:8080".parse().unwrap(), "4242"),
+                ("0.0.0.0:80".parse().unwrap(), "77")
+            ]
+        );
+        let v6 = "00000000000000000000000001000000:1F90";
+        assert_eq!(parse_proc_addr(v6), Some("[::1]:8080".parse().unwrap()));
+        assert_eq!(parse_proc_addr("zz:1"), None);
+    }
+
+    #[test]
+    fn a_wildcard_listener_serves_every_address_on_its_port() {
+        let t: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert!(serves("0.0.0.0:7000".parse().unwrap(), t));
+        assert!(serves("[::]:7000".parse().unwrap(), t));
+        assert!(serves("127.0.0.1:7000".parse().unwrap(), t));
+        assert!(!serves("127.0.0.1:7001".parse().unwrap(), t));
+        assert!(!serves("127.0.0.2:7000".parse().unwrap(), t));
+    }
+
+    #[test]
+    fn this_process_listening_sockets_are_found() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let found = listening(std::process::id()).unwrap();
+        assert!(found.contains(&l.local_addr().unwrap()), "{found:?}");
+    }
 
     #[test]
     fn stat_cpu_skips_a_command_with_spaces() {

@@ -94,8 +94,13 @@ pub enum HandshakeError {
     #[error("no slot line within {0:?}")]
     Timeout(Duration),
     /// The bytes received can never be a slot line.
-    #[error("malformed slot line: {0}")]
-    Malformed(#[from] LineError),
+    #[error("malformed slot line {}: {error}{}", escaped(received), hint(received))]
+    Malformed {
+        /// What the parser found wrong.
+        error: LineError,
+        /// The first bytes received (at most 16).
+        received: Vec<u8>,
+    },
     /// The server closed after part of a line.
     #[error("connection closed after {0} bytes of a slot line")]
     Truncated(usize),
@@ -110,7 +115,7 @@ impl HandshakeError {
         match self {
             HandshakeError::Io { source, .. } => ErrorKind::of_io(source),
             HandshakeError::Timeout(_) => ErrorKind::Timeout,
-            HandshakeError::Malformed(_) | HandshakeError::Truncated(_) => ErrorKind::Protocol,
+            HandshakeError::Malformed { .. } | HandshakeError::Truncated(_) => ErrorKind::Protocol,
             HandshakeError::NoSlot => ErrorKind::NoSlot,
         }
     }
@@ -200,7 +205,11 @@ async fn connect_and_read(
             });
         }
         filled += n;
-        match parse_slot_line(&buf[..filled])? {
+        let malformed = |error| HandshakeError::Malformed {
+            error,
+            received: buf[..filled].to_vec(),
+        };
+        match parse_slot_line(&buf[..filled]).map_err(malformed)? {
             Some(line) => {
                 return Ok(Connected {
                     stream,
@@ -210,10 +219,42 @@ async fn connect_and_read(
                 });
             }
             // The parser rejects anything longer than a slot line before the buffer fills.
-            None if filled == buf.len() => return Err(LineError::Overflow.into()),
+            None if filled == buf.len() => return Err(malformed(LineError::Overflow)),
             None => {}
         }
     }
+}
+
+/// Bytes as a quoted string, non-printable ones escaped (`"HTTP/1.1 400 \\r\\n"`).
+fn escaped(bytes: &[u8]) -> String {
+    format!("\"{}\"", bytes.escape_ascii())
+}
+
+/// A hint when the first bytes are another protocol's greeting: the target is not a Callosum
+/// server.
+fn hint(bytes: &[u8]) -> &'static str {
+    const GREETINGS: &[(&[u8], &str)] = &[
+        (
+            b"HTTP/",
+            "; this is an HTTP server, not a Callosum server: check --target",
+        ),
+        (
+            b"SSH-",
+            "; this is an SSH server, not a Callosum server: check --target",
+        ),
+        (
+            b"220",
+            "; this looks like an SMTP or FTP server, not a Callosum server: check --target",
+        ),
+        (
+            b"-ERR",
+            "; this looks like a Redis server, not a Callosum server: check --target",
+        ),
+    ];
+    GREETINGS
+        .iter()
+        .find(|(greeting, _)| bytes.starts_with(greeting))
+        .map_or("", |(_, hint)| hint)
 }
 
 /// Creates a non-blocking socket (bound to `source`, if given), connects it to `target` and
@@ -302,10 +343,20 @@ mod tests {
     fn handshake_errors_map_to_kinds() {
         assert_eq!(HandshakeError::NoSlot.kind(), ErrorKind::NoSlot);
         assert_eq!(HandshakeError::Truncated(2).kind(), ErrorKind::Protocol);
-        assert_eq!(
-            HandshakeError::Malformed(LineError::Empty).kind(),
-            ErrorKind::Protocol
+        let malformed = |bytes: &[u8]| HandshakeError::Malformed {
+            error: LineError::Empty,
+            received: bytes.to_vec(),
+        };
+        assert_eq!(malformed(b"\r\n").kind(), ErrorKind::Protocol);
+        let http = malformed(b"HTTP/1.1 400 Bad").to_string();
+        assert!(http.contains("\"HTTP/1.1 400 Bad\""), "{http}");
+        assert!(
+            http.contains("an HTTP server, not a Callosum server"),
+            "{http}"
         );
+        let plain = malformed(b"x\r\n").to_string();
+        assert!(plain.contains("\"x\\r\\n\""), "{plain}");
+        assert!(!plain.contains("server"), "{plain}");
         assert_eq!(
             HandshakeError::Timeout(Duration::from_secs(1)).kind(),
             ErrorKind::Timeout

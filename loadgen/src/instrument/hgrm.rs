@@ -70,7 +70,7 @@ fn sub_buckets(sigfig: u8) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::new_histogram;
+    use crate::instrument::stats::new_histogram;
 
     fn render(h: &Histogram<u64>) -> String {
         let mut out = Vec::new();

@@ -97,7 +97,7 @@ pub fn write(path: &Path, series: &[(String, &Histogram<u64>)]) -> Result<(), Sv
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::new_histogram;
+    use crate::instrument::stats::new_histogram;
 
     #[test]
     fn labels_read_as_percentiles() {

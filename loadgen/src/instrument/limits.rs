@@ -14,10 +14,9 @@
 //! targets, spreads them over enough 127.0.0.x source addresses to keep each pair within a
 //! quarter of the range; for other targets it warns with the figures and the remedies.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::config::{Config, Pacing, PhaseKind};
+use crate::instrument::plan::{Pacing, PhaseKind, Plan};
 
 /// Descriptors kept free for everything that is not a measured connection: listeners, epoll
 /// and io_uring instances, eventfds, files, plus this many per thread.
@@ -42,12 +41,9 @@ const MAX_SRC_IPS: u8 = 254;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitError {
-    /// The configuration is inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-    /// `--src-ips` binds to 127.0.0.x, which can only reach IPv4 loopback targets.
-    #[error("--src-ips binds to 127.0.0.x and needs IPv4 loopback targets; {0} is not one")]
-    SrcIpsNeedLoopback(SocketAddr),
+    /// The descriptor limit could not be read or raised.
+    #[error("RLIMIT_NOFILE: {0}")]
+    Rlimit(#[source] std::io::Error),
     /// More descriptors would be open at once than the process may have.
     #[error(
         "phase {phase} needs about {needed} file descriptors at once but only {available} are \
@@ -97,32 +93,32 @@ pub fn ephemeral_ports() -> Option<u64> {
 
 /// Descriptors a phase needs at its peak: its connections, doubled when the server is in this
 /// process, plus a reserve.
-pub fn fds_needed(config: &Config, kind: &PhaseKind, in_flight: usize) -> u64 {
+pub fn fds_needed(plan: &Plan, kind: &PhaseKind, in_flight: usize) -> u64 {
     let conns = match *kind {
         PhaseKind::Hold { connections, .. } => connections.max(in_flight as u64),
         PhaseKind::Churn { .. } => in_flight as u64,
     };
-    let sides = if config.is_embedded() { 2 } else { 1 };
-    let threads = config.workers as u64
-        + if config.is_embedded() {
-            config.embedded.shards as u64
+    let sides = if plan.is_embedded() { 2 } else { 1 };
+    let threads = plan.workers as u64
+        + if plan.is_embedded() {
+            plan.embedded.shards as u64
         } else {
             0
         };
     conns * sides + RESERVE_FDS + RESERVE_FDS_PER_THREAD * threads
 }
 
-/// The most connections a hold can keep under `config` (its targets, workers and embedded
+/// The most connections a hold can keep under `plan` (its targets, workers and embedded
 /// server) within the descriptor limit, after raising it; `None` if the limit cannot be read.
-pub fn max_hold(config: &Config) -> Option<u64> {
+pub fn max_hold(plan: &Plan) -> Option<u64> {
     let limit = callosum_server::raise_nofile_limit().ok()?;
     let available = limit.saturating_sub(open_fds());
     let probe = PhaseKind::Hold {
         connections: 0,
         hold_for: std::time::Duration::ZERO,
     };
-    let reserve = fds_needed(config, &probe, 0);
-    let sides = if config.is_embedded() { 2 } else { 1 };
+    let reserve = fds_needed(plan, &probe, 0);
+    let sides = if plan.is_embedded() { 2 } else { 1 };
     // Leave room for what opens between this estimate and the run (the signal thread's
     // runtime, log files).
     Some(available.saturating_sub(reserve + ESTIMATE_MARGIN) / sides)
@@ -178,21 +174,20 @@ impl PortPlan {
 }
 
 /// Estimates the connects per target within one TIME_WAIT period and picks the source
-/// addresses: `config.src_ips` when given; otherwise, for loopback targets, the fewest that
+/// addresses: `plan.src_ips` when given; otherwise, for loopback targets, the fewest that
 /// keep each pair within [`PORT_BUDGET`] of the range, and 1 for other targets (which the
 /// caller warns about when it does not fit: see [`PortPlan::warning`]).
-pub fn port_plan(config: &Config) -> PortPlan {
-    plan_for_range(config, ephemeral_ports())
+pub fn port_plan(plan: &Plan) -> PortPlan {
+    plan_for_range(plan, ephemeral_ports())
 }
 
-fn plan_for_range(config: &Config, ports: Option<u64>) -> PortPlan {
-    let connects_per_target =
-        connects_within_time_wait(config) / config.targets.len().max(1) as u64;
-    let loopback = config
+fn plan_for_range(plan: &Plan, ports: Option<u64>) -> PortPlan {
+    let connects_per_target = connects_within_time_wait(plan) / plan.targets.len().max(1) as u64;
+    let loopback = plan
         .targets
         .iter()
         .all(|t| t.is_ipv4() && t.ip().is_loopback());
-    let src_ips = match (config.src_ips, ports) {
+    let src_ips = match (plan.src_ips, ports) {
         (Some(n), _) => n.max(1),
         (None, Some(ports)) if loopback => {
             let budget = (ports as f64 * PORT_BUDGET).max(1.0);
@@ -212,9 +207,9 @@ fn plan_for_range(config: &Config, ports: Option<u64>) -> PortPlan {
 /// The connects of every phase that fall within one TIME_WAIT period of each other, over all
 /// targets: a churn's count, or its rate (the open-loop rate, else [`ASSUMED_PEAK_RATE`] per
 /// target) over its warmup and duration capped at the period; a hold's connections.
-fn connects_within_time_wait(config: &Config) -> u64 {
-    let targets = config.targets.len().max(1) as f64;
-    let total: f64 = config
+fn connects_within_time_wait(plan: &Plan) -> u64 {
+    let targets = plan.targets.len().max(1) as f64;
+    let total: f64 = plan
         .phases
         .iter()
         .map(|phase| match phase.kind {
@@ -237,12 +232,10 @@ fn connects_within_time_wait(config: &Config) -> u64 {
     total as u64
 }
 
-/// Raises `RLIMIT_NOFILE` and checks every phase of `config` against the limits, before
-/// anything starts. `config.src_ips` must be resolved ([`port_plan`]).
-pub fn check(config: &Config) -> Result<(), LimitError> {
-    validate(config)?;
-    let limit = callosum_server::raise_nofile_limit()
-        .map_err(|e| LimitError::Invalid(format!("getrlimit: {e}")))?;
+/// Raises `RLIMIT_NOFILE` and checks every phase of `plan` against the limits, before
+/// anything starts. `plan.src_ips` must be resolved ([`port_plan`]).
+pub fn check(plan: &Plan) -> Result<(), LimitError> {
+    let limit = callosum_server::raise_nofile_limit().map_err(LimitError::Rlimit)?;
     // Grow the descriptor table once, now: growing it while connections pile up stalls every
     // thread of the process for an RCU grace period, which would show up as client latency.
     if let Err(e) = callosum_server::grow_fd_table(limit) {
@@ -251,9 +244,9 @@ pub fn check(config: &Config) -> Result<(), LimitError> {
     let open = open_fds();
     let available = limit.saturating_sub(open);
     let ports = ephemeral_ports();
-    let pairs = (config.targets.len().max(1) * usize::from(config.src_ips.unwrap_or(1))) as u64;
-    for phase in &config.phases {
-        let needed = fds_needed(config, &phase.kind, phase.pacing.in_flight());
+    let pairs = (plan.targets.len().max(1) * usize::from(plan.src_ips.unwrap_or(1))) as u64;
+    for phase in &plan.phases {
+        let needed = fds_needed(plan, &phase.kind, phase.pacing.in_flight());
         if needed > available {
             return Err(LimitError::TooManyFds {
                 phase: phase.kind.name(),
@@ -261,7 +254,7 @@ pub fn check(config: &Config) -> Result<(), LimitError> {
                 available,
                 limit,
                 open,
-                hint: if config.is_embedded() {
+                hint: if plan.is_embedded() {
                     "; the embedded server shares this process's descriptors (two per \
                      connection): run callosum-server as its own process and pass --target"
                 } else {
@@ -283,60 +276,13 @@ pub fn check(config: &Config) -> Result<(), LimitError> {
     Ok(())
 }
 
-fn validate(config: &Config) -> Result<(), LimitError> {
-    let bad = |s: &str| Err(LimitError::Invalid(s.to_owned()));
-    if config.workers == 0 {
-        return bad("workers must be at least 1");
-    }
-    if config.phases.is_empty() {
-        return bad("no phase to run");
-    }
-    if config.src_ips.is_some_and(|n| n > 1) {
-        if let Some(t) = config
-            .targets
-            .iter()
-            .find(|t| !(t.is_ipv4() && t.ip().is_loopback()))
-        {
-            return Err(LimitError::SrcIpsNeedLoopback(*t));
-        }
-    }
-    if config.timeout.is_zero() {
-        return bad("the handshake timeout must be positive");
-    }
-    if !(0.0..=1.0).contains(&config.reset_fraction) {
-        return bad("the reset fraction must be within 0.0..=1.0");
-    }
-    for phase in &config.phases {
-        match phase.pacing {
-            crate::Pacing::Closed { concurrency: 0 } => {
-                return bad("concurrency must be at least 1");
-            }
-            crate::Pacing::Open {
-                rate,
-                max_in_flight,
-            } if !(rate.is_finite() && rate > 0.0) || max_in_flight == 0 => {
-                return bad("rate must be positive and max in flight at least 1");
-            }
-            _ => {}
-        }
-        if let PhaseKind::Churn {
-            duration: None,
-            count: None,
-        } = phase.kind
-        {
-            return bad("a churn needs a duration or a count");
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Pacing, Phase};
+    use crate::instrument::plan::{Pacing, Phase};
 
-    fn hold(connections: u64) -> Config {
-        Config {
+    fn hold(connections: u64) -> Plan {
+        Plan {
             phases: vec![Phase {
                 kind: PhaseKind::Hold {
                     connections,
@@ -346,54 +292,43 @@ mod tests {
                 warmup: std::time::Duration::ZERO,
             }],
             workers: 2,
-            ..Config::default()
+            ..Plan::default()
         }
     }
 
     #[test]
     fn embedded_needs_two_descriptors_per_connection() {
-        let mut config = hold(1_000);
-        config.embedded.shards = 2;
-        let embedded = fds_needed(&config, &config.phases[0].kind, 64);
-        config.targets = vec!["127.0.0.1:1".parse().unwrap()];
-        let external = fds_needed(&config, &config.phases[0].kind, 64);
+        let mut plan = hold(1_000);
+        plan.embedded.shards = 2;
+        let embedded = fds_needed(&plan, &plan.phases[0].kind, 64);
+        plan.targets = vec!["127.0.0.1:1".parse().unwrap()];
+        let external = fds_needed(&plan, &plan.phases[0].kind, 64);
         assert_eq!(embedded - external, 1_000 + 2 * RESERVE_FDS_PER_THREAD);
     }
 
     #[test]
     fn an_embedded_hold_beyond_the_limit_is_refused_with_a_hint() {
-        let config = hold(10_000_000);
-        let err = check(&config).unwrap_err();
+        let plan = hold(10_000_000);
+        let err = check(&plan).unwrap_err();
         assert!(matches!(err, LimitError::TooManyFds { .. }), "{err}");
         assert!(err.to_string().contains("--target"), "{err}");
     }
 
     #[test]
     fn the_largest_hold_that_fits_passes_the_check_and_more_does_not() {
-        let mut config = hold(0);
+        let mut plan = hold(0);
         // Tests run in parallel and open files: stay clear of the exact edge.
-        let max = max_hold(&config).unwrap();
-        config.phases[0].kind = PhaseKind::Hold {
+        let max = max_hold(&plan).unwrap();
+        plan.phases[0].kind = PhaseKind::Hold {
             connections: max,
             hold_for: std::time::Duration::ZERO,
         };
-        check(&config).unwrap();
-        config.phases[0].kind = PhaseKind::Hold {
+        check(&plan).unwrap();
+        plan.phases[0].kind = PhaseKind::Hold {
             connections: max + 1_000,
             hold_for: std::time::Duration::ZERO,
         };
-        assert!(matches!(check(&config), Err(LimitError::TooManyFds { .. })));
-    }
-
-    #[test]
-    fn src_ips_need_loopback_targets() {
-        let mut config = hold(10);
-        config.targets = vec!["10.0.0.1:80".parse().unwrap()];
-        config.src_ips = Some(4);
-        assert!(matches!(
-            check(&config),
-            Err(LimitError::SrcIpsNeedLoopback(_))
-        ));
+        assert!(matches!(check(&plan), Err(LimitError::TooManyFds { .. })));
     }
 
     /// The range of a default Linux host (32768-60999).
@@ -401,7 +336,7 @@ mod tests {
 
     #[test]
     fn the_default_run_spreads_its_loopback_churn_over_enough_source_addresses() {
-        let plan = plan_for_range(&Config::default(), PORTS);
+        let plan = plan_for_range(&Plan::default(), PORTS);
         // 3.5 s at the assumed 100,000/s plus a hold of 4,000, at most 7,058 per pair.
         assert_eq!(plan.connects_per_target, 354_000);
         assert_eq!(plan.src_ips, 51);
@@ -410,11 +345,11 @@ mod tests {
 
     #[test]
     fn a_given_src_ips_is_kept_and_warned_about_when_too_few() {
-        let config = Config {
+        let plan = Plan {
             src_ips: Some(2),
-            ..Config::default()
+            ..Plan::default()
         };
-        let plan = plan_for_range(&config, PORTS);
+        let plan = plan_for_range(&plan, PORTS);
         assert_eq!(plan.src_ips, 2);
         let warning = plan.warning().expect("177,000 per pair cannot fit");
         assert!(warning.contains("177000 connects per (source address, target) pair"));
@@ -423,32 +358,32 @@ mod tests {
 
     #[test]
     fn a_counted_or_paced_churn_is_estimated_from_its_count_or_rate() {
-        let mut config = hold(0);
-        config.phases[0].kind = PhaseKind::Churn {
+        let mut plan = hold(0);
+        plan.phases[0].kind = PhaseKind::Churn {
             duration: None,
             count: Some(5_000),
         };
-        assert_eq!(plan_for_range(&config, PORTS).src_ips, 1);
-        config.phases[0].kind = PhaseKind::Churn {
+        assert_eq!(plan_for_range(&plan, PORTS).src_ips, 1);
+        plan.phases[0].kind = PhaseKind::Churn {
             duration: Some(Duration::from_secs(600)),
             count: None,
         };
-        config.phases[0].pacing = Pacing::Open {
+        plan.phases[0].pacing = Pacing::Open {
             rate: 1_000.0,
             max_in_flight: 64,
         };
         // The TIME_WAIT period caps the window: 60 s at 1,000/s.
-        let plan = plan_for_range(&config, PORTS);
+        let plan = plan_for_range(&plan, PORTS);
         assert_eq!((plan.connects_per_target, plan.src_ips), (60_000, 9));
     }
 
     #[test]
     fn a_remote_target_is_not_spread_but_warned_about_with_the_remedies() {
-        let config = Config {
+        let plan = Plan {
             targets: vec!["192.0.2.1:4040".parse().unwrap()],
-            ..Config::default()
+            ..Plan::default()
         };
-        let plan = plan_for_range(&config, PORTS);
+        let plan = plan_for_range(&plan, PORTS);
         assert_eq!(plan.src_ips, 1);
         let warning = plan
             .warning()
@@ -460,18 +395,8 @@ mod tests {
 
     #[test]
     fn an_unreadable_port_range_spreads_nothing_and_warns_about_nothing() {
-        let plan = plan_for_range(&Config::default(), None);
+        let plan = plan_for_range(&Plan::default(), None);
         assert_eq!(plan.src_ips, 1);
         assert!(plan.warning().is_none());
-    }
-
-    #[test]
-    fn a_churn_without_bound_is_invalid() {
-        let mut config = hold(10);
-        config.phases[0].kind = PhaseKind::Churn {
-            duration: None,
-            count: None,
-        };
-        assert!(matches!(check(&config), Err(LimitError::Invalid(_))));
     }
 }

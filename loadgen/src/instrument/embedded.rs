@@ -3,7 +3,7 @@
 //! machine.
 //!
 //! It shares the process's file descriptors (two per connection: both ends live here), which
-//! [`crate::limits`] accounts for; its CPU time is the process's minus the workers'. Its shards
+//! [`crate::instrument::limits`] accounts for; its CPU time is the process's minus the workers'. Its shards
 //! are not pinned: the load generator's workers run on the same cores, and pinned shards would
 //! fight them for a fixed core instead of letting the scheduler balance.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use callosum_server::{RunningServer, Server, ServerError, Stats};
 
-use crate::config::EmbeddedConfig;
+use crate::instrument::plan::EmbeddedConfig;
 
 /// How long the embedded server may take to drain when it stops.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -37,12 +37,12 @@ pub struct EmbeddedServer {
 
 impl EmbeddedServer {
     /// Starts the server (hold mode) on 127.0.0.1 with a free port.
-    pub fn start(config: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
+    pub fn start(plan: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
         let server = Server::builder()
             .host(IpAddr::V4(Ipv4Addr::LOCALHOST))
             .port(0)
-            .shards(config.shards)
-            .max_slots(config.max_slots)
+            .shards(plan.shards)
+            .max_slots(plan.max_slots)
             .pin(false)
             .start()?;
         Ok(Self { server })

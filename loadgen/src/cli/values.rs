@@ -1,0 +1,114 @@
+//! Parsers of option values, shared by every command so a value means the same everywhere and
+//! a bad one is refused while parsing, in one line naming the option (exit status 2).
+//!
+//! Durations take units (`500ms`, `10s`, `2m`, `1h 30m`, as `humantime` reads them); a bare
+//! number is seconds (`2.5`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// A duration: a number of seconds, or a number with a unit (`ms`, `s`, `m`, `h`, …).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s} is not a duration of zero or more seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s}: {e} (examples: 500ms, 10s, 2m)"))
+}
+
+/// A duration longer than zero.
+pub fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be longer than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+/// A finite number above zero.
+pub fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s} is not a number above zero")),
+    }
+}
+
+/// A finite number of zero or more.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s} is not a number of zero or more")),
+    }
+}
+
+/// A share, within `0.0..=1.0`.
+pub fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s} is not within 0.0..=1.0")),
+    }
+}
+
+/// A whole number of at least 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s} is not a whole number of at least 1")),
+    }
+}
+
+/// A whole number of at least 1, as `u64`.
+pub fn count(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s} is not a whole number of at least 1")),
+    }
+}
+
+/// `host:port`, resolved to its first address.
+pub fn target(s: &str) -> Result<SocketAddr, String> {
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s}: no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_or_seconds() {
+        assert_eq!(duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        for bad in ["-1", "abc", "10 parsecs", "NaN", "inf", ""] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+        assert!(positive_duration("0s").is_err());
+        assert!(positive_duration("0").is_err());
+        assert_eq!(positive_duration("1ms"), Ok(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn numbers_are_refused_out_of_range() {
+        assert!(positive("0").is_err());
+        assert!(positive("NaN").is_err());
+        assert!(positive("inf").is_err());
+        assert_eq!(positive("0.5"), Ok(0.5));
+        assert!(non_negative("-0.1").is_err());
+        assert_eq!(non_negative("0"), Ok(0.0));
+        assert!(fraction("1.5").is_err());
+        assert!(fraction("NaN").is_err());
+        assert_eq!(fraction("1"), Ok(1.0));
+        assert!(at_least_one("0").is_err());
+        assert!(at_least_one("-3").is_err());
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(count("0").is_err());
+        assert!(target("nohost").is_err());
+        assert_eq!(target("127.0.0.1:7"), Ok("127.0.0.1:7".parse().unwrap()));
+    }
+}

@@ -1,0 +1,276 @@
+//! The table a reader sees: each phase in a few lines of at most 80 columns, latencies in
+//! milliseconds with microsecond decimals, numbers grouped by thousands, written to any
+//! `Write`.
+
+use std::io::{self, Write};
+
+use super::{PacingReport, Report, RunReport};
+use crate::instrument::stats::LatencySummary;
+
+impl Report {
+    /// Writes the table of every phase, a blank line between phases.
+    pub fn write_table(&self, out: &mut impl Write) -> io::Result<()> {
+        for (i, run) in self.runs.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            run.write_table(out)?;
+        }
+        Ok(())
+    }
+
+    /// The tables of every phase, as a string.
+    pub fn table(&self) -> String {
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.write_table(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> String {
+        let mut out = Vec::new();
+        // Plain data with string keys and finite numbers serialises without error into a Vec.
+        let _ = self.write_json(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Writes the JSON document (and a newline) to `out`.
+    pub fn write_json(&self, out: &mut impl Write) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        writeln!(out)
+    }
+}
+
+/// `µs` as milliseconds with three decimals.
+fn ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1e3)
+}
+
+fn latency_row(out: &mut impl Write, name: &str, s: &LatencySummary) -> io::Result<()> {
+    writeln!(
+        out,
+        "  {name:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.p999),
+        ms(s.p9999),
+        ms(s.max)
+    )
+}
+
+impl RunReport {
+    /// Writes this phase's table.
+    pub fn write_table(&self, out: &mut impl Write) -> io::Result<()> {
+        let target = if self.embedded {
+            format!("{} (embedded callosum-server)", self.targets.join(", "))
+        } else {
+            self.targets.join(", ")
+        };
+        writeln!(out, "== {} against {target}", self.scenario)?;
+        let pacing = match self.pacing {
+            PacingReport::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
+            PacingReport::Open {
+                rate,
+                max_in_flight,
+            } => format!(
+                "open loop, {}/s, at most {max_in_flight} in flight",
+                group(rate as u64)
+            ),
+        };
+        writeln!(
+            out,
+            "   {pacing} · {} workers · {} source addr. · warmup {:.1} s",
+            self.workers, self.src_ips, self.warmup_s
+        )?;
+        writeln!(
+            out,
+            "handshakes  {}/s: {} recorded in {:.2} s",
+            group(self.handshakes_per_s.round() as u64),
+            group(self.recorded),
+            self.window_s,
+        )?;
+        writeln!(
+            out,
+            "            {} ok, {} errors in all, phase {:.2} s",
+            group(self.succeeded),
+            group(self.errors.total),
+            self.elapsed_s
+        )?;
+        writeln!(
+            out,
+            "latency ms  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "p50", "p90", "p99", "p99.9", "p99.99", "max"
+        )?;
+        latency_row(out, "handshake", &self.handshake_us)?;
+        latency_row(out, "connect", &self.connect_us)?;
+        self.write_errors(out)?;
+        if let Some(r) = &self.resets {
+            writeln!(
+                out,
+                "resets      {} on purpose ({:.0} % asked, not errors)",
+                group(r.total),
+                r.fraction * 100.0,
+            )?;
+            writeln!(
+                out,
+                "            {} after connect · {} after the line · {} after a hold",
+                group(r.after_connect),
+                group(r.after_line),
+                group(r.after_hold)
+            )?;
+        }
+        if let Some(rate) = &self.rate {
+            let verdict = if rate.achieved {
+                "achieved"
+            } else {
+                "NOT ACHIEVED"
+            };
+            writeln!(
+                out,
+                "rate        {}/s asked: {verdict}, {}/s done, {}/s started",
+                group(rate.target_per_s as u64),
+                group(rate.achieved_per_s as u64),
+                group(rate.started_per_s as u64),
+            )?;
+            if rate.late_starts > 0 {
+                writeln!(
+                    out,
+                    "            {} starts more than 10 ms late",
+                    group(rate.late_starts)
+                )?;
+            }
+        }
+        let c = &self.cpu;
+        writeln!(
+            out,
+            "cpu         loadgen {:.2} s, {:.1} µs/handshake, {:.2} of {} cores busy",
+            c.loadgen_s, c.loadgen_us_per_handshake, c.loadgen_cores, c.cores
+        )?;
+        if let (Some(s), Some(per)) = (c.server_s, c.server_us_per_handshake) {
+            writeln!(out, "            server {s:.2} s, {per:.1} µs/handshake")?;
+        }
+        if self.invariant.violations == 0 {
+            writeln!(
+                out,
+                "slots       invariant held: no slot held twice at once"
+            )?;
+        } else {
+            writeln!(
+                out,
+                "slots       !!! INVARIANT VIOLATED {} time(s): one slot held twice at once",
+                self.invariant.violations,
+            )?;
+            writeln!(out, "            e.g. slots {:?}", self.invariant.examples)?;
+        }
+        self.write_hold(out)?;
+        if let Some(reason) = &self.stopped_early {
+            writeln!(out, "STOPPED     {reason}")?;
+        }
+        Ok(())
+    }
+
+    fn write_errors(&self, out: &mut impl Write) -> io::Result<()> {
+        let e = &self.errors;
+        if e.total == 0 {
+            return writeln!(out, "errors      none");
+        }
+        writeln!(
+            out,
+            "errors      refused {} · timeout {} · reset {} · protocol {}",
+            group(e.refused),
+            group(e.timeout),
+            group(e.reset),
+            group(e.protocol),
+        )?;
+        writeln!(
+            out,
+            "            no slot {} · other {}",
+            group(e.no_slot),
+            group(e.other)
+        )?;
+        for s in &e.samples {
+            writeln!(
+                out,
+                "            {}× {}: {}",
+                group(s.count),
+                s.kind.name(),
+                s.message
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_hold(&self, out: &mut impl Write) -> io::Result<()> {
+        let Some(h) = &self.hold else {
+            return Ok(());
+        };
+        writeln!(
+            out,
+            "hold        {} of {} held, {} closed by the server",
+            group(h.held),
+            group(h.requested),
+            group(h.closed_by_server)
+        )?;
+        if let [a, b, c, d] = h.latency_by_held_quarter.as_slice() {
+            writeln!(
+                out,
+                "  p99 ms as the hold grew: {} · {} · {} · {} (by quarter)",
+                ms(a.p99),
+                ms(b.p99),
+                ms(c.p99),
+                ms(d.p99)
+            )?;
+        }
+        for ts in &h.per_target {
+            let range = match (ts.lowest, ts.highest) {
+                (Some(l), Some(h)) => format!("slots {l}..={h}"),
+                _ => "no slot".to_owned(),
+            };
+            writeln!(
+                out,
+                "  {}: {} held, {range}, {} gaps, {} duplicates",
+                ts.target,
+                group(ts.held),
+                ts.gaps,
+                ts.duplicates
+            )?;
+        }
+        if let Some(rss) = h.rss_per_held_connection_bytes {
+            let whose = if self.embedded {
+                "this process, both ends"
+            } else {
+                "the --server-pid process"
+            };
+            writeln!(
+                out,
+                "memory      {rss:.0} B RSS per held connection ({whose})"
+            )?;
+        }
+        if let Some(k) = &h.kernel_per_held_connection {
+            let bytes = |b: Option<f64>| b.map_or("?".to_owned(), |b| format!("{b:.0} B"));
+            writeln!(
+                out,
+                "kernel      {} objects + {} buffers per held connection",
+                bytes(k.slab_bytes),
+                bytes(k.socket_buffer_bytes),
+            )?;
+            writeln!(out, "            (host-wide; both ends when on one host)")?;
+        }
+        Ok(())
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
