@@ -40,8 +40,15 @@
 //! - `stats`: per-shard counters and the [`Stats`] snapshot.
 //! - `log_limit`: rate-limited logging for floods of errors.
 //! - `panics`: the message of a caught panic, for the log line it goes into.
-//! - [`prometheus`]: the optional Prometheus endpoint, on threads of its own, capped and
-//!   timed out so that it can never take resources from the slot port.
+//! - `prometheus` (feature `metrics`): the Prometheus endpoint, on threads of its own, capped
+//!   and timed out so that it can never take resources from the slot port.
+//!
+//! # Features
+//! - `cli` (default): the `callosum-server` binary's option parser and logging subscriber;
+//!   turns on `metrics`. A library user turns the defaults off (`default-features = false`)
+//!   and gets a server without them.
+//! - `metrics`: the `prometheus` module, with the `metrics` registry and its exporter.
+//! - `serde`: `Serialize` on [`Stats`].
 #![deny(missing_docs)]
 
 pub mod slots;
@@ -67,6 +74,7 @@ not_loom! {
     mod panics;
     mod listener;
     mod log_limit;
+    #[cfg(feature = "metrics")]
     pub mod prometheus;
     mod server;
     mod shared;

@@ -1,5 +1,9 @@
-//! `callosum-server`: runs a Callosum server until SIGINT/SIGTERM, then drains and prints
-//! its final counters. A second signal exits at once.
+//! `callosum-server`: runs a Callosum server until SIGINT/SIGTERM, then drains and logs its
+//! final counters. A second signal exits at once.
+//!
+//! Logs go to stderr, without colour codes unless stderr is a terminal; the library logs
+//! "listening" once the server serves and "stopped", with the final counters as fields, when
+//! it is done.
 //!
 //! `cargo run --release -p callosum-server -- --port 4040 --mode hold`
 
@@ -19,7 +23,7 @@ mod cli {
 
     use anyhow::Context;
     use callosum_server::prometheus::MetricsEndpoint;
-    use callosum_server::{Echo, Hold, Keepalive, RunningServer, Server, ServerBuilder, Stats};
+    use callosum_server::{Echo, Hold, Keepalive, RunningServer, Server, ServerBuilder};
     use clap::{Parser, ValueEnum};
     use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -108,20 +112,8 @@ mod cli {
             }
         };
         match run(args) {
-            Ok(stats) => {
-                println!(
-                    "accepted {} refused {} active {} high-water {} accept-errors {} \
-                     handshake-errors {} handler-panics {}",
-                    stats.accepted,
-                    stats.refused,
-                    stats.active,
-                    stats.high_water,
-                    stats.accept_errors,
-                    stats.handshake_errors,
-                    stats.handler_panics
-                );
-                ExitCode::SUCCESS
-            }
+            // The final counters are logged by the library, as one line ("stopped").
+            Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("callosum-server: {err:#}");
                 ExitCode::FAILURE
@@ -129,7 +121,7 @@ mod cli {
         }
     }
 
-    fn run(args: Args) -> anyhow::Result<Stats> {
+    fn run(args: Args) -> anyhow::Result<()> {
         let drain = Duration::try_from_secs_f64(args.drain_timeout)
             .context("--drain-timeout must be a non-negative number of seconds")?;
         let mut builder: ServerBuilder = Server::builder()
@@ -158,7 +150,6 @@ mod cli {
             Mode::Echo => builder.start_with(Echo),
         }
         .with_context(|| format!("starting the server on {addr}"))?;
-        eprintln!("callosum-server: listening on {}", server.local_addr());
         if let Some(metrics) = metrics {
             metrics.serve(server.handle())?;
         }
@@ -171,7 +162,7 @@ mod cli {
             eprintln!("callosum-server: second signal, exiting now");
             std::process::exit(130);
         });
-        server.wait().context("stopping the server")
+        server.wait().map(drop).context("stopping the server")
     }
 
     /// SIGINT and SIGTERM, caught from the moment `install` returns.

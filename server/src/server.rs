@@ -181,11 +181,13 @@ impl ServerBuilder {
             let _ = running.shutdown(Duration::ZERO);
             return Err(err);
         }
+        // The one line that says the server serves, and where (`RunningServer::wait` logs
+        // the other end, "stopped").
         tracing::info!(
             addr = %local_addr,
             shards = running.threads.len(),
             descriptor_capacity = running.handle.shared.descriptors.capacity(),
-            "callosum server listening"
+            "listening"
         );
         Ok(running)
     }
@@ -309,7 +311,7 @@ impl RunningServer {
     }
 
     /// Waits until the server has been stopped (through a handle) and every shard is done;
-    /// returns the final counters.
+    /// returns the final counters, which it also logs as one line ("stopped").
     pub fn wait(mut self) -> Result<Stats, ServerError> {
         let mut result = Ok(());
         for (shard, thread) in self.threads.drain(..).enumerate() {
@@ -317,7 +319,19 @@ impl RunningServer {
                 result = Err(ServerError::ShardPanicked { shard });
             }
         }
-        result.map(|()| self.handle.stats())
+        let stats = self.handle.stats();
+        tracing::info!(
+            addr = %self.handle.local_addr(),
+            accepted = stats.accepted,
+            refused = stats.refused,
+            active = stats.active,
+            high_water = stats.high_water,
+            accept_errors = stats.accept_errors,
+            handshake_errors = stats.handshake_errors,
+            handler_panics = stats.handler_panics,
+            "stopped"
+        );
+        result.map(|()| stats)
     }
 }
 

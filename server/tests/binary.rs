@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use process::ServerProcess;
+use process::{ServerProcess, is_log_message, log_field};
 use support::*;
 
 fn free_port() -> u16 {
@@ -44,10 +44,10 @@ fn signal(child: &Child, signal: libc::c_int) {
 
 #[test]
 fn sigterm_drains_and_exits_zero_with_final_counters() {
-    let mut server = spawn_server(&["--drain-timeout", "10"]);
+    let server = spawn_server(&["--drain-timeout", "10"]);
     let (client, slot) = connect_slot(server.addr);
     assert_eq!(slot, 0);
-    signal(&server.child, libc::SIGTERM);
+    server.signal(libc::SIGTERM);
     // Stops accepting at once, while the held connection may still finish.
     assert!(eventually(|| TcpStream::connect(server.addr).is_err()));
     assert!(
@@ -55,18 +55,59 @@ fn sigterm_drains_and_exits_zero_with_final_counters() {
         "the drain closed the held connection early"
     );
     drop(client);
-    let status = server.child.wait().unwrap();
+    let (status, _, log) = server.wait_exit(PATIENCE);
     assert!(status.success(), "exit status {status}");
-    let mut out = String::new();
-    server
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let stopped = the_one_line(&log, "stopped");
     // The probes above may have been accepted before the stop took effect.
-    assert!(out.contains("refused 0 active 0"), "{out}");
+    assert_eq!(log_field(stopped, "refused"), Some("0"), "{stopped}");
+    assert_eq!(log_field(stopped, "active"), Some("0"), "{stopped}");
+}
+
+/// The one line of `log` whose message is `message` (failing the test if there are more
+/// or none).
+fn the_one_line<'a>(log: &'a str, message: &str) -> &'a str {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| is_log_message(line, message))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{message:?} logged {} times: {log}",
+        lines.len()
+    );
+    lines[0]
+}
+
+#[test]
+fn listening_is_logged_once_and_the_final_counters_in_one_line_without_colour_codes() {
+    let server = spawn_server(&["--drain-timeout", "10"]);
+    let addr = server.addr.to_string();
+    let (_client, slot) = connect_slot(server.addr);
+    assert_eq!(slot, 0);
+    server.signal(libc::SIGTERM);
+    let (status, _, log) = server.wait_exit(PATIENCE);
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(occurrences(&log, "listening"), 1, "{log}");
+    let listening = the_one_line(&log, "listening");
+    assert_eq!(log_field(listening, "addr"), Some(&*addr), "{listening}");
+    assert_eq!(log_field(listening, "shards"), Some("2"), "{listening}");
+    let stopped = the_one_line(&log, "stopped");
+    assert_eq!(log_field(stopped, "accepted"), Some("1"), "{stopped}");
+    for field in [
+        "refused",
+        "active",
+        "high_water",
+        "accept_errors",
+        "handshake_errors",
+        "handler_panics",
+    ] {
+        let value = log_field(stopped, field).unwrap_or_else(|| panic!("no {field}: {stopped}"));
+        assert!(value.parse::<u64>().is_ok(), "{field}={value}: {stopped}");
+    }
+    assert_eq!(log_field(stopped, "high_water"), Some("1"), "{stopped}");
+    // stderr is a pipe, not a terminal.
+    assert!(!log.contains('\x1b'), "colour codes in {log:?}");
 }
 
 #[test]
@@ -397,7 +438,7 @@ fn a_metrics_port_in_use_fails_start_up_before_any_client_gets_a_slot_line() {
     knocker.join().expect("no client got a slot line");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("listening on"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
 }
 
 #[test]

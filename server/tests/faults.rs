@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use callosum_server::{Keepalive, Slots};
-use process::ServerProcess;
+use process::{ServerProcess, is_log_message, log_field};
 use support::*;
 
 /// A fresh client must get its slot line within this, whatever the other peers do.
@@ -287,20 +287,22 @@ fn sigterm_under_a_churn_exits_at_the_drain_timeout_and_a_second_signal_exits_at
     let churn = Churn::start(addr, 4, 50_000);
     assert!(eventually(|| churn.lines() > 500), "the churn is running");
     server.signal(libc::SIGTERM);
-    let (status, _, out) = server.wait_exit(PATIENCE);
+    let (status, _, log) = server.wait_exit(PATIENCE);
     let lines = churn.stop();
     assert!(status.success(), "exit status {status}");
     for c in &mut held {
         assert!(sees_close(c), "a held connection outlived the drain");
     }
-    assert!(out.contains(" refused 0 active 0 "), "{out}");
-    let accepted: u64 = out
-        .split_whitespace()
-        .skip_while(|w| *w != "accepted")
-        .nth(1)
+    let stopped = log
+        .lines()
+        .find(|line| is_log_message(line, "stopped"))
+        .unwrap_or_else(|| panic!("no final counters in {log:?}"));
+    assert_eq!(log_field(stopped, "refused"), Some("0"), "{stopped}");
+    assert_eq!(log_field(stopped, "active"), Some("0"), "{stopped}");
+    let accepted: u64 = log_field(stopped, "accepted")
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no accepted count in {out:?}"));
-    assert_eq!(accepted, 50 + lines, "{out}");
+        .unwrap_or_else(|| panic!("no accepted count in {stopped:?}"));
+    assert_eq!(accepted, 50 + lines, "{stopped}");
 
     // Again with a drain far longer than the test: the second signal must not wait for it.
     let server = ServerProcess::start(&["--drain-timeout", "600"]);

@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A running `callosum-server` process, killed when dropped.
@@ -17,15 +18,34 @@ pub struct ServerProcess {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// What it wrote to stderr up to saying it listens.
+    /// What it wrote to stderr before its "listening" line.
     pub startup_log: String,
-    /// Bytes it has written to stderr since it said it listens.
+    /// Bytes it has written to stderr since its "listening" line.
     pub stderr_bytes: Arc<AtomicU64>,
+    /// Everything it has written to stderr (the first [`KEPT_LOG`] bytes), whole once
+    /// `drain` has ended.
+    log: Arc<Mutex<Vec<u8>>>,
+    /// The thread that drains stderr; it ends when the process exits.
+    drain: Option<JoinHandle<()>>,
+}
+
+/// Bytes of stderr kept for [`ServerProcess::wait_exit`]; beyond them, only counted.
+pub const KEPT_LOG: usize = 1 << 20;
+
+/// The value of the field `name` in a log line (`name=value`).
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Whether `line` is a log line whose message is `message`.
+pub fn is_log_message(line: &str, message: &str) -> bool {
+    line.contains(&format!(": {message} ")) || line.ends_with(&format!(": {message}"))
 }
 
 impl ServerProcess {
-    /// Starts the binary on `127.0.0.1:0` with two shards and `extra` flags; returns once it
-    /// says where it listens.
+    /// Starts the binary on `127.0.0.1:0` with two shards and `extra` flags, logging as it
+    /// does by default; returns once it logs where it listens.
     pub fn start(extra: &[&str]) -> Self {
         Self::start_limited(extra, None)
     }
@@ -54,7 +74,7 @@ impl ServerProcess {
         let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0", "--shards", "2"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -69,18 +89,24 @@ impl ServerProcess {
                 read > 0,
                 "the server exited before listening: {startup_log}"
             );
-            if let Some(addr) = line.trim().strip_prefix("callosum-server: listening on ") {
+            if is_log_message(line.trim_end(), "listening") {
+                let addr = log_field(&line, "addr").expect("an addr field");
                 break addr.parse().expect("a socket address");
             }
             startup_log.push_str(&line);
         };
+        let log = Arc::new(Mutex::new(format!("{startup_log}{line}").into_bytes()));
         // Keep draining stderr so the server never blocks on a full pipe, counting it.
         let stderr_bytes = Arc::new(AtomicU64::new(0));
         let counted = stderr_bytes.clone();
-        std::thread::spawn(move || {
+        let kept = log.clone();
+        let drain = std::thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             while let Ok(n @ 1..) = stderr.read(&mut chunk) {
                 counted.fetch_add(n as u64, Ordering::Relaxed);
+                let mut kept = kept.lock().unwrap();
+                let room = KEPT_LOG.saturating_sub(kept.len()).min(n);
+                kept.extend_from_slice(&chunk[..room]);
             }
         });
         Self {
@@ -88,6 +114,8 @@ impl ServerProcess {
             addr,
             startup_log,
             stderr_bytes,
+            log,
+            drain: Some(drain),
         }
     }
 
@@ -122,7 +150,7 @@ impl ServerProcess {
     }
 
     /// Waits for it to exit, at most `limit` (failing the test beyond); returns its status,
-    /// how long it took, and what it printed on stdout.
+    /// how long it took, and all it wrote to stderr (its log).
     pub fn wait_exit(mut self, limit: Duration) -> (ExitStatus, Duration, String) {
         let start = Instant::now();
         let status = loop {
@@ -133,13 +161,11 @@ impl ServerProcess {
             std::thread::sleep(Duration::from_millis(5));
         };
         let took = start.elapsed();
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
-            stdout
-                .read_to_string(&mut out)
-                .expect("the server's stdout");
+        if let Some(drain) = self.drain.take() {
+            drain.join().expect("the stderr drain");
         }
-        (status, took, out)
+        let log = String::from_utf8_lossy(&self.log.lock().unwrap()).into_owned();
+        (status, took, log)
     }
 }
 
