@@ -31,6 +31,8 @@
 //! - [`embedded`]: the in-process `callosum-server` used when no target is given.
 //! - [`report`]: the results: the stdout table and the JSON document.
 //! - [`hgrm`]: HdrHistogram percentile-distribution text output.
+//! - [`hlog`]: HdrHistogram interval logs (one histogram per second, as the Java tools write
+//!   them) and the histogram encoding embedded in the JSON result.
 //! - [`svg`]: the latency-by-percentile plot.
 //! - [`progress`]: the live progress bar on a terminal.
 //! - [`simulate`]: the deterministic discrete-event simulator of the self-balancing policies.
@@ -45,6 +47,7 @@ pub mod embedded;
 pub mod engine;
 pub mod handshake;
 pub mod hgrm;
+pub mod hlog;
 pub mod limits;
 pub mod progress;
 pub mod registry;
