@@ -216,11 +216,32 @@ impl Intervals {
         Ok(())
     }
 
+    /// The same intervals numbered from `first` (interval `first` becomes 0; earlier ones are
+    /// dropped).
+    pub fn renumbered(&self, first: u64) -> Intervals {
+        let entries = (self.entries.iter())
+            .filter(|e| e.index >= first)
+            .map(|e| EncodedInterval {
+                index: e.index - first,
+                ..e.clone()
+            })
+            .collect();
+        Intervals {
+            length: self.length,
+            entries,
+        }
+    }
+
+    /// Each interval's index and decoded histogram, by index (for per-interval percentiles).
+    pub fn histograms(&self) -> impl Iterator<Item = Result<(u64, Histogram<u64>), DecodeError>> {
+        (self.entries.iter()).map(|e| Ok((e.index, e.histogram()?)))
+    }
+
     /// All intervals summed into one histogram.
     pub fn total(&self) -> Result<Histogram<u64>, HlogError> {
         let mut sum = accumulator();
-        for entry in &self.entries {
-            sum.add(entry.histogram().map_err(encoding)?)?;
+        for entry in self.histograms() {
+            sum.add(entry.map_err(encoding)?.1)?;
         }
         Ok(sum)
     }

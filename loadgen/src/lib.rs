@@ -33,6 +33,7 @@
 //! - [`hgrm`]: HdrHistogram percentile-distribution text output.
 //! - [`hlog`]: HdrHistogram interval logs (one histogram per second, as the Java tools write
 //!   them) and the histogram encoding embedded in the JSON result.
+//! - [`merge`]: several load generators' results (interval logs, JSON) merged into one report.
 //! - [`svg`]: the latency-by-percentile plot.
 //! - [`progress`]: the live progress bar on a terminal.
 //! - [`simulate`]: the deterministic discrete-event simulator of the self-balancing policies.
@@ -49,6 +50,7 @@ pub mod handshake;
 pub mod hgrm;
 pub mod hlog;
 pub mod limits;
+pub mod merge;
 pub mod progress;
 pub mod registry;
 pub mod report;

@@ -184,13 +184,9 @@ fn merging_workers_sums_the_histograms_of_the_same_interval() {
     let mut a = recorded(&[(0, 10), (2000, 30)]);
     let b = recorded(&[(100, 20), (1000, 40), (2500, 50)]);
     a.merge(b).expect("merge");
-    let got: Vec<(u64, Histogram<u64>)> = a
-        .entries()
-        .iter()
-        .map(|e| (e.index, e.histogram().expect("decodes")))
-        .collect();
+    let got: Result<Vec<_>, _> = a.histograms().collect();
     assert_eq!(
-        got,
+        got.expect("decodes"),
         [
             (0, histogram(&[10, 20])),
             (1, histogram(&[40])),
