@@ -12,17 +12,25 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use callosum_loadgen::Shutdown;
-use callosum_loadgen::cli::{Cli, Command, LoadRun, is_stdout};
+use callosum_loadgen::cli::{Cli, Command, LoadRun, MergeArgs, is_stdout, write_to};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
         Err(err) => {
-            // One line, naming the option and what is wrong; exit status 2, as clap's own.
+            // One line, naming the option and what is wrong (clap's first paragraph, joined);
+            // exit status 2, as clap's own.
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("callosum-loadgen: {}", first.trim_start_matches("error: "));
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "callosum-loadgen: {}",
+                first.join(" ").trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };
@@ -30,7 +38,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The embedded server's own capacity warnings are the load generator's to
+                // make (it plans descriptors and ports itself): errors only from it.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,callosum_server=error")
+                }),
         )
         // Colour codes only for a terminal: logs piped to a file or a CI log stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -55,6 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             callosum_loadgen::simulate::run(&args, &mut table).context("simulation")?;
             return Ok(ExitCode::SUCCESS);
         }
+        Some(Command::Merge(args)) => return merge(&args),
         Some(Command::Balance(args)) => {
             let mut table = table_out(args.cluster.json.as_deref());
             callosum_loadgen::balance::run(&args, &mut table).context("live balance run")?;
@@ -86,6 +99,28 @@ fn table_out(json: Option<&std::path::Path>) -> Box<dyn Write> {
     } else {
         Box::new(std::io::stdout())
     }
+}
+
+/// `merge`: the table to stdout (stderr when the JSON goes to stdout), the files asked for.
+fn merge(args: &MergeArgs) -> anyhow::Result<ExitCode> {
+    let merged = callosum_loadgen::instrument::merge::merge(&args.files)?;
+    merged
+        .write_table(&mut table_out(args.json.as_deref()))
+        .context("writing the table")?;
+    if let Some(path) = &args.json {
+        write_to(path, |mut out| {
+            merged.write_json(&mut out).map_err(std::io::Error::other)
+        })
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.hlog {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        merged
+            .write_hlog(std::io::BufWriter::new(file))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Ctrl-C stops the run early: phases finish the handshakes in flight and report.

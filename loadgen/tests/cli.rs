@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::c_server;
+use support::{Misbehaviour, c_server, free_port, misbehaving};
 
 fn loadgen() -> Command {
     Command::new(env!("CARGO_BIN_EXE_callosum-loadgen"))
@@ -92,4 +92,179 @@ fn a_reset_fraction_out_of_range_exits_2_naming_the_option() {
         assert!(err.contains("--reset-fraction"), "{err}");
         assert!(out.stdout.is_empty());
     }
+}
+
+/// The one line a failed run prints on stderr, besides any log lines.
+fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn a_closed_port_stops_after_the_first_second_with_status_3() {
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let out = loadgen()
+        .args(["churn", "-z", "30s", "--no-progress", "--target"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run the binary");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "did not stop early"
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let line = last_line(&out.stderr);
+    assert!(
+        line.contains("every attempt of the first second failed"),
+        "{line}"
+    );
+    assert!(line.contains("refused"), "{line}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("STOPPED"), "{table}");
+}
+
+#[test]
+fn zero_values_are_refused_in_one_line_without_a_backtrace() {
+    for args in [
+        &["churn", "--concurrency", "0"][..],
+        &["churn", "--workers", "0"],
+        &["churn", "--rate", "0"],
+        &["churn", "--timeout", "0"],
+        &["churn", "--duration", "0"],
+        &["hold", "--connections", "0"],
+        &["simulate", "--servers", "0"],
+        &["balance", "--policy", "jsq"],
+    ] {
+        let out = loadgen()
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("run the binary");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("backtrace"), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn errors_above_the_threshold_exit_3_and_samples_are_counted_with_a_hint() {
+    let http = misbehaving(Misbehaviour::Http);
+    let run = |extra: &[&str]| {
+        loadgen()
+            .args(["churn", "-n", "50", "-c", "4", "--no-progress", "--target"])
+            .arg(http.to_string())
+            .args(extra)
+            .output()
+            .expect("run the binary")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("50× protocol"), "{table}");
+    assert!(
+        table.contains("an HTTP server, not a Callosum server"),
+        "{table}"
+    );
+    // Everything fails: even the most lenient threshold short of 1 fails the run.
+    assert_eq!(run(&["--max-error-rate", "0.99"]).status.code(), Some(3));
+    assert_eq!(run(&["--max-error-rate", "1"]).status.code(), Some(0));
+}
+
+#[test]
+fn an_open_loop_rate_not_achieved_exits_4() {
+    let server = c_server();
+    let out = loadgen()
+        .args([
+            "churn",
+            "-q",
+            "10000000",
+            "-z",
+            "1s",
+            "--no-progress",
+            "--target",
+        ])
+        .arg(server.addr.to_string())
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(4), "{}", last_line(&out.stderr));
+    assert!(last_line(&out.stderr).contains("rate not achieved"));
+}
+
+#[test]
+fn ctrl_c_exits_130_with_the_json_marked_interrupted() {
+    let server = c_server();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let json = dir.join("r.json");
+    let child = loadgen()
+        .args(["churn", "-z", "60s", "-c", "4", "--no-progress", "--target"])
+        .arg(server.addr.to_string())
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the binary");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill has no memory effects; the pid is our child's, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json file")).expect("JSON");
+    assert_eq!(doc["interrupted"], true);
+    assert_eq!(doc["runs"][0]["requested_duration_s"], 60.0);
+    let elapsed = doc["runs"][0]["elapsed_s"].as_f64().expect("elapsed");
+    assert!(elapsed < 30.0, "{elapsed}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[test]
+fn interval_logs_and_json_results_of_two_runs_merge_into_one_report() {
+    let server = c_server();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cli-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for name in ["a", "b"] {
+        let out = loadgen()
+            .args(["churn", "-n", "400", "-c", "8", "--no-progress", "--target"])
+            .arg(server.addr.to_string())
+            .arg("--json")
+            .arg(dir.join(format!("{name}.json")))
+            .arg("--hlog")
+            .arg(dir.join(format!("{name}.hlog")))
+            .output()
+            .expect("run the binary");
+        assert!(out.status.success(), "{}", last_line(&out.stderr));
+    }
+    let hlog = std::fs::read_to_string(dir.join("a.hlog")).expect("hlog");
+    assert!(
+        hlog.contains("\"StartTimestamp\",\"Interval_Length\""),
+        "{hlog}"
+    );
+    assert!(hlog.lines().any(|l| l.starts_with("Tag=churn,")), "{hlog}");
+    for ext in ["json", "hlog"] {
+        let out = loadgen()
+            .arg("merge")
+            .arg(dir.join(format!("a.{ext}")))
+            .arg(dir.join(format!("b.{ext}")))
+            .arg("--json")
+            .arg("-")
+            .output()
+            .expect("run the binary");
+        assert!(out.status.success(), "{}", last_line(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        let text = doc.to_string();
+        assert!(text.contains("800"), "both runs' 800 handshakes: {text}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("churn"));
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

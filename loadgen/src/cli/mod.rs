@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::instrument::hlog::LogWriter;
 use crate::instrument::plan::{
     Criteria, EmbeddedConfig, Pacing, Phase, PhaseKind, Plan, default_workers,
 };
@@ -54,6 +55,9 @@ pub enum Command {
     /// roving clients with pools, every policy on one workload (no sockets; see
     /// docs/balance.md).
     Simulate(Box<crate::simulate::SimulateArgs>),
+    /// Merge the results of several load generators (their --hlog interval logs or --json
+    /// results) into one report: percentiles of all their handshakes, rates summed.
+    Merge(MergeArgs),
     /// The simulator's scenarios live on loopback: embedded servers and roving clients,
     /// every policy in turn, beside the simulator on the same configuration.
     Balance(Box<crate::balance::BalanceArgs>),
@@ -104,6 +108,10 @@ pub struct LoadArgs {
     /// Write a latency-by-percentile plot (SVG) to PATH.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
+    /// Write the handshake latency as an HdrHistogram interval log (1 s intervals, tagged by
+    /// phase; values in µs) to PATH, for `merge` and HdrHistogram's log processors.
+    #[arg(long, value_name = "PATH")]
+    pub hlog: Option<PathBuf>,
     /// No progress bar (there is one only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -175,6 +183,20 @@ pub struct HoldArgs {
     pub load: LoadArgs,
 }
 
+/// `merge` options.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Interval logs (--hlog) or JSON results (--json) of several load generators.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write the merged report as JSON to PATH; - for stdout.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write the merged interval log (intervals of the same second summed) to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub hlog: Option<PathBuf>,
+}
+
 /// Files to write once the run is done.
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
@@ -184,6 +206,8 @@ pub struct Outputs {
     pub hgrm: Option<PathBuf>,
     /// `--svg`.
     pub svg: Option<PathBuf>,
+    /// `--hlog`.
+    pub hlog: Option<PathBuf>,
 }
 
 /// `-` as a path: stdout.
@@ -238,6 +262,7 @@ impl LoadArgs {
                 json: self.json.clone(),
                 hgrm: self.hgrm.clone(),
                 svg: self.svg.clone(),
+                hlog: self.hlog.clone(),
             },
         }
     }
@@ -291,13 +316,20 @@ impl Outputs {
     /// Writes the requested files (the JSON to stdout for `-`).
     pub fn write(&self, report: &Report) -> std::io::Result<()> {
         if let Some(path) = &self.json {
-            if is_stdout(path) {
-                report.write_json(&mut std::io::stdout().lock())?;
-            } else {
-                let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-                report.write_json(&mut file)?;
-                std::io::Write::flush(&mut file)?;
+            write_to(path, |mut out| report.write_json(&mut out))?;
+        }
+        if let (Some(path), Some(first)) = (&self.hlog, report.runs.first()) {
+            let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            let mut log = LogWriter::new(file, first.started_at).map_err(std::io::Error::other)?;
+            for run in &report.runs {
+                let offset = run
+                    .started_at
+                    .duration_since(first.started_at)
+                    .unwrap_or_default();
+                log.write_intervals(&run.intervals, offset, Some(run.scenario))
+                    .map_err(std::io::Error::other)?;
             }
+            log.finish().map_err(std::io::Error::other)?;
         }
         if let Some(path) = &self.hgrm {
             for run in &report.runs {
@@ -330,6 +362,22 @@ impl Outputs {
     /// Whether the JSON goes to stdout (and the table must not).
     pub fn json_to_stdout(&self) -> bool {
         self.json.as_deref().is_some_and(is_stdout)
+    }
+}
+
+/// Writes through `write` to the file at `path`, or to stdout for `-`.
+pub fn write_to(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if is_stdout(path) {
+        let mut out = std::io::stdout().lock();
+        write(&mut out)?;
+        std::io::Write::flush(&mut out)
+    } else {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        write(&mut file)?;
+        std::io::Write::flush(&mut file)
     }
 }
 

@@ -20,10 +20,11 @@ mod worker;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, mpsc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::instrument::embedded::{EmbeddedError, EmbeddedServer};
 use crate::instrument::handshake::{ErrorKind, HandshakeError};
+use crate::instrument::hlog::{DEFAULT_INTERVAL, Intervals};
 use crate::instrument::kind::{self, Kind};
 use crate::instrument::limits::{self, LimitError};
 use crate::instrument::plan::{Phase, Plan, PlanError};
@@ -331,6 +332,8 @@ enum Event {
 
 /// Readings taken just before the start gate opens.
 struct Before {
+    /// The wall clock at the phase's start (for the interval log's timestamps).
+    wall: SystemTime,
     rss: Option<u64>,
     server_cpu: Option<Duration>,
     process_cpu: Duration,
@@ -419,6 +422,7 @@ fn run_phase(ctx: &PhaseContext<'_>) -> Result<RunReport, LoadgenError> {
             }
         }
         before = Some(Before {
+            wall: SystemTime::now(),
             rss: sysinfo::rss(plan.server_pid).ok(),
             server_cpu: plan.server_pid.and_then(|p| sysinfo::pid_cpu(p).ok()),
             process_cpu: sysinfo::process_cpu(),
@@ -484,14 +488,18 @@ fn merge(
     stopped_early: Option<String>,
 ) -> PhaseResult {
     let mut rec = Recorder::default();
+    let mut intervals = Intervals::new(DEFAULT_INTERVAL);
     let mut loadgen_cpu = Duration::ZERO;
     let mut held_slots = vec![Vec::new(); ctx.targets.len()];
     let mut closed_by_server = 0;
-    for out in &outs {
+    for out in outs {
         rec.merge(&out.rec);
+        if let Err(e) = intervals.merge(out.intervals) {
+            tracing::warn!(error = %e, "the interval log misses a worker's intervals");
+        }
         loadgen_cpu += out.cpu;
-        for (all, mine) in held_slots.iter_mut().zip(&out.held_slots) {
-            all.extend_from_slice(mine);
+        for (all, mine) in held_slots.iter_mut().zip(out.held_slots) {
+            all.extend(mine);
         }
         closed_by_server += out.closed_by_server;
     }
@@ -542,6 +550,8 @@ fn merge(
             .map(|(_, r)| (r.violations(), r.examples()))
             .collect(),
         stopped_early,
+        started_at: before.wall,
+        intervals,
         rec,
     }
 }

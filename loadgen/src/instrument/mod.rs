@@ -27,14 +27,19 @@
 //! - [`report`]: the results: schema, construction, the table and the JSON document.
 //! - [`verdict`]: whether the run did what was asked, as an exit status.
 //! - [`hgrm`], [`svg`]: percentile-distribution text and the latency plot.
+//! - [`hlog`]: HdrHistogram interval logs (`--hlog`), the standard format of HdrHistogram's
+//!   log writers and processors.
+//! - [`merge`]: the results of several load generators (interval logs, JSON) as one report.
 //! - [`progress`]: the live progress bar on a terminal.
 
 pub mod embedded;
 pub mod engine;
 pub mod handshake;
 pub mod hgrm;
+pub mod hlog;
 pub mod kind;
 pub mod limits;
+pub mod merge;
 pub mod plan;
 pub mod progress;
 pub mod registry;

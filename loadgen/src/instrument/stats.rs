@@ -233,6 +233,10 @@ pub(crate) struct PhaseResult {
     pub(crate) requested: Option<Duration>,
     /// Why the phase stopped before its end, when it did on its own.
     pub(crate) stopped_early: Option<String>,
+    /// The wall clock when the phase started.
+    pub(crate) started_at: std::time::SystemTime,
+    /// The recorded handshake latencies by interval of the phase.
+    pub(crate) intervals: crate::instrument::hlog::Intervals,
     pub(crate) held_slots: Vec<Vec<u32>>,
     pub(crate) closed_by_server: u64,
     pub(crate) rss_per_held: Option<f64>,

@@ -447,13 +447,9 @@ pub fn write_json(path: Option<&std::path::Path>, doc: &impl Serialize) -> Resul
     let Some(path) = path else {
         return Ok(());
     };
-    let mut w: Box<dyn Write> = if crate::cli::is_stdout(path) {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::io::BufWriter::new(std::fs::File::create(path)?))
-    };
-    serde_json::to_writer_pretty(&mut w, doc)?;
-    writeln!(w)?;
-    w.flush()?;
+    crate::cli::write_to(path, |out| {
+        serde_json::to_writer_pretty(&mut *out, doc)?;
+        writeln!(out)
+    })?;
     Ok(())
 }

@@ -90,6 +90,8 @@ pub enum Misbehaviour {
     NeverAnswer,
     /// Resets the connection (SO_LINGER 0).
     Reset,
+    /// Answers as an HTTP server would to a request it cannot read.
+    Http,
 }
 
 /// Starts a misbehaving server on 127.0.0.1:0; it runs until the test process exits.
@@ -119,6 +121,10 @@ pub fn misbehaving(how: Misbehaviour) -> SocketAddr {
                             return;
                         }
                         Misbehaviour::NeverAnswer => {}
+                        Misbehaviour::Http => {
+                            let _ = sock.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                            return;
+                        }
                         Misbehaviour::Reset => {
                             let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
                             return;

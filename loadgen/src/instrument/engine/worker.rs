@@ -18,16 +18,18 @@ use super::{Event, LoadgenError, Shared};
 use crate::instrument::handshake::{
     Connected, HandshakeError, connect_then_reset, handshake, reset, still_open,
 };
+use crate::instrument::hlog::{DEFAULT_INTERVAL, IntervalRecorder, Intervals};
 use crate::instrument::kind::{Kept, Opened};
 use crate::instrument::plan::Pacing;
 use crate::instrument::reset::ResetPoint;
-use crate::instrument::stats::{LATE_START, Recorder};
+use crate::instrument::stats::{LATE_START, Recorder, micros};
 use crate::instrument::sysinfo;
 
 /// What one worker hands back.
-#[derive(Default)]
 pub(crate) struct WorkerOut {
     pub(crate) rec: Recorder,
+    /// Recorded handshake latencies by interval of the phase.
+    pub(crate) intervals: Intervals,
     pub(crate) cpu: Duration,
     /// Slots still held per target when the phase released its connections.
     pub(crate) held_slots: Vec<Vec<u32>>,
@@ -38,6 +40,8 @@ pub(crate) struct WorkerOut {
 /// One worker's state, shared by its tasks (all on its thread).
 struct Local {
     rec: RefCell<Recorder>,
+    /// The recorded handshake latencies by interval (for `--hlog`).
+    intervals: RefCell<IntervalRecorder>,
     kept: Kept,
     next: Cell<usize>,
     /// Picks the connections reset on purpose.
@@ -45,10 +49,12 @@ struct Local {
 }
 
 impl Local {
-    /// Worker `w`'s state: its round-robin starts at `w`, its generator is seeded by `w`.
-    fn new(w: usize) -> Self {
+    /// Worker `w`'s state for a phase that started at `start`: its round-robin starts at
+    /// `w`, its generator is seeded by `w`.
+    fn new(w: usize, start: Instant) -> Self {
         Self {
             rec: RefCell::default(),
+            intervals: RefCell::new(IntervalRecorder::new(start, DEFAULT_INTERVAL)),
             kept: RefCell::default(),
             next: Cell::new(w),
             rng: RefCell::new(SmallRng::seed_from_u64(w as u64)),
@@ -70,10 +76,10 @@ pub(super) fn run(
         .build()
         .map_err(LoadgenError::Worker)?;
     let local = tokio::task::LocalSet::new();
-    let state = Rc::new(Local::new(w));
     // The receiver lives until the phase is over.
     let _ = events.send(Event::Ready);
     shared.go.wait();
+    let state = Rc::new(Local::new(w, shared.timing().start));
     let cpu_before = sysinfo::thread_cpu();
     local.block_on(&rt, async {
         match pacing {
@@ -95,8 +101,19 @@ pub(super) fn run(
     let cpu = sysinfo::thread_cpu().saturating_sub(cpu_before);
     let _ = events.send(Event::Opened);
     shared.release.wait();
+    let start = shared.timing().start;
+    let recorder = IntervalRecorder::new(start, DEFAULT_INTERVAL);
+    let intervals = state
+        .intervals
+        .replace(recorder)
+        .finish()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the interval log of worker {w} is incomplete");
+            Intervals::new(DEFAULT_INTERVAL)
+        });
     let mut out = WorkerOut {
         rec: state.rec.take(),
+        intervals,
         cpu,
         held_slots: vec![Vec::new(); shared.targets.len()],
         closed_by_server: 0,
@@ -198,6 +215,15 @@ async fn one(shared: &Shared, state: &Local, intended: Instant) {
     let index = shared.ok.fetch_add(1, Ordering::Relaxed);
     let recorded = intended >= shared.timing().warmup_end;
     state.rec.borrow_mut().success(connect, latency, recorded);
+    if recorded {
+        if let Err(e) = state
+            .intervals
+            .borrow_mut()
+            .record(Instant::now(), micros(latency))
+        {
+            tracing::warn!(error = %e, "an interval of the interval log was lost");
+        }
+    }
     let registered = registry.acquire(slot);
     let Some(point) = reset_at else {
         let opened = Opened {

@@ -180,6 +180,8 @@ impl RunReport {
             hold,
             server_stats: r.server_stats,
             handshake_histogram: r.rec.handshake,
+            intervals: r.intervals,
+            started_at: r.started_at,
             connect_histogram: r.rec.connect,
         }
     }

@@ -88,9 +88,18 @@ pub struct RunReport {
     pub hold: Option<HoldReport>,
     /// The embedded server's counters (for a hold: at full hold).
     pub server_stats: Option<ServerStats>,
-    /// The handshake latency histogram (µs); not serialised.
-    #[serde(skip)]
+    /// The handshake latency histogram (µs) as HdrHistogram's compressed V2 encoding in
+    /// base64 (the payload of an interval log line), so results of several machines merge
+    /// exactly (`callosum-loadgen merge`).
+    #[serde(serialize_with = "crate::instrument::hlog::serialize_histogram")]
     pub handshake_histogram: Histogram<u64>,
+    /// The recorded handshake latencies by 1 s interval of the phase (`--hlog`); not
+    /// serialised.
+    #[serde(skip)]
+    pub intervals: crate::instrument::hlog::Intervals,
+    /// The wall clock when the phase started; not serialised.
+    #[serde(skip)]
+    pub started_at: std::time::SystemTime,
     /// The connect latency histogram (µs); not serialised.
     #[serde(skip)]
     pub connect_histogram: Histogram<u64>,
