@@ -168,7 +168,16 @@ fn the_json_output_parses_and_has_the_documented_fields() {
             "cpu",
             "hold",
             "server_stats",
+            "handshake_histogram",
         ])
+    );
+    let histogram = runs[0]["handshake_histogram"]
+        .as_str()
+        .expect("encoded histogram");
+    let decoded = callosum_loadgen::instrument::hlog::decode_histogram(histogram).expect("decodes");
+    assert_eq!(
+        decoded.len(),
+        runs[0]["recorded"].as_u64().expect("recorded")
     );
     let latency = sorted(&[
         "count", "min", "p50", "p90", "p99", "p999", "p9999", "max", "mean", "stdev",

@@ -349,92 +349,146 @@ struct AtFullHold {
     server_stats: Option<crate::instrument::embedded::ServerStats>,
 }
 
+impl Before {
+    fn read(plan: &Plan) -> Self {
+        Before {
+            wall: SystemTime::now(),
+            rss: sysinfo::rss(plan.server_pid).ok(),
+            server_cpu: plan.server_pid.and_then(|p| sysinfo::pid_cpu(p).ok()),
+            process_cpu: sysinfo::process_cpu(),
+            kernel: sysinfo::kernel_memory(),
+        }
+    }
+}
+
+impl AtFullHold {
+    fn read(ctx: &PhaseContext<'_>, shared: &Shared) -> Self {
+        AtFullHold {
+            at: Instant::now(),
+            rss: sysinfo::rss(ctx.plan.server_pid).ok(),
+            kernel: sysinfo::kernel_memory(),
+            kept: shared.kind.kept(),
+            server_stats: ctx.embedded.and_then(EmbeddedServer::stats),
+        }
+    }
+}
+
+impl Shared {
+    /// The state of one phase of `ctx`, before it starts.
+    fn new(ctx: &PhaseContext<'_>) -> Self {
+        let kind = kind::of(&ctx.phase.kind, ctx.targets.len());
+        let budget = kind.budget();
+        Shared {
+            targets: ctx
+                .targets
+                .iter()
+                .map(|t| (*t, SlotRegistry::new()))
+                .collect(),
+            sources: ctx
+                .plan
+                .source_addrs()
+                .into_iter()
+                .map(std::net::IpAddr::V4)
+                .collect(),
+            timeout: ctx.plan.timeout,
+            reset_fraction: ctx.plan.reset_fraction,
+            kind,
+            timing: OnceLock::new(),
+            go: Gate::default(),
+            remaining: AtomicI64::new(i64::try_from(budget).unwrap_or(i64::MAX)),
+            shutdown: ctx.shutdown.clone(),
+            stop: AtomicBool::new(false),
+            ok: AtomicU64::new(0),
+            failed: Default::default(),
+            first_error: OnceLock::new(),
+            release: Gate::default(),
+        }
+    }
+
+    /// Starts the phase's clock and opens the start gate.
+    fn start(&self, phase: &Phase) -> Instant {
+        let start = Instant::now();
+        let _ = self
+            .timing
+            .set(Timing::new(start, phase, self.kind.time_limit()));
+        self.go.open();
+        start
+    }
+
+    /// Lets every worker already started run through and exit (a worker could not start).
+    fn abandon(&self, phase: &Phase) {
+        // Relaxed: a flag polled between handshakes.
+        self.stop.store(true, Ordering::Relaxed);
+        self.start(phase);
+        self.release.open();
+    }
+}
+
+/// What one phase produced before it is merged.
+struct Driven {
+    outs: Vec<worker::WorkerOut>,
+    before: Before,
+    full: AtFullHold,
+    stopped_early: Option<String>,
+}
+
 fn run_phase(ctx: &PhaseContext<'_>) -> Result<RunReport, LoadgenError> {
-    let PhaseContext {
-        plan,
-        phase,
-        targets,
-        ..
-    } = *ctx;
-    let kind = kind::of(&phase.kind, targets.len());
-    let budget = kind.budget();
-    let time_limit = kind.time_limit();
-    let shared = Arc::new(Shared {
-        targets: targets.iter().map(|t| (*t, SlotRegistry::new())).collect(),
-        sources: plan
-            .source_addrs()
-            .into_iter()
-            .map(std::net::IpAddr::V4)
-            .collect(),
-        timeout: plan.timeout,
-        reset_fraction: plan.reset_fraction,
-        kind,
-        timing: OnceLock::new(),
-        go: Gate::default(),
-        remaining: AtomicI64::new(i64::try_from(budget).unwrap_or(i64::MAX)),
-        shutdown: ctx.shutdown.clone(),
-        stop: AtomicBool::new(false),
-        ok: AtomicU64::new(0),
-        failed: Default::default(),
-        first_error: OnceLock::new(),
-        release: Gate::default(),
-    });
+    let shared = Arc::new(Shared::new(ctx));
+    let driven = drive(ctx, &shared)?;
+    let result = merge(ctx, &shared, driven);
+    Ok(RunReport::new(
+        ctx.plan,
+        ctx.phase,
+        ctx.targets,
+        ctx.embedded.is_some(),
+        result,
+    ))
+}
+
+/// The phase's lifecycle (see the module's docs): workers started, readings, start gate, the
+/// wait for every worker to finish opening, the kind's keeping, release, join.
+fn drive(ctx: &PhaseContext<'_>, shared: &Arc<Shared>) -> Result<Driven, LoadgenError> {
+    let workers = ctx.plan.workers;
+    let budget = shared.kind.budget();
     let progress = Progress::new(
-        plan.progress,
-        phase.kind.name(),
+        ctx.plan.progress,
+        ctx.phase.kind.name(),
         (budget != u64::MAX).then_some(budget),
-        time_limit,
+        shared.kind.time_limit(),
     );
     let (tx, rx) = mpsc::channel::<Event>();
-    let mut before = None;
-    let mut full = None;
-    let mut stopped_early = None;
-    let outs = std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(plan.workers);
-        for w in 0..plan.workers {
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
             let (tx, mine) = (tx.clone(), shared.clone());
+            let pacing = ctx.phase.pacing;
             let spawned = std::thread::Builder::new()
                 .name(format!("loadgen-{w}"))
-                .spawn_scoped(scope, move || {
-                    worker::run(w, plan.workers, phase.pacing, &mine, tx)
-                });
+                .spawn_scoped(scope, move || worker::run(w, workers, pacing, &mine, tx));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    // Let the workers already started run through and exit.
-                    shared.stop.store(true, Ordering::Relaxed);
-                    let _ = shared
-                        .timing
-                        .set(Timing::new(Instant::now(), phase, time_limit));
-                    shared.go.open();
-                    shared.release.open();
+                    shared.abandon(ctx.phase);
                     return Err(LoadgenError::Worker(e));
                 }
             }
         }
         drop(tx);
         let finished = || handles.iter().filter(|h| h.is_finished()).count();
-        // 1. Every worker ready (or one failed): the "before" readings, then start.
+        // Every worker ready (or one failed): the "before" readings, then start.
         let mut ready = 0;
-        while ready < plan.workers && finished() == 0 {
+        while ready < workers && finished() == 0 {
             if let Ok(Event::Ready) = rx.recv_timeout(Duration::from_millis(100)) {
                 ready += 1;
             }
         }
-        before = Some(Before {
-            wall: SystemTime::now(),
-            rss: sysinfo::rss(plan.server_pid).ok(),
-            server_cpu: plan.server_pid.and_then(|p| sysinfo::pid_cpu(p).ok()),
-            process_cpu: sysinfo::process_cpu(),
-            kernel: sysinfo::kernel_memory(),
-        });
-        let start = Instant::now();
-        let _ = shared.timing.set(Timing::new(start, phase, time_limit));
-        shared.go.open();
-        // 2. Every worker done opening (a worker that exited early has failed: not waited for).
+        let before = Before::read(ctx.plan);
+        let start = shared.start(ctx.phase);
+        // Every worker done opening (a worker that exited early has failed: not waited for).
         let mut opened = 0;
+        let mut stopped_early = None;
         let mut first_second_checked = false;
-        while opened + finished() < plan.workers {
+        while opened + finished() < workers {
             // Relaxed: progress display only.
             progress.update(shared.ok.load(Ordering::Relaxed), shared.failed_total());
             if let Ok(Event::Opened) = rx.recv_timeout(Duration::from_millis(50)) {
@@ -450,43 +504,31 @@ fn run_phase(ctx: &PhaseContext<'_>) -> Result<RunReport, LoadgenError> {
             }
         }
         progress.finish();
-        // 3. Keep what the kind keeps, read the memory at that moment, release.
+        // Keep what the kind keeps, read the memory at that moment, release.
         shared.kind.keep_open(ctx.shutdown);
-        full = Some(AtFullHold {
-            at: Instant::now(),
-            rss: sysinfo::rss(plan.server_pid).ok(),
-            kernel: sysinfo::kernel_memory(),
-            kept: shared.kind.kept(),
-            server_stats: ctx.embedded.and_then(EmbeddedServer::stats),
-        });
+        let full = AtFullHold::read(ctx, shared);
         shared.release.open();
         let mut outs = Vec::with_capacity(handles.len());
         for h in handles {
-            outs.push(h.join().map_err(|_| LoadgenError::WorkerPanicked)?);
+            outs.push(h.join().map_err(|_| LoadgenError::WorkerPanicked)??);
         }
-        outs.into_iter().collect::<Result<Vec<_>, _>>()
-    })?;
-    let (Some(before), Some(full)) = (before, full) else {
-        unreachable!("both readings are taken whenever the workers started")
-    };
-    Ok(RunReport::new(
-        plan,
-        phase,
-        targets,
-        ctx.embedded.is_some(),
-        merge(ctx, &shared, outs, &before, &full, stopped_early),
-    ))
+        Ok(Driven {
+            outs,
+            before,
+            full,
+            stopped_early,
+        })
+    })
 }
 
 /// Merges the workers' records and the readings into what the report is built from.
-fn merge(
-    ctx: &PhaseContext<'_>,
-    shared: &Shared,
-    outs: Vec<worker::WorkerOut>,
-    before: &Before,
-    full: &AtFullHold,
-    stopped_early: Option<String>,
-) -> PhaseResult {
+fn merge(ctx: &PhaseContext<'_>, shared: &Shared, driven: Driven) -> PhaseResult {
+    let Driven {
+        outs,
+        before,
+        full,
+        stopped_early,
+    } = driven;
     let mut rec = Recorder::default();
     let mut intervals = Intervals::new(DEFAULT_INTERVAL);
     let mut loadgen_cpu = Duration::ZERO;

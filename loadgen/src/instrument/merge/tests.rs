@@ -71,7 +71,7 @@ fn run(
 }
 
 fn json_file(path: &Path, runs: Vec<serde_json::Value>) {
-    let doc = json!({"schema": "callosum-loadgen/v1", "runs": runs, "embedded_final_stats": null});
+    let doc = json!({"schema": "callosum-loadgen/v2", "runs": runs, "embedded_final_stats": null});
     std::fs::write(path, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
 }
 
@@ -160,7 +160,7 @@ fn damaged_json_inputs_are_typed_errors() {
     let path = d.join("bad.json");
     std::fs::write(
         &path,
-        "{\"schema\": \"callosum-loadgen/v1\",\n \"runs\": [ {\"scenario\": 3} ]}",
+        "{\"schema\": \"callosum-loadgen/v2\",\n \"runs\": [ {\"scenario\": 3} ]}",
     )
     .expect("write");
     let err = merge(std::slice::from_ref(&path)).expect_err("refused");

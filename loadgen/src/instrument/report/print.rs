@@ -106,6 +106,16 @@ impl RunReport {
         latency_row(out, "handshake", &self.handshake_us)?;
         latency_row(out, "connect", &self.connect_us)?;
         self.write_errors(out)?;
+        self.write_resets_rate_cpu(out)?;
+        self.write_invariant(out)?;
+        self.write_hold(out)?;
+        if let Some(reason) = &self.stopped_early {
+            writeln!(out, "STOPPED     {reason}")?;
+        }
+        Ok(())
+    }
+
+    fn write_resets_rate_cpu(&self, out: &mut impl Write) -> io::Result<()> {
         if let Some(r) = &self.resets {
             writeln!(
                 out,
@@ -151,6 +161,10 @@ impl RunReport {
         if let (Some(s), Some(per)) = (c.server_s, c.server_us_per_handshake) {
             writeln!(out, "            server {s:.2} s, {per:.1} µs/handshake")?;
         }
+        Ok(())
+    }
+
+    fn write_invariant(&self, out: &mut impl Write) -> io::Result<()> {
         if self.invariant.violations == 0 {
             writeln!(
                 out,
@@ -163,10 +177,6 @@ impl RunReport {
                 self.invariant.violations,
             )?;
             writeln!(out, "            e.g. slots {:?}", self.invariant.examples)?;
-        }
-        self.write_hold(out)?;
-        if let Some(reason) = &self.stopped_early {
-            writeln!(out, "STOPPED     {reason}")?;
         }
         Ok(())
     }
