@@ -210,6 +210,26 @@ impl PoolPolicy {
         self.max_slots
     }
 
+    /// Whether equal slots are picked at random.
+    pub fn get_random_tie_break(&self) -> bool {
+        self.random_tie_break
+    }
+
+    /// Whether an equal slot replaces the worst.
+    pub fn get_accept_equal(&self) -> bool {
+        self.accept_equal
+    }
+
+    /// Whether leases go to the server with the fewest of the pool's leases.
+    pub fn get_least_outstanding(&self) -> bool {
+        self.least_outstanding
+    }
+
+    /// The slow-connection penalty, if on.
+    pub fn get_slow_penalty(&self) -> Option<SlowPenalty> {
+        self.slow_penalty
+    }
+
     /// The maximum age A this policy gives a pool fed every `roving_interval`: `None` when
     /// connections are never retired; else the configured age, or
     /// [`decide::default_max_age`] (10 intervals) for [`improved`](Self::improved)'s default,

@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::SimConfig;
-use super::client::{Clients, Conns, NO_CONN, NOT_IN_POOL};
+use super::client::{Clients, Conns, NO_CONN, Offered};
 use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::Metrics;
 use super::policy::{Policy, PoolRules};
@@ -77,6 +77,8 @@ struct Sim<'a> {
     mean_interarrival: f64,
     service_ns: f64,
     roving_ns: u64,
+    /// Connections to close, reused between rover ticks and leaves.
+    closing: Vec<u32>,
     events: u64,
     last_swap: Option<u64>,
     swaps_in_window: u64,
@@ -93,6 +95,7 @@ impl<'a> Sim<'a> {
             Policy::Original => PoolRules::ORIGINAL,
             _ => cfg.rules,
         };
+        let pool_policy = rules.policy(cfg.max_slots.max(1));
         let workers = if cfg.no_queue {
             u32::MAX
         } else {
@@ -126,7 +129,7 @@ impl<'a> Sim<'a> {
             rules,
             q: EventQueue::default(),
             servers,
-            clients: Clients::new(cfg.clients, cfg.max_slots.max(1), p2c_servers),
+            clients: Clients::new(cfg.clients, &pool_policy, p2c_servers),
             conns: Conns::default(),
             reqs: Vec::new(),
             req_free: Vec::new(),
@@ -145,6 +148,7 @@ impl<'a> Sim<'a> {
             },
             service_ns,
             roving_ns: ((cfg.roving_interval_ms * 1e6) as u64).max(1),
+            closing: Vec::new(),
             events: 0,
             last_swap: None,
             swaps_in_window: 0,
@@ -342,7 +346,7 @@ impl<'a> Sim<'a> {
 
     /// Leases client `c`'s best idle connection: `(connection, server)`.
     fn lease(&mut self, c: usize) -> Option<(u32, u32)> {
-        self.clients.lease(c, &self.rules, &mut self.rng_route)
+        self.clients.lease(c, &self.conns, &mut self.rng_route)
     }
 
     fn send_on(&mut self, r: u32, (conn, server): (u32, u32)) {
@@ -398,26 +402,19 @@ impl<'a> Sim<'a> {
         }
         let c = self.reqs[ri].client as usize;
         let conn = self.reqs[ri].conn;
-        let response = (self.now - self.reqs[ri].sent) as f64;
+        let response = self.now - self.reqs[ri].sent;
         self.free_request(r);
         if conn != NO_CONN {
-            self.give_back(c, conn, response);
+            self.give_back(c, conn, Some(response));
         } else if self.cfg.policy == Policy::P2c {
             self.clients.outstanding[c * self.cfg.servers + si] -= 1;
         }
     }
 
-    /// A request's connection comes back to client `c`.
-    fn give_back(&mut self, c: usize, conn: u32, response: f64) {
-        if self.conns.in_pool(conn) {
-            self.clients.set_idle(
-                c,
-                conn,
-                &self.conns,
-                response,
-                self.rules.latency_alpha.unwrap_or(0.0),
-            );
-        } else {
+    /// A request's connection comes back to client `c` (`response`: its response time, ns;
+    /// `None` for a failed request).
+    fn give_back(&mut self, c: usize, conn: u32, response: Option<u64>) {
+        if !self.clients.give_back(c, conn, response, &self.conns) {
             self.close(conn);
         }
         self.serve_waiters(c);
@@ -439,55 +436,50 @@ impl<'a> Sim<'a> {
         self.conns.close(conn);
     }
 
-    /// Takes the entry at `index` out of client `c`'s pool: closed now if idle, when its
-    /// request completes if leased.
-    fn retire(&mut self, c: usize, index: usize, conn: u32) {
-        let idle = self.clients.is_idle(c, index);
-        self.clients.remove_at(c, index, &mut self.conns);
-        if idle {
+    /// Closes the connections `retire` pushes on the reused list.
+    fn close_each(&mut self, retire: impl FnOnce(&mut Clients, &mut Vec<u32>)) {
+        let mut closing = std::mem::take(&mut self.closing);
+        retire(&mut self.clients, &mut closing);
+        for conn in closing.drain(..) {
             self.close(conn);
-        } else {
-            self.conns.pos[conn as usize] = NOT_IN_POOL;
         }
+        self.closing = closing;
     }
 
     fn rove(&mut self, c: usize) {
-        if self.rules.max_age_ns.is_some() {
-            let mut k = self.clients.pool_len(c);
-            while k > 0 {
-                k -= 1;
-                let conn = self.clients.conn_at(c, k);
-                if self.conns.slab[conn as usize].expires <= self.now {
-                    self.retire(c, k, conn);
-                }
-            }
-        }
+        let now = self.now;
+        self.close_each(|clients, closing| {
+            clients.retire_expired(c, now, closing);
+        });
         let n = self.servers.members.len();
         if n == 0 {
             return;
         }
         let s = self.servers.members[self.rng_rover.random_range(0..n)];
         let slot = self.servers.acquire_slot(s as usize);
-        if self.clients.is_full(c) {
-            let (index, worst) = self.clients.worst(c, &self.rules, &mut self.rng_rover);
-            let worst_slot = self.conns.slab[worst as usize].slot;
-            let accept = slot < worst_slot || (self.rules.accept_equal && slot == worst_slot);
-            if !accept {
+        let offered = self
+            .clients
+            .offer(c, s, slot, now, &mut self.conns, &mut self.rng_rover);
+        match offered {
+            Offered::Refused => {
                 self.servers.release_slot(s as usize, slot);
                 return;
             }
-            self.retire(c, index, worst);
-            self.last_swap = Some(self.now);
-            if self.in_window() {
-                self.swaps_in_window += 1;
+            Offered::Kept { .. } => {}
+            Offered::Replaced {
+                evicted,
+                evicted_idle,
+                ..
+            } => {
+                if evicted_idle {
+                    self.close(evicted);
+                }
+                self.last_swap = Some(self.now);
+                if self.in_window() {
+                    self.swaps_in_window += 1;
+                }
             }
         }
-        let expires = match self.rules.max_age_ns {
-            Some(age) => self.now + self.rng_rover.random_range(age / 2..age / 2 * 3 + 1),
-            None => u64::MAX,
-        };
-        let conn = self.conns.open(s, slot, expires);
-        self.clients.add(c, conn, &mut self.conns);
         self.serve_waiters(c);
     }
 
@@ -495,14 +487,9 @@ impl<'a> Sim<'a> {
         self.servers.deactivate(s);
         self.left = Some((s, self.now));
         for c in 0..self.cfg.clients {
-            let mut k = self.clients.pool_len(c);
-            while k > 0 {
-                k -= 1;
-                let conn = self.clients.conn_at(c, k);
-                if self.conns.slab[conn as usize].server == s {
-                    self.retire(c, k, conn);
-                }
-            }
+            self.close_each(|clients, closing| {
+                clients.evict_server(c, s, closing);
+            });
         }
         if self.cfg.crash {
             // Every request at the crashed server fails now; their connections close.
@@ -524,7 +511,7 @@ impl<'a> Sim<'a> {
                 }
                 if conn != NO_CONN {
                     // A failed request: no response time to learn from.
-                    self.give_back(c, conn, 0.0);
+                    self.give_back(c, conn, None);
                 } else if self.cfg.policy == Policy::P2c {
                     self.clients.outstanding[c * self.cfg.servers + s as usize] -= 1;
                 }

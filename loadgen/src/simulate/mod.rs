@@ -29,8 +29,9 @@ pub mod server;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use callosum_client::{PoolPolicy, SlowPenalty};
 use serde::Serialize;
 
 pub use engine::simulate;
@@ -228,7 +229,22 @@ pub struct SimConfig {
 impl SimConfig {
     /// The configuration `args` describe, for `policy`.
     pub fn from_args(args: &SimulateArgs, policy: Policy) -> Self {
-        let max_age = (args.max_age_s > 0.0).then_some((args.max_age_s * 1e9) as u64);
+        // The improved rules as the client's policy, the maximum age settled for the roving
+        // interval as the roving client settles it (at least 2 × max-slots intervals).
+        let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX);
+        let max_age = (args.max_age_s > 0.0).then(|| seconds(args.max_age_s));
+        let roving = seconds(args.roving_interval_ms.max(0.0) / 1e3);
+        let improved = PoolPolicy::original()
+            .max_slots(args.cluster.max_slots)
+            .max_age(max_age)
+            .accept_equal(args.accept_equal)
+            .random_tie_break(args.random_ties)
+            .least_outstanding(args.least_outstanding)
+            .slow_penalty((args.latency_alpha > 0.0).then(|| {
+                SlowPenalty::default()
+                    .alpha(args.latency_alpha)
+                    .threshold(args.slow_threshold)
+            }));
         SimConfig {
             policy,
             servers: args.cluster.servers,
@@ -251,14 +267,7 @@ impl SimConfig {
             leave_at_s: args.cluster.leave_at_s,
             leave_server: args.cluster.leave_server,
             crash: args.crash,
-            rules: PoolRules::improved(
-                max_age,
-                args.accept_equal,
-                args.random_ties,
-                args.least_outstanding,
-                (args.latency_alpha > 0.0).then_some(args.latency_alpha),
-                args.slow_threshold,
-            ),
+            rules: PoolRules::of_policy(&improved, roving),
         }
     }
 
