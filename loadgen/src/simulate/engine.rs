@@ -17,6 +17,7 @@ use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::Metrics;
 use super::policy::{Policy, PoolRules};
 use super::report::{LeftServer, RunEnd, SimReport};
+use super::router;
 use super::server::Servers;
 
 const NS: f64 = 1e9;
@@ -300,48 +301,22 @@ impl<'a> Sim<'a> {
     /// Picks the server for a baseline policy; `None` if the cluster is empty.
     fn route(&mut self, c: usize) -> Option<u32> {
         let members = &self.servers.members;
-        let n = members.len();
-        if n == 0 {
-            return None;
-        }
         let rng = &mut self.rng_route;
-        Some(match self.cfg.policy {
-            Policy::RoundRobin => {
-                let cur = &mut self.clients.cursor[c];
-                if *cur == 0 {
-                    // 0 means "not started": start at a random server, 1-based from here on.
-                    *cur = rng.random_range(0..n) as u32 + 1;
-                }
-                let pos = (*cur as usize - 1) % n;
-                *cur = (pos + 1) as u32 % n as u32 + 1;
-                members[pos]
-            }
-            Policy::P2c => {
-                let a = members[rng.random_range(0..n)];
-                if n == 1 {
-                    return Some(a);
-                }
-                let mut b = members[rng.random_range(0..n - 1)];
-                if b == a {
-                    b = members[n - 1];
-                }
-                let base = c * self.cfg.servers;
-                let (oa, ob) = (
-                    self.clients.outstanding[base + a as usize],
-                    self.clients.outstanding[base + b as usize],
-                );
-                if oa < ob || (oa == ob && rng.random_bool(0.5)) {
-                    a
-                } else {
-                    b
-                }
-            }
-            Policy::Jsq => {
-                let least = self.servers.jsq.as_mut().and_then(|j| j.least_loaded())?;
-                least[rng.random_range(0..least.len())]
-            }
-            _ => members[rng.random_range(0..n)],
-        })
+        if self.cfg.policy == Policy::Jsq {
+            let least = self.servers.jsq.as_mut().and_then(|j| j.least_loaded())?;
+            return Some(least[rng.random_range(0..least.len())]);
+        }
+        // This client's counts (P2C only; empty otherwise).
+        let outstanding = self
+            .clients
+            .outstanding
+            .get(c * self.cfg.servers..)
+            .unwrap_or(&[]);
+        let cursor = &mut self.clients.cursor[c];
+        let i = router::pick(self.cfg.policy, members.len(), cursor, rng, |i| {
+            u32::from(outstanding.get(members[i] as usize).copied().unwrap_or(0))
+        })?;
+        Some(members[i])
     }
 
     /// Leases client `c`'s best idle connection: `(connection, server)`.

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod plot;
 pub mod policy;
 pub mod report;
+pub mod router;
 pub mod server;
 
 use std::io::Write;
