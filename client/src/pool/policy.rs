@@ -7,7 +7,8 @@
 //! one, ties between equal slots broken by arrival order. [`PoolPolicy::improved`] is the
 //! policy measured in `docs/balance.md` ("The improved Callosum policy"): maximum connection
 //! age, slow-connection penalty, least outstanding first, random ties, accept equal. The
-//! reference behaviour is `PoolRules` in the simulator (`loadgen/src/simulate/policy.rs`).
+//! rules themselves are written once, in [`decide`], which the pool and the simulator
+//! (`callosum-loadgen simulate`, whose `PoolRules` converts to this type) both call.
 
 use std::time::Duration;
 

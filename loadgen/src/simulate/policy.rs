@@ -23,7 +23,8 @@ pub enum Policy {
     /// between equal slots always broken the same way (the earliest arrival leased first, the
     /// latest replaced first).
     Original,
-    /// The improved Callosum policy (see [`PoolRules::improved`]).
+    /// The improved Callosum policy (`callosum_client::PoolPolicy::improved`; its rules are
+    /// the fields of [`PoolRules`]).
     Improved,
     /// Uniform random server per request.
     Random,
