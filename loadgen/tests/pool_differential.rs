@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use callosum_client::pool::decide::Admission;
 use callosum_client::{Liveness, Offer, Pool, PoolPolicy, ServerKey, SlowPenalty};
-use callosum_loadgen::simulate::client::{Clients, Conns, Offered};
+use callosum_loadgen::simulate::client::Clients;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -88,7 +89,7 @@ fn bind(number_of: &mut Vec<usize>, sim: u32, k: usize) {
 /// A lease held by the test on both sides.
 struct Held {
     lease: callosum_client::Lease<Fake>,
-    /// The simulator's connection id.
+    /// The simulator's connection (its client's entry id).
     sim: u32,
     /// When it was leased, ns.
     at: u64,
@@ -98,12 +99,13 @@ async fn run(policy: PoolPolicy, seed: u64, ops: Vec<Op>) -> Result<(), TestCase
     let pool = Pool::with_policy(policy.clone().seed(Some(seed)))
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut clients = Clients::new(1, &policy, 0);
-    let mut conns = Conns::default();
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut now = 0u64;
-    // Per connection number: its closed flag; per simulator connection id: its number.
+    // Per connection number: its closed flag; per simulator connection (entry id, reused
+    // once closed): its number.
     let mut closed: Vec<Arc<AtomicBool>> = Vec::new();
     let mut number_of: Vec<usize> = Vec::new();
+    let mut server_of: Vec<u32> = Vec::new();
     let mut held: Vec<Held> = Vec::new();
     let mut closing = Vec::new();
     let open_set = |closed: &[Arc<AtomicBool>]| -> Vec<usize> {
@@ -117,33 +119,33 @@ async fn run(policy: PoolPolicy, seed: u64, ops: Vec<Op>) -> Result<(), TestCase
                 let k = closed.len();
                 let flag = Arc::new(AtomicBool::new(false));
                 closed.push(flag.clone());
+                server_of.push(server);
                 let conn = Fake {
                     id: k,
                     closed: flag,
                 };
                 let real = pool.offer_from(ServerKey(u64::from(server)), slot, conn);
-                let sim = clients.offer(0, server, slot, now, &mut conns, &mut rng);
+                let sim = clients.offer(0, server, slot, now, &mut rng);
                 match (real, sim) {
-                    (Offer::Kept, Offered::Kept { conn }) => bind(&mut number_of, conn, k),
-                    (Offer::Rejected(c), Offered::Refused) => prop_assert_eq!(c.id, k),
+                    (Offer::Kept, Admission::Kept { id }) => bind(&mut number_of, id, k),
+                    (Offer::Rejected(c), Admission::Refused) => prop_assert_eq!(c.id, k),
                     (
                         Offer::Replaced {
                             evicted_slot,
                             evicted,
                         },
-                        Offered::Replaced {
-                            conn,
-                            evicted: gone,
-                            evicted_idle,
-                        },
+                        Admission::Replaced { id, evicted: gone },
                     ) => {
-                        prop_assert_eq!(evicted_slot, conns.slab[gone as usize].slot);
-                        prop_assert_eq!(evicted.is_some(), evicted_idle);
+                        prop_assert_eq!(evicted_slot, gone.slot);
+                        prop_assert_eq!(
+                            gone.server,
+                            Some(u64::from(server_of[number_of[gone.id as usize]]))
+                        );
+                        prop_assert_eq!(evicted.is_some(), gone.was_idle);
                         if let Some(c) = evicted {
-                            prop_assert_eq!(c.id, number_of[gone as usize]);
-                            conns.close(gone);
+                            prop_assert_eq!(c.id, number_of[gone.id as usize]);
                         }
-                        bind(&mut number_of, conn, k);
+                        bind(&mut number_of, id, k);
                     }
                     (real, sim) => {
                         return Err(TestCaseError::fail(format!(
@@ -154,7 +156,7 @@ async fn run(policy: PoolPolicy, seed: u64, ops: Vec<Op>) -> Result<(), TestCase
             }
             Op::Lease => {
                 let real = pool.get();
-                let sim = clients.lease(0, &conns, &mut rng);
+                let sim = clients.lease(0, &mut rng);
                 prop_assert_eq!(
                     real.as_ref().map(|l| l.id),
                     sim.map(|(c, _)| number_of[c as usize])
@@ -171,11 +173,8 @@ async fn run(policy: PoolPolicy, seed: u64, ops: Vec<Op>) -> Result<(), TestCase
                 let Held { lease, sim, at } = held.swap_remove(i % held.len());
                 let k = lease.id;
                 drop(lease);
-                let back = clients.give_back(0, sim, Some(now - at), &conns);
+                let back = clients.give_back(0, sim, Some(now - at));
                 prop_assert_eq!(closed[k].load(Ordering::Relaxed), !back, "closed on return");
-                if !back {
-                    conns.close(sim);
-                }
             }
             Op::Return(_) => {}
             Op::Advance(ms) => {
@@ -199,13 +198,13 @@ async fn run(policy: PoolPolicy, seed: u64, ops: Vec<Op>) -> Result<(), TestCase
                 let after = open_set(&closed);
                 let closed_now: Vec<usize> =
                     before.into_iter().filter(|k| !after.contains(k)).collect();
-                let mut sim_closed: Vec<usize> =
-                    closing.iter().map(|&c| number_of[c as usize]).collect();
+                let mut sim_closed: Vec<usize> = closing
+                    .drain(..)
+                    .filter(|left| left.was_idle)
+                    .map(|left| number_of[left.id as usize])
+                    .collect();
                 sim_closed.sort_unstable();
                 prop_assert_eq!(closed_now, sim_closed, "idle connections closed now");
-                for c in closing.drain(..) {
-                    conns.close(c);
-                }
             }
         }
         prop_assert_eq!(pool.len(), clients.pool_len(0));

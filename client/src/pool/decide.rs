@@ -99,6 +99,8 @@ pub struct Left {
     pub id: u32,
     /// Its slot.
     pub slot: u32,
+    /// Its server, when it was offered with one.
+    pub server: Option<u64>,
     /// It was idle: its entry is free again and the caller closes it now. Otherwise it is
     /// leased: [`Book::give_back`] will say to close it.
     pub was_idle: bool,
@@ -418,6 +420,7 @@ impl Book {
         Left {
             id,
             slot: entry.slot,
+            server: entry.server,
             was_idle,
         }
     }
@@ -710,6 +713,7 @@ mod tests {
                 Left {
                     id: ids[2],
                     slot: 5,
+                    server: Some(7),
                     was_idle: true
                 }
             ),

@@ -3,7 +3,7 @@
 //! Why this shape: the three regular streams (Poisson arrivals, sample ticks, window ticks)
 //! each have exactly one next time, so they live outside the heap and are compared with its
 //! top; only service completions, rover probes and the rare join/leave go through the
-//! [`EventQueue`]. State is struct-of-arrays ([`Servers`], [`Clients`], [`Conns`], the request
+//! [`EventQueue`]. State is struct-of-arrays ([`Servers`], [`Clients`], the request
 //! slab here) and nothing allocates per event once the run is warm. Each random stream has its
 //! own seeded generator (arrivals, service times, rovers, routing), so every policy sees the
 //! same arrivals and service demands for a seed, and only routing differs.
@@ -12,7 +12,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::SimConfig;
-use super::client::{Clients, Conns, NO_CONN, Offered};
+use callosum_client::pool::decide::{Admission, Left};
+
+use super::client::{Clients, NO_CONN, close_now};
 use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::Metrics;
 use super::policy::{Policy, PoolRules};
@@ -45,7 +47,8 @@ struct Req {
     /// Its service demand at a normal-speed server, ns.
     service: f64,
     client: u32,
-    /// The pool connection it travels on (`NO_CONN` under the baselines).
+    /// The pool connection it travels on, an entry of its client's pool (`NO_CONN` under the
+    /// baselines).
     conn: u32,
     server: u32,
     state: ReqState,
@@ -64,7 +67,6 @@ struct Sim<'a> {
     q: EventQueue,
     servers: Servers,
     clients: Clients,
-    conns: Conns,
     reqs: Vec<Req>,
     req_free: Vec<u32>,
     rng_arrival: SmallRng,
@@ -78,8 +80,8 @@ struct Sim<'a> {
     mean_interarrival: f64,
     service_ns: f64,
     roving_ns: u64,
-    /// Connections to close, reused between rover ticks and leaves.
-    closing: Vec<u32>,
+    /// Connections that left a pool, reused between rover ticks and leaves.
+    closing: Vec<Left>,
     events: u64,
     last_swap: Option<u64>,
     swaps_in_window: u64,
@@ -131,7 +133,6 @@ impl<'a> Sim<'a> {
             q: EventQueue::default(),
             servers,
             clients: Clients::new(cfg.clients, &pool_policy, p2c_servers),
-            conns: Conns::default(),
             reqs: Vec::new(),
             req_free: Vec::new(),
             rng_arrival: SmallRng::seed_from_u64(seed ^ 0xA11A_0001),
@@ -321,7 +322,7 @@ impl<'a> Sim<'a> {
 
     /// Leases client `c`'s best idle connection: `(connection, server)`.
     fn lease(&mut self, c: usize) -> Option<(u32, u32)> {
-        self.clients.lease(c, &self.conns, &mut self.rng_route)
+        self.clients.lease(c, &mut self.rng_route)
     }
 
     fn send_on(&mut self, r: u32, (conn, server): (u32, u32)) {
@@ -389,8 +390,9 @@ impl<'a> Sim<'a> {
     /// A request's connection comes back to client `c` (`response`: its response time, ns;
     /// `None` for a failed request).
     fn give_back(&mut self, c: usize, conn: u32, response: Option<u64>) {
-        if !self.clients.give_back(c, conn, response, &self.conns) {
-            self.close(conn);
+        let (server, slot) = self.clients.conn(c, conn);
+        if !self.clients.give_back(c, conn, response) {
+            self.servers.release_slot(server as usize, slot);
         }
         self.serve_waiters(c);
     }
@@ -404,19 +406,13 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn close(&mut self, conn: u32) {
-        let i = conn as usize;
-        self.servers
-            .release_slot(self.conns.slab[i].server as usize, self.conns.slab[i].slot);
-        self.conns.close(conn);
-    }
-
-    /// Closes the connections `retire` pushes on the reused list.
-    fn close_each(&mut self, retire: impl FnOnce(&mut Clients, &mut Vec<u32>)) {
+    /// Closes the idle ones of the connections `retire` takes out of pools (the leased ones
+    /// close when their requests complete).
+    fn close_each(&mut self, retire: impl FnOnce(&mut Clients, &mut Vec<Left>)) {
         let mut closing = std::mem::take(&mut self.closing);
         retire(&mut self.clients, &mut closing);
-        for conn in closing.drain(..) {
-            self.close(conn);
+        for (server, slot) in closing.drain(..).filter_map(close_now) {
+            self.servers.release_slot(server as usize, slot);
         }
         self.closing = closing;
     }
@@ -432,22 +428,15 @@ impl<'a> Sim<'a> {
         }
         let s = self.servers.members[self.rng_rover.random_range(0..n)];
         let slot = self.servers.acquire_slot(s as usize);
-        let offered = self
-            .clients
-            .offer(c, s, slot, now, &mut self.conns, &mut self.rng_rover);
-        match offered {
-            Offered::Refused => {
+        match self.clients.offer(c, s, slot, now, &mut self.rng_rover) {
+            Admission::Refused => {
                 self.servers.release_slot(s as usize, slot);
                 return;
             }
-            Offered::Kept { .. } => {}
-            Offered::Replaced {
-                evicted,
-                evicted_idle,
-                ..
-            } => {
-                if evicted_idle {
-                    self.close(evicted);
+            Admission::Kept { .. } => {}
+            Admission::Replaced { evicted, .. } => {
+                if let Some((server, slot)) = close_now(evicted) {
+                    self.servers.release_slot(server as usize, slot);
                 }
                 self.last_swap = Some(self.now);
                 if self.in_window() {
