@@ -8,12 +8,11 @@
 //! own seeded generator (arrivals, service times, rovers, routing), so every policy sees the
 //! same arrivals and service demands for a seed, and only routing differs.
 
+use callosum_client::pool::decide::{Admission, Left};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::SimConfig;
-use callosum_client::pool::decide::{Admission, Left};
-
 use super::client::{Clients, NO_CONN, close_now};
 use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::Metrics;
