@@ -263,7 +263,9 @@ fn lowest<R: Rng + ?Sized>(
 
 impl Book {
     /// An empty book deciding by `policy`, with the maximum age it reports
-    /// ([`PoolPolicy::get_max_age`]; settle it first for a roving interval).
+    /// ([`PoolPolicy::get_max_age`]; settle it first for a roving interval). The policy is
+    /// taken as given: [`Pool::with_policy`](super::Pool::with_policy) is what refuses an
+    /// invalid one.
     pub fn new(policy: &PoolPolicy) -> Self {
         Self {
             policy: policy.clone(),
