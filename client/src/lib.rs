@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`handshake`]: the slot line grammar, its reader, and the stream handed back.
-//! - [`pool`]: the dual-heap pool of connections keyed by slot, with leases.
+//! - [`pool`]: the dual-heap pool of connections keyed by slot, with leases; its decisions,
+//!   free of I/O, are [`pool::decide`], which the load generator's simulator calls too.
 //! - [`rover`]: connects to a random server every roving interval and reports the slot;
 //!   the [`Connector`] trait and [`TcpConnector`].
 //! - [`discovery`]: which servers there are: one per address of each name by default.

@@ -1,7 +1,10 @@
 //! Behaviour of the balance simulator on small bounded runs (each a few simulated minutes of
 //! 4 servers × 16 clients; well under a second of work in release, a few in debug).
 
-use callosum_loadgen::simulate::{Policy, SimConfig, SimulateArgs, simulate};
+use std::time::Duration;
+
+use callosum_client::PoolPolicy;
+use callosum_loadgen::simulate::{Policy, PoolRules, SimConfig, SimulateArgs, simulate};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -34,6 +37,38 @@ fn same_seed_gives_byte_identical_json() {
         let c = serde_json::to_string(&simulate(&other)).expect("serialisable");
         assert_ne!(a, c, "{policy:?} ignores the seed");
     }
+}
+
+#[test]
+fn the_maximum_age_is_settled_as_the_roving_client_settles_it() {
+    let settled = |extra: &[&str]| config(Policy::Improved, extra).rules.max_age_ns;
+    let client = |slots: usize, interval: Duration| {
+        PoolPolicy::improved()
+            .max_slots(slots)
+            .max_age_for(interval)
+            .map(|age| age.as_nanos() as u64)
+    };
+    let s = Duration::from_secs;
+    // The defaults (P = 8, R = 1 s): the client's default, max(10 R, 2 P R).
+    assert_eq!(settled(&[]), client(8, s(1)));
+    assert_eq!(settled(&[]), Some(16_000_000_000));
+    assert_eq!(settled(&["--pool-size", "2"]), client(2, s(1)));
+    assert_eq!(settled(&["--pool-size", "2"]), Some(10_000_000_000));
+    assert_eq!(
+        settled(&["--roving-interval", "10s"]),
+        client(8, s(10)),
+        "10 R at a long roving interval"
+    );
+    assert_eq!(settled(&["--max-age", "30s"]), Some(30_000_000_000));
+    assert_eq!(
+        settled(&["--max-age", "5s"]),
+        Some(16_000_000_000),
+        "raised to 2 P R"
+    );
+    assert_eq!(settled(&["--max-age", "0"]), None);
+    // The rules convert to the client's policy and back.
+    let rules = config(Policy::Improved, &[]).rules;
+    assert_eq!(PoolRules::of_policy(&rules.policy(8), s(1)), rules);
 }
 
 #[test]

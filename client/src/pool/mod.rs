@@ -6,17 +6,16 @@
 //! server has the fewest of this pool's leases (a slow connection counting as more), then
 //! the lowest slot, equal slots at random.
 //!
-//! One `Mutex` guards the state: a slab of entries plus two `heap::IndexedHeap`s of entry
-//! ids, a min-heap of idle connections (lease the lowest) and a max-heap of every held
-//! connection, leased ones included (find the worst), plus, under a maximum age, a
-//! min-heap of expiry times (retire the due ones). The heaps support removal by id, so
-//! under the original rules offer, lease and return are O(log n) with no stale entries. A
-//! leased connection lives in its [`Lease`], not in the slab, so using it takes no lock,
-//! and the liveness check (a syscall for sockets) runs outside the lock. An evicted leased connection is flagged in
-//! its entry and closed when the lease ends (the original's "deadpool"); so is one retired
-//! by age. The improved rules rank idle connections by a cost that changes with every lease,
-//! so they lease by a scan of the idle entries: O(P), see `state` for why that is the right
-//! trade at pool sizes.
+//! One `Mutex` guards the state: the [`decide::Book`], which makes every decision (a slab
+//! of entries and indexed heaps: idle by lowest slot to lease, held by highest slot to find
+//! the worst, and under a maximum age by expiry to retire), and the idle connections by the
+//! book's entry ids. Under the original rules offer, lease and return are O(log n); the
+//! improved rules rank idle connections by a cost that changes with every lease, so they
+//! lease by a scan of the idle entries: O(P), see `decide` for why that is the right trade
+//! at pool sizes. A leased connection lives in its [`Lease`], not under the lock, so using
+//! it takes no lock, and the liveness check (a syscall for sockets) runs outside the lock.
+//! An evicted leased connection is flagged in its entry and closed when the lease ends (the
+//! original's "deadpool"); so is one retired by age.
 //!
 //! The pool learns each connection's server from [`Pool::offer_from`] as a [`ServerKey`]
 //! (an opaque number: the roving client numbers its servers), which is all "leases at the
@@ -25,10 +24,13 @@
 //! return, as evicted ones do).
 //!
 //! - [`policy`]: the options (`max_slots`, the improved rules), default = the original.
+//! - [`decide`]: every decision (lease, offer, lifetime, slow penalty, retirement), free of
+//!   I/O; the simulator's clients call it too, so the published figures measure these rules.
 //! - [`liveness`]: the "still open?" check of idle connections.
-//! - `state`: the slab and the heaps, under the lock.
+//! - `state`: the book and the connections, under the lock.
 //! - `heap`: the indexed 4-ary heap.
 
+pub mod decide;
 mod heap;
 pub mod liveness;
 pub mod policy;
@@ -46,7 +48,7 @@ use tokio::time::Instant;
 
 pub use liveness::Liveness;
 pub use policy::{DEFAULT_MAX_SLOTS, PoolPolicy, SlowPenalty};
-use state::{Inner, slot_of};
+use state::Inner;
 
 use crate::failure::Failure;
 
@@ -191,7 +193,7 @@ impl<C: Liveness> Pool<C> {
 
     /// Connections held and counting toward `max_slots` (idle and leased).
     pub fn len(&self) -> usize {
-        self.shared.lock().held.len()
+        self.shared.lock().book.len()
     }
 
     /// Whether the pool holds no connection.
@@ -201,20 +203,12 @@ impl<C: Liveness> Pool<C> {
 
     /// Idle connections (ready to lease).
     pub fn idle_len(&self) -> usize {
-        self.shared.lock().idle.len()
+        self.shared.lock().book.idle_len()
     }
 
     /// The slots of the held connections, lowest first.
     pub fn held_slots(&self) -> Vec<u32> {
-        let mut slots: Vec<u32> = self
-            .shared
-            .lock()
-            .held
-            .keys()
-            .map(|k| slot_of(k.0))
-            .collect();
-        slots.sort_unstable();
-        slots
+        self.shared.lock().held_slots()
     }
 
     /// Offers a new connection with its slot (the original `newConnection`): kept while
@@ -234,25 +228,7 @@ impl<C: Liveness> Pool<C> {
     }
 
     fn offer_inner(&self, server: Option<ServerKey>, slot: u32, conn: C) -> Offer<C> {
-        let outcome = {
-            let mut inner = self.shared.lock();
-            if inner.held.len() < self.shared.policy.max_slots {
-                inner.insert(server, slot, conn);
-                Offer::Kept
-            } else {
-                match inner.worst() {
-                    Some((worst, id)) if inner.beats(slot, worst) => {
-                        let evicted = inner.evict(id);
-                        inner.insert(server, slot, conn);
-                        Offer::Replaced {
-                            evicted_slot: worst,
-                            evicted,
-                        }
-                    }
-                    _ => Offer::Rejected(conn),
-                }
-            }
-        };
+        let outcome = self.shared.lock().offer(server, slot, conn);
         if !matches!(outcome, Offer::Rejected(_)) {
             self.shared.wake_one();
         }
@@ -308,20 +284,15 @@ impl<C: Liveness> Pool<C> {
         loop {
             let (dead, done) = {
                 let mut inner = self.shared.lock();
-                let end = (cursor + PRUNE_CHUNK).min(inner.entries.len());
+                let end = (cursor + PRUNE_CHUNK).min(inner.book.capacity());
                 let mut dead = Vec::new();
                 for id in cursor as u32..end as u32 {
-                    if inner.idle.contains(id)
-                        && inner.entries[id as usize]
-                            .conn
-                            .as_ref()
-                            .is_some_and(|c| !c.is_alive())
-                    {
+                    if inner.idle_conn(id).is_some_and(|c| !c.is_alive()) {
                         dead.extend(inner.evict(id));
                     }
                 }
                 cursor = end;
-                (dead, end >= inner.entries.len())
+                (dead, end >= inner.book.capacity())
             };
             dropped += dead.len();
             drop(dead); // closed outside the lock
@@ -391,8 +362,8 @@ impl<C: Liveness> fmt::Debug for Pool<C> {
         let inner = self.shared.lock();
         f.debug_struct("Pool")
             .field("max_slots", &self.shared.policy.max_slots)
-            .field("held", &inner.held.len())
-            .field("idle", &inner.idle.len())
+            .field("held", &inner.book.len())
+            .field("idle", &inner.book.idle_len())
             .finish()
     }
 }

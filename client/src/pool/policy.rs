@@ -7,11 +7,12 @@
 //! one, ties between equal slots broken by arrival order. [`PoolPolicy::improved`] is the
 //! policy measured in `docs/balance.md` ("The improved Callosum policy"): maximum connection
 //! age, slow-connection penalty, least outstanding first, random ties, accept equal. The
-//! reference behaviour is `PoolRules` in the simulator (`loadgen/src/simulate/policy.rs`).
+//! rules themselves are written once, in [`decide`], which the pool and the simulator
+//! (`callosum-loadgen simulate`, whose `PoolRules` converts to this type) both call.
 
 use std::time::Duration;
 
-use crate::pool::PoolError;
+use crate::pool::{PoolError, decide};
 
 /// Default number of connections a pool keeps.
 pub const DEFAULT_MAX_SLOTS: usize = 100;
@@ -97,6 +98,7 @@ pub struct PoolPolicy {
     pub(crate) least_outstanding: bool,
     pub(crate) slow_penalty: Option<SlowPenalty>,
     pub(crate) max_age: MaxAge,
+    pub(crate) seed: Option<u64>,
 }
 
 impl Default for PoolPolicy {
@@ -117,6 +119,7 @@ impl PoolPolicy {
             least_outstanding: false,
             slow_penalty: None,
             max_age: MaxAge::Off,
+            seed: None,
         }
     }
 
@@ -136,6 +139,7 @@ impl PoolPolicy {
             least_outstanding: true,
             slow_penalty: Some(SlowPenalty::default()),
             max_age: MaxAge::Auto,
+            seed: None,
         }
     }
 
@@ -193,25 +197,51 @@ impl PoolPolicy {
         self
     }
 
+    /// Seed of the pool's random choices (equal slots under random ties, lifetimes), for
+    /// reproducible runs: a pool fed the same offers, leases and returns at the same times
+    /// then decides the same as the simulator's clients do. `None`: seeded from the OS (the
+    /// default).
+    pub fn seed(mut self, seed: Option<u64>) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// The configured `max_slots`.
     pub fn get_max_slots(&self) -> usize {
         self.max_slots
     }
 
+    /// Whether equal slots are picked at random.
+    pub fn get_random_tie_break(&self) -> bool {
+        self.random_tie_break
+    }
+
+    /// Whether an equal slot replaces the worst.
+    pub fn get_accept_equal(&self) -> bool {
+        self.accept_equal
+    }
+
+    /// Whether leases go to the server with the fewest of the pool's leases.
+    pub fn get_least_outstanding(&self) -> bool {
+        self.least_outstanding
+    }
+
+    /// The slow-connection penalty, if on.
+    pub fn get_slow_penalty(&self) -> Option<SlowPenalty> {
+        self.slow_penalty
+    }
+
     /// The maximum age A this policy gives a pool fed every `roving_interval`: `None` when
-    /// connections are never retired; else the configured age, or 10 intervals for
-    /// [`improved`](Self::improved)'s default, raised to at least 2 × `max_slots` intervals.
+    /// connections are never retired; else the configured age, or
+    /// [`decide::default_max_age`] (10 intervals) for [`improved`](Self::improved)'s default,
+    /// raised to at least [`decide::max_age_floor`] (2 × `max_slots` intervals).
     pub fn max_age_for(&self, roving_interval: Duration) -> Option<Duration> {
-        let floor =
-            roving_interval.saturating_mul(saturating_u32(self.max_slots.saturating_mul(2)));
         match self.max_age {
             MaxAge::Off => None,
-            MaxAge::Auto => Some(
-                roving_interval
-                    .saturating_mul(DEFAULT_MAX_AGE_INTERVALS)
-                    .max(floor),
-            ),
-            MaxAge::Fixed(age) => Some(age.max(floor)),
+            MaxAge::Auto => Some(decide::default_max_age(roving_interval, self.max_slots)),
+            MaxAge::Fixed(age) => {
+                Some(age.max(decide::max_age_floor(roving_interval, self.max_slots)))
+            }
         }
     }
 
@@ -262,10 +292,6 @@ impl PoolPolicy {
         }
         Ok(())
     }
-}
-
-fn saturating_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

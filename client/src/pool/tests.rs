@@ -243,6 +243,25 @@ fn equal_slots_go_by_arrival_by_default_and_at_random_on_request() {
     assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
 }
 
+#[test]
+fn pools_with_the_same_seed_break_ties_alike() {
+    let leases = |seed: u64| {
+        let policy = PoolPolicy::default()
+            .random_tie_break(true)
+            .seed(Some(seed));
+        let pool = Pool::with_policy(policy).expect("valid");
+        for id in 1..=8 {
+            keep(&pool, 5, Fake::new(id));
+        }
+        (0..40)
+            .map(|_| pool.get().expect("idle").id)
+            .collect::<Vec<u32>>()
+    };
+    assert_eq!(leases(7), leases(7));
+    // 8^-40 chance of a false failure.
+    assert_ne!(leases(7), leases(8));
+}
+
 // --- the improved policy, rule by rule ---
 
 fn keep_from(pool: &Pool<Fake>, server: u64, slot: u32, conn: Fake) {

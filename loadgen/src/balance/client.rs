@@ -9,7 +9,8 @@
 //! from the cluster's current membership and uses an idle connection of its own to that
 //! server, opening one when all are busy (so, like the simulator's, it never waits at the
 //! client); connections are kept for reuse, so after warm-up no request pays a connect. P2C
-//! compares the client's own outstanding requests at the two servers.
+//! compares the client's own outstanding requests at the two servers. The pick itself is the
+//! simulator's [`router::pick`], so both measure the same baselines.
 //!
 //! A request whose connection breaks (its server left) is retried on another connection, at
 //! most [`RETRIES`] times; every exchange has a deadline ([`EXCHANGE_TIMEOUT`]) so no request
@@ -18,17 +19,17 @@
 //! baselines see the shared [`Membership`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use callosum_client::{Prefixed, RovingClient, read_handshake};
+use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::simulate::Policy;
+use crate::simulate::{Policy, router};
 
 /// Attempts after the first when a request's connection breaks.
 pub const RETRIES: u32 = 2;
@@ -124,9 +125,16 @@ pub struct Baseline {
     idle: Vec<Mutex<Vec<Prefixed<TcpStream>>>>,
     /// This client's requests outstanding per server id (P2C).
     outstanding: Vec<AtomicU32>,
-    /// Round-robin position, 1-based; 0 until the first pick (which starts at random).
-    cursor: AtomicUsize,
-    rng: Mutex<SmallRng>,
+    /// The router's state: its random source and round-robin cursor.
+    router: Mutex<RouterState>,
+}
+
+/// What [`router::pick`] keeps per client.
+#[derive(Debug)]
+struct RouterState {
+    rng: SmallRng,
+    /// Round-robin position (see [`router::pick`]).
+    cursor: u32,
 }
 
 impl Baseline {
@@ -137,49 +145,23 @@ impl Baseline {
             members,
             idle: (0..servers).map(|_| Mutex::new(Vec::new())).collect(),
             outstanding: (0..servers).map(|_| AtomicU32::new(0)).collect(),
-            cursor: AtomicUsize::new(0),
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            router: Mutex::new(RouterState {
+                rng: SmallRng::seed_from_u64(seed),
+                cursor: 0,
+            }),
         }
     }
 
     /// Picks the server for one request: `(id, address)`.
     fn pick(&self) -> Option<(u32, SocketAddr)> {
         let members = self.members.snapshot();
-        let n = members.len();
-        if n == 0 {
-            return None;
-        }
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        Some(match self.policy {
-            Policy::RoundRobin => {
-                // Relaxed: one client's cursor; a lost race only repeats a server once.
-                let mut cur = self.cursor.load(Ordering::Relaxed);
-                if cur == 0 {
-                    cur = rng.random_range(0..n) + 1;
-                }
-                let pos = (cur - 1) % n;
-                self.cursor.store((pos + 1) % n + 1, Ordering::Relaxed);
-                members[pos]
-            }
-            Policy::P2c if n > 1 => {
-                let a = rng.random_range(0..n);
-                let mut b = rng.random_range(0..n - 1);
-                if b == a {
-                    b = n - 1;
-                }
-                let out = |i: usize| {
-                    // Relaxed: a heuristic read of this client's own counts.
-                    self.outstanding[members[i].0 as usize].load(Ordering::Relaxed)
-                };
-                let (oa, ob) = (out(a), out(b));
-                if oa < ob || (oa == ob && rng.random_bool(0.5)) {
-                    members[a]
-                } else {
-                    members[b]
-                }
-            }
-            _ => members[rng.random_range(0..n)],
-        })
+        let mut guard = self.router.lock().unwrap_or_else(PoisonError::into_inner);
+        let RouterState { rng, cursor } = &mut *guard;
+        let i = router::pick(self.policy, members.len(), cursor, rng, |i| {
+            // Relaxed: a heuristic read of this client's own counts.
+            self.outstanding[members[i].0 as usize].load(Ordering::Relaxed)
+        })?;
+        Some(members[i])
     }
 
     async fn once(&self) -> Result<(), RequestError> {

@@ -30,12 +30,11 @@ pub mod server;
 use std::io::Write;
 use std::time::Duration;
 
+use callosum_client::PoolPolicy;
 use serde::Serialize;
 
 use crate::cli::values::{at_least_one, duration, positive_duration};
-use crate::simulate::{
-    ClusterArgs, Policy, PoolRules, SimConfig, SimError, SimReport, Timing, default_max_age,
-};
+use crate::simulate::{ClusterArgs, Policy, PoolRules, SimConfig, SimError, SimReport, Timing};
 pub use engine::{LiveError, LiveReport, run_live};
 
 /// The policies a live run can use, in report order.
@@ -132,15 +131,8 @@ impl BalanceArgs {
     /// improved rules at the client's defaults, with the maximum age the client's improved
     /// policy uses at this roving interval and pool size.
     pub fn config(&self, policy: Policy) -> Result<SimConfig, BalanceError> {
-        let max_age = default_max_age(self.cluster.pool_size as usize, self.roving_interval);
-        let rules = PoolRules::improved(
-            (!max_age.is_zero()).then(|| u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX)),
-            true,
-            true,
-            true,
-            Some(0.2),
-            1.5,
-        );
+        let improved = PoolPolicy::improved().max_slots(self.cluster.pool_size as usize);
+        let rules = PoolRules::of_policy(&improved, self.roving_interval);
         let cfg = SimConfig::new(&self.cluster, self.timing(), policy, rules, false, false);
         cfg.validate()?;
         if !LIVE_POLICIES.contains(&policy) {

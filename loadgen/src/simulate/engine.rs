@@ -3,20 +3,22 @@
 //! Why this shape: the three regular streams (Poisson arrivals, sample ticks, window ticks)
 //! each have exactly one next time, so they live outside the heap and are compared with its
 //! top; only service completions, rover probes and the rare join/leave go through the
-//! [`EventQueue`]. State is struct-of-arrays ([`Servers`], [`Clients`], [`Conns`], the request
+//! [`EventQueue`]. State is struct-of-arrays ([`Servers`], [`Clients`], the request
 //! slab here) and nothing allocates per event once the run is warm. Each random stream has its
 //! own seeded generator (arrivals, service times, rovers, routing), so every policy sees the
 //! same arrivals and service demands for a seed, and only routing differs.
 
+use callosum_client::pool::decide::{Admission, Left};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::SimConfig;
-use super::client::{Clients, Conns, NO_CONN, NOT_IN_POOL};
+use super::client::{Clients, NO_CONN, close_now};
 use super::event::{Controls, EventQueue, Kind, Periodic};
 use super::metrics::Metrics;
 use super::policy::{Policy, PoolRules};
 use super::report::{LeftServer, RunEnd, SimReport};
+use super::router;
 use super::server::Servers;
 
 const NS: f64 = 1e9;
@@ -44,7 +46,8 @@ struct Req {
     /// Its service demand at a normal-speed server, ns.
     service: f64,
     client: u32,
-    /// The pool connection it travels on (`NO_CONN` under the baselines).
+    /// The pool connection it travels on, an entry of its client's pool (`NO_CONN` under the
+    /// baselines).
     conn: u32,
     server: u32,
     state: ReqState,
@@ -63,7 +66,6 @@ struct Sim<'a> {
     q: EventQueue,
     servers: Servers,
     clients: Clients,
-    conns: Conns,
     reqs: Vec<Req>,
     req_free: Vec<u32>,
     rng_arrival: SmallRng,
@@ -77,6 +79,8 @@ struct Sim<'a> {
     mean_interarrival: f64,
     service_ns: f64,
     roving_ns: u64,
+    /// Connections that left a pool, reused between rover ticks and leaves.
+    closing: Vec<Left>,
     events: u64,
     last_swap: Option<u64>,
     swaps_in_window: u64,
@@ -93,6 +97,7 @@ impl<'a> Sim<'a> {
             Policy::Original => PoolRules::ORIGINAL,
             _ => cfg.rules,
         };
+        let pool_policy = rules.policy(cfg.max_slots.max(1));
         let workers = if cfg.no_queue {
             u32::MAX
         } else {
@@ -126,8 +131,7 @@ impl<'a> Sim<'a> {
             rules,
             q: EventQueue::default(),
             servers,
-            clients: Clients::new(cfg.clients, cfg.max_slots.max(1), p2c_servers),
-            conns: Conns::default(),
+            clients: Clients::new(cfg.clients, &pool_policy, p2c_servers),
             reqs: Vec::new(),
             req_free: Vec::new(),
             rng_arrival: SmallRng::seed_from_u64(seed ^ 0xA11A_0001),
@@ -145,6 +149,7 @@ impl<'a> Sim<'a> {
             },
             service_ns,
             roving_ns: ((cfg.roving_interval_ms * 1e6) as u64).max(1),
+            closing: Vec::new(),
             events: 0,
             last_swap: None,
             swaps_in_window: 0,
@@ -296,53 +301,27 @@ impl<'a> Sim<'a> {
     /// Picks the server for a baseline policy; `None` if the cluster is empty.
     fn route(&mut self, c: usize) -> Option<u32> {
         let members = &self.servers.members;
-        let n = members.len();
-        if n == 0 {
-            return None;
-        }
         let rng = &mut self.rng_route;
-        Some(match self.cfg.policy {
-            Policy::RoundRobin => {
-                let cur = &mut self.clients.cursor[c];
-                if *cur == 0 {
-                    // 0 means "not started": start at a random server, 1-based from here on.
-                    *cur = rng.random_range(0..n) as u32 + 1;
-                }
-                let pos = (*cur as usize - 1) % n;
-                *cur = (pos + 1) as u32 % n as u32 + 1;
-                members[pos]
-            }
-            Policy::P2c => {
-                let a = members[rng.random_range(0..n)];
-                if n == 1 {
-                    return Some(a);
-                }
-                let mut b = members[rng.random_range(0..n - 1)];
-                if b == a {
-                    b = members[n - 1];
-                }
-                let base = c * self.cfg.servers;
-                let (oa, ob) = (
-                    self.clients.outstanding[base + a as usize],
-                    self.clients.outstanding[base + b as usize],
-                );
-                if oa < ob || (oa == ob && rng.random_bool(0.5)) {
-                    a
-                } else {
-                    b
-                }
-            }
-            Policy::Jsq => {
-                let least = self.servers.jsq.as_mut().and_then(|j| j.least_loaded())?;
-                least[rng.random_range(0..least.len())]
-            }
-            _ => members[rng.random_range(0..n)],
-        })
+        if self.cfg.policy == Policy::Jsq {
+            let least = self.servers.jsq.as_mut().and_then(|j| j.least_loaded())?;
+            return Some(least[rng.random_range(0..least.len())]);
+        }
+        // This client's counts (P2C only; empty otherwise).
+        let outstanding = self
+            .clients
+            .outstanding
+            .get(c * self.cfg.servers..)
+            .unwrap_or(&[]);
+        let cursor = &mut self.clients.cursor[c];
+        let i = router::pick(self.cfg.policy, members.len(), cursor, rng, |i| {
+            u32::from(outstanding.get(members[i] as usize).copied().unwrap_or(0))
+        })?;
+        Some(members[i])
     }
 
     /// Leases client `c`'s best idle connection: `(connection, server)`.
     fn lease(&mut self, c: usize) -> Option<(u32, u32)> {
-        self.clients.lease(c, &self.rules, &mut self.rng_route)
+        self.clients.lease(c, &mut self.rng_route)
     }
 
     fn send_on(&mut self, r: u32, (conn, server): (u32, u32)) {
@@ -398,27 +377,21 @@ impl<'a> Sim<'a> {
         }
         let c = self.reqs[ri].client as usize;
         let conn = self.reqs[ri].conn;
-        let response = (self.now - self.reqs[ri].sent) as f64;
+        let response = self.now - self.reqs[ri].sent;
         self.free_request(r);
         if conn != NO_CONN {
-            self.give_back(c, conn, response);
+            self.give_back(c, conn, Some(response));
         } else if self.cfg.policy == Policy::P2c {
             self.clients.outstanding[c * self.cfg.servers + si] -= 1;
         }
     }
 
-    /// A request's connection comes back to client `c`.
-    fn give_back(&mut self, c: usize, conn: u32, response: f64) {
-        if self.conns.in_pool(conn) {
-            self.clients.set_idle(
-                c,
-                conn,
-                &self.conns,
-                response,
-                self.rules.latency_alpha.unwrap_or(0.0),
-            );
-        } else {
-            self.close(conn);
+    /// A request's connection comes back to client `c` (`response`: its response time, ns;
+    /// `None` for a failed request).
+    fn give_back(&mut self, c: usize, conn: u32, response: Option<u64>) {
+        let (server, slot) = self.clients.conn(c, conn);
+        if !self.clients.give_back(c, conn, response) {
+            self.servers.release_slot(server as usize, slot);
         }
         self.serve_waiters(c);
     }
@@ -432,62 +405,44 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn close(&mut self, conn: u32) {
-        let i = conn as usize;
-        self.servers
-            .release_slot(self.conns.slab[i].server as usize, self.conns.slab[i].slot);
-        self.conns.close(conn);
-    }
-
-    /// Takes the entry at `index` out of client `c`'s pool: closed now if idle, when its
-    /// request completes if leased.
-    fn retire(&mut self, c: usize, index: usize, conn: u32) {
-        let idle = self.clients.is_idle(c, index);
-        self.clients.remove_at(c, index, &mut self.conns);
-        if idle {
-            self.close(conn);
-        } else {
-            self.conns.pos[conn as usize] = NOT_IN_POOL;
+    /// Closes the idle ones of the connections `retire` takes out of pools (the leased ones
+    /// close when their requests complete).
+    fn close_each(&mut self, retire: impl FnOnce(&mut Clients, &mut Vec<Left>)) {
+        let mut closing = std::mem::take(&mut self.closing);
+        retire(&mut self.clients, &mut closing);
+        for (server, slot) in closing.drain(..).filter_map(close_now) {
+            self.servers.release_slot(server as usize, slot);
         }
+        self.closing = closing;
     }
 
     fn rove(&mut self, c: usize) {
-        if self.rules.max_age_ns.is_some() {
-            let mut k = self.clients.pool_len(c);
-            while k > 0 {
-                k -= 1;
-                let conn = self.clients.conn_at(c, k);
-                if self.conns.slab[conn as usize].expires <= self.now {
-                    self.retire(c, k, conn);
-                }
-            }
-        }
+        let now = self.now;
+        self.close_each(|clients, closing| {
+            clients.retire_expired(c, now, closing);
+        });
         let n = self.servers.members.len();
         if n == 0 {
             return;
         }
         let s = self.servers.members[self.rng_rover.random_range(0..n)];
         let slot = self.servers.acquire_slot(s as usize);
-        if self.clients.is_full(c) {
-            let (index, worst) = self.clients.worst(c, &self.rules, &mut self.rng_rover);
-            let worst_slot = self.conns.slab[worst as usize].slot;
-            let accept = slot < worst_slot || (self.rules.accept_equal && slot == worst_slot);
-            if !accept {
+        match self.clients.offer(c, s, slot, now, &mut self.rng_rover) {
+            Admission::Refused => {
                 self.servers.release_slot(s as usize, slot);
                 return;
             }
-            self.retire(c, index, worst);
-            self.last_swap = Some(self.now);
-            if self.in_window() {
-                self.swaps_in_window += 1;
+            Admission::Kept { .. } => {}
+            Admission::Replaced { evicted, .. } => {
+                if let Some((server, slot)) = close_now(evicted) {
+                    self.servers.release_slot(server as usize, slot);
+                }
+                self.last_swap = Some(self.now);
+                if self.in_window() {
+                    self.swaps_in_window += 1;
+                }
             }
         }
-        let expires = match self.rules.max_age_ns {
-            Some(age) => self.now + self.rng_rover.random_range(age / 2..age / 2 * 3 + 1),
-            None => u64::MAX,
-        };
-        let conn = self.conns.open(s, slot, expires);
-        self.clients.add(c, conn, &mut self.conns);
         self.serve_waiters(c);
     }
 
@@ -495,14 +450,9 @@ impl<'a> Sim<'a> {
         self.servers.deactivate(s);
         self.left = Some((s, self.now));
         for c in 0..self.cfg.clients {
-            let mut k = self.clients.pool_len(c);
-            while k > 0 {
-                k -= 1;
-                let conn = self.clients.conn_at(c, k);
-                if self.conns.slab[conn as usize].server == s {
-                    self.retire(c, k, conn);
-                }
-            }
+            self.close_each(|clients, closing| {
+                clients.evict_server(c, s, closing);
+            });
         }
         if self.cfg.crash {
             // Every request at the crashed server fails now; their connections close.
@@ -524,7 +474,7 @@ impl<'a> Sim<'a> {
                 }
                 if conn != NO_CONN {
                     // A failed request: no response time to learn from.
-                    self.give_back(c, conn, 0.0);
+                    self.give_back(c, conn, None);
                 } else if self.cfg.policy == Policy::P2c {
                     self.clients.outstanding[c * self.cfg.servers + s as usize] -= 1;
                 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod plot;
 pub mod policy;
 pub mod report;
+pub mod router;
 pub mod server;
 
 use std::io::Write;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::values::{at_least_one, duration, non_negative, positive, positive_duration};
 
+use callosum_client::{PoolPolicy, SlowPenalty};
 use serde::Serialize;
 
 pub use engine::simulate;
@@ -204,19 +206,24 @@ impl SimulateArgs {
         }
     }
 
-    /// The improved policy's rules these options describe.
+    /// The improved policy's rules these options describe: the client's improved policy
+    /// with each rule as asked, its maximum age settled for the roving interval as the
+    /// roving client settles it.
     pub fn rules(&self) -> PoolRules {
-        let max_age = self.max_age.unwrap_or_else(|| {
-            default_max_age(self.cluster.pool_size as usize, self.roving_interval)
-        });
-        PoolRules::improved(
-            (!max_age.is_zero()).then(|| u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX)),
-            self.accept_equal,
-            self.random_ties,
-            self.least_outstanding,
-            (self.latency_alpha > 0.0).then_some(self.latency_alpha),
-            self.slow_threshold,
-        )
+        let mut improved = PoolPolicy::improved()
+            .max_slots(self.cluster.pool_size as usize)
+            .accept_equal(self.accept_equal)
+            .random_tie_break(self.random_ties)
+            .least_outstanding(self.least_outstanding)
+            .slow_penalty((self.latency_alpha > 0.0).then(|| {
+                SlowPenalty::default()
+                    .alpha(self.latency_alpha)
+                    .threshold(self.slow_threshold)
+            }));
+        if let Some(age) = self.max_age {
+            improved = improved.max_age((!age.is_zero()).then_some(age));
+        }
+        PoolRules::of_policy(&improved, self.roving_interval)
     }
 
     /// The run of `policy` these options describe.
@@ -230,15 +237,6 @@ impl SimulateArgs {
             self.crash,
         )
     }
-}
-
-/// The maximum age the client's improved pool settles on for a pool size and roving
-/// interval (zero: none).
-pub fn default_max_age(pool_size: usize, roving_interval: Duration) -> Duration {
-    callosum_client::PoolPolicy::improved()
-        .max_slots(pool_size)
-        .max_age_for(roving_interval)
-        .unwrap_or(Duration::ZERO)
 }
 
 /// One simulation run, fully described (the same configuration gives the same report).

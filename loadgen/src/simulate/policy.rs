@@ -6,7 +6,12 @@
 //! client's pool of slot-ranked connections; the baselines pick a server per request and
 //! ignore slots. The improved policy is the original plus three rules, each a field of
 //! [`PoolRules`] so an ablation can switch it off and measure what it contributes.
+//! [`PoolRules`] is the serialisable face of the client's [`PoolPolicy`], into which it
+//! converts ([`PoolRules::policy`]): the simulated pools decide by the client's own code.
 
+use std::time::Duration;
+
+use callosum_client::{PoolPolicy, SlowPenalty};
 use serde::Serialize;
 
 /// How a client picks the server for a request.
@@ -15,7 +20,8 @@ use serde::Serialize;
 pub enum Policy {
     /// Boxcar as specified: pool of the `max_slots` lowest slots; lease the lowest-slot idle
     /// connection; a rover connection replaces the pool's worst only if strictly lower; ties
-    /// between equal slots always broken the same way (lower server id first).
+    /// between equal slots always broken the same way (the earliest arrival leased first, the
+    /// latest replaced first).
     Original,
     /// The improved Callosum policy: the original plus a maximum connection age, equal slots
     /// accepted, random ties, least outstanding first and a slow-connection penalty.
@@ -64,16 +70,18 @@ impl Policy {
 }
 
 /// The rules a Callosum pool follows; the original and the improved policy differ only here.
+/// The same settings as [`PoolPolicy`], with the maximum age settled (in the JSON output).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct PoolRules {
     /// Ties between equal slots (for leasing and for picking the worst) are broken uniformly
-    /// at random instead of always by server id.
+    /// at random instead of always by arrival order.
     pub random_ties: bool,
     /// A rover connection whose slot equals the pool's worst replaces it (the pool keeps
     /// exploring once every server holds its share), instead of only a strictly lower one.
     pub accept_equal: bool,
     /// Connections are retired once older than this (nanoseconds; each connection's limit is
-    /// drawn uniformly in `[age/2, 3·age/2)` so retirements do not synchronise). An idle
+    /// drawn uniformly in `[age/2, 3·age/2)` so retirements do not synchronise), settled as
+    /// the client settles it for the roving interval ([`PoolPolicy::max_age_for`]). An idle
     /// retired connection closes at once, a leased one when its request completes; the
     /// freed pool place is refilled by the next rover connection, whatever its slot.
     pub max_age_ns: Option<u64>,
@@ -101,22 +109,35 @@ impl PoolRules {
         slow_threshold: f32::INFINITY,
     };
 
-    /// The improved rules (each can be switched off for an ablation).
-    pub fn improved(
-        max_age_ns: Option<u64>,
-        accept_equal: bool,
-        random_ties: bool,
-        least_outstanding: bool,
-        latency_alpha: Option<f32>,
-        slow_threshold: f32,
-    ) -> Self {
+    /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
+    /// maximum age is the one that policy settles on ([`PoolPolicy::max_age_for`]).
+    pub fn of_policy(policy: &PoolPolicy, roving_interval: Duration) -> Self {
+        let penalty = policy.get_slow_penalty();
         PoolRules {
-            random_ties,
-            accept_equal,
-            max_age_ns,
-            least_outstanding,
-            latency_alpha,
-            slow_threshold,
+            random_ties: policy.get_random_tie_break(),
+            accept_equal: policy.get_accept_equal(),
+            max_age_ns: policy
+                .max_age_for(roving_interval)
+                .map(|age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
+            least_outstanding: policy.get_least_outstanding(),
+            latency_alpha: penalty.map(|p| p.get_alpha()),
+            slow_threshold: penalty.map_or(f32::INFINITY, |p| p.get_threshold()),
         }
+    }
+
+    /// These rules as the client's policy for pools of `max_slots` (the maximum age as
+    /// settled here).
+    pub fn policy(&self, max_slots: usize) -> PoolPolicy {
+        PoolPolicy::original()
+            .max_slots(max_slots)
+            .random_tie_break(self.random_ties)
+            .accept_equal(self.accept_equal)
+            .least_outstanding(self.least_outstanding)
+            .slow_penalty(self.latency_alpha.map(|alpha| {
+                SlowPenalty::default()
+                    .alpha(alpha)
+                    .threshold(self.slow_threshold)
+            }))
+            .max_age(self.max_age_ns.map(Duration::from_nanos))
     }
 }

@@ -1,0 +1,725 @@
+//! The pool's decisions, free of I/O: which idle connection to lease, whether a newcomer
+//! fills a free place, replaces the worst or is refused, how long each connection lives,
+//! the slow-connection penalty, and which connections retire. [`Book`] keeps what those
+//! decisions need about one pool's connections (slot, server, arrival, response-time
+//! average, lifetime, leased or not) and nothing else: no connection, no clock, no random
+//! source of its own.
+//!
+//! Why apart from the pool: the rules are the product, and the product is also measured by
+//! the simulator (`callosum-loadgen simulate`), which runs millions of events with no
+//! sockets. Both call this module, so the figures measure the rules users get; a copy of the
+//! rules in the simulator would prove the copy. The caller owns the connections, indexed by
+//! the small entry ids the book hands out, and passes in the time (nanoseconds on its own
+//! clock) and the random source (any [`rand::Rng`]), so the pool uses the wall clock and the
+//! simulator its simulated one with its seeded generators.
+//!
+//! The rules, by policy ([`PoolPolicy`]):
+//! - lease: the idle entry with the lowest cost, then the lowest slot; cost is 0 under the
+//!   original rules, else this pool's leases at the entry's server (least outstanding) plus
+//!   ⌊average / (threshold × the pool's mean average)⌋ (slow penalty). Equal slots go by
+//!   arrival (earliest first), or uniformly at random under random ties.
+//! - offer: under `max_slots` the newcomer fills a free place; at `max_slots` it replaces
+//!   the highest slot (equal ones: the latest arrival, or at random) if its slot is lower,
+//!   or equal under accept-equal; else it is refused.
+//! - lifetime: under a maximum age A, drawn uniformly in [A/2, 3A/2) at arrival so
+//!   retirements do not synchronise; [`default_max_age`] and [`max_age_floor`] settle A
+//!   from the roving interval and `max_slots`.
+//! - the slow penalty's average: the first response time sets it, each later one moves it
+//!   by the weight `alpha` ([`fold_ewma`]).
+//! - a replaced or retired entry leaves the pool at once; if it is leased it is closed when
+//!   given back, never re-entering.
+//!
+//! Cost: a slab of entries and three indexed heaps (idle by lowest key, held by highest key,
+//! expiring by soonest), so under the original rules every decision is O(log n). A cost that
+//! changes with every lease cannot sit in a heap key: the improved rules scan the idle
+//! entries per lease, and random ties scan the held ones per replacement, O(P) over a
+//! contiguous array, cheaper than an index per server at pool sizes (P ≤ 100). The per-server
+//! lease counts are kept in a map and the mean of the averages as a running sum, so the scan
+//! does O(1) per entry. Nothing allocates once the slab and heaps have grown to the pool's
+//! size.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::heap::{IndexedHeap, Order};
+use super::policy::{DEFAULT_MAX_AGE_INTERVALS, PoolPolicy};
+
+/// The fewest roving intervals per pool place a maximum age may span: a pool refills one
+/// place per roving interval at best, so a shorter age would retire connections faster than
+/// the rover replaces them.
+pub const MAX_AGE_FLOOR_INTERVALS_PER_SLOT: u32 = 2;
+
+/// The least maximum age for a pool of `max_slots` fed every `roving_interval`:
+/// 2 × `max_slots` intervals (saturating).
+pub fn max_age_floor(roving_interval: Duration, max_slots: usize) -> Duration {
+    let per_slot = max_slots.saturating_mul(MAX_AGE_FLOOR_INTERVALS_PER_SLOT as usize);
+    roving_interval.saturating_mul(u32::try_from(per_slot).unwrap_or(u32::MAX))
+}
+
+/// The maximum age the improved policy uses unless told otherwise: 10 roving intervals, at
+/// least [`max_age_floor`].
+pub fn default_max_age(roving_interval: Duration, max_slots: usize) -> Duration {
+    roving_interval
+        .saturating_mul(DEFAULT_MAX_AGE_INTERVALS)
+        .max(max_age_floor(roving_interval, max_slots))
+}
+
+/// A connection's lifetime under maximum age `age_ns`: uniform in [age/2, 3·age/2)
+/// nanoseconds (saturating; 0 for an age of 0).
+pub fn lifetime<R: Rng + ?Sized>(age_ns: u64, rng: &mut R) -> u64 {
+    (age_ns / 2).saturating_add(rng.random_range(0..age_ns.max(1)))
+}
+
+/// The response-time average after a response of `sample_ns`: the first sample (`old` 0)
+/// sets it, each later one moves it by `alpha`. At least 1 ns, so a sampled entry never
+/// reads as "no sample".
+pub fn fold_ewma(old: f32, sample_ns: u64, alpha: f32) -> f32 {
+    let sample = (sample_ns as f32).max(1.0);
+    if old == 0.0 {
+        sample
+    } else {
+        old + alpha * (sample - old)
+    }
+}
+
+/// Whether a newcomer with `slot` replaces the worst held connection, with `worst`, in a
+/// full pool: strictly lower, or equal too under accept-equal.
+pub fn replaces(slot: u32, worst: u32, accept_equal: bool) -> bool {
+    slot < worst || (accept_equal && slot == worst)
+}
+
+/// A connection that left the pool (replaced, retired, or its server gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// Its entry id.
+    pub id: u32,
+    /// Its slot.
+    pub slot: u32,
+    /// Its server, when it was offered with one.
+    pub server: Option<u64>,
+    /// It was idle: its entry is free again and the caller closes it now. Otherwise it is
+    /// leased: [`Book::give_back`] will say to close it.
+    pub was_idle: bool,
+}
+
+/// What an offer decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The newcomer is held in entry `id`: the pool was under `max_slots`.
+    Kept {
+        /// The newcomer's entry.
+        id: u32,
+    },
+    /// The newcomer is held in entry `id`, in place of the worst held connection, which
+    /// left the pool. (An idle one's entry is freed first, so `id` may be its id: the
+    /// caller takes the evicted connection out before storing the newcomer.)
+    Replaced {
+        /// The newcomer's entry.
+        id: u32,
+        /// The connection it replaced.
+        evicted: Left,
+    },
+    /// Refused: the pool is full and the slot does not beat the worst.
+    Refused,
+}
+
+/// Where an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Unused place in the slab.
+    Free,
+    /// Held and idle.
+    Idle,
+    /// Held and leased.
+    Leased,
+    /// Leased, and out of the pool (replaced or retired): closed when given back.
+    Evicted,
+}
+
+/// One entry of the book.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    slot: u32,
+    /// Heap key: slot in the high half, arrival in the low half.
+    key: u64,
+    server: Option<u64>,
+    /// Moving average of the response time in nanoseconds; 0 until the first sample.
+    ewma: f32,
+    state: State,
+    /// Counted in `leased_at`.
+    counted: bool,
+}
+
+const FREE: Entry = Entry {
+    slot: 0,
+    key: 0,
+    server: None,
+    ewma: 0.0,
+    state: State::Free,
+    counted: false,
+};
+
+/// One pool's connections as its decisions see them, by entry id (small integers the book
+/// hands out and reuses). Invariants: an entry is in `held` while it counts toward
+/// `max_slots`, in `idle` exactly while held and not leased, in `expiring` while held under
+/// a maximum age; an evicted leased entry is in none of them until it is given back or
+/// released. An entry is `counted` in `leased_at` exactly while leased and held, with a
+/// server, under least outstanding.
+#[derive(Debug)]
+pub struct Book {
+    policy: PoolPolicy,
+    /// The policy's maximum age, nanoseconds.
+    max_age_ns: Option<u64>,
+    entries: Vec<Entry>,
+    /// Ids of free entries.
+    free: Vec<u32>,
+    idle: IndexedHeap,
+    held: IndexedHeap,
+    /// Keys: expiry times, the caller's nanoseconds.
+    expiring: IndexedHeap,
+    /// This pool's leases per server (held entries only), under least outstanding.
+    leased_at: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
+    /// only swap the order of two connections with the same slot once.
+    arrivals: u32,
+    /// Sum and count of the held entries' non-zero averages (the slow penalty's mean).
+    ewma_sum: f64,
+    ewma_n: u32,
+}
+
+/// A multiplicative hash of a server key: a lease looks one up per idle entry, and SipHash
+/// (the default, built against adversarial keys) would be most of a lease's cost. Keys come
+/// from the application (the roving client numbers its servers), not from peers, so there
+/// is nobody to collide them on purpose.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the odd constant closest to 2^64 / φ spreads consecutive keys.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The slot in a key's high half.
+#[inline]
+fn slot_of(key: u64) -> u32 {
+    (key >> 32) as u32
+}
+
+/// The id with the lowest `(cost, key)` among `candidates` of `(cost, key, id)`. With
+/// `random`, candidates of equal cost and equal slot (the key's high half) are picked
+/// uniformly at random (reservoir sampling: the k-th equal one replaces the pick with
+/// probability 1/k) instead of by the key's low half.
+fn lowest<R: Rng + ?Sized>(
+    candidates: impl Iterator<Item = (u32, u64, u32)>,
+    random: bool,
+    rng: &mut R,
+) -> Option<u32> {
+    let mut best: Option<(u32, u64, u32)> = None;
+    let mut ties = 1u32;
+    for candidate in candidates {
+        let (cost, key, _) = candidate;
+        let better = match best {
+            None => true,
+            Some((best_cost, best_key, _)) => {
+                match cost
+                    .cmp(&best_cost)
+                    .then(slot_of(key).cmp(&slot_of(best_key)))
+                {
+                    Ordering::Less => {
+                        ties = 1;
+                        true
+                    }
+                    Ordering::Greater => false,
+                    Ordering::Equal if random => {
+                        ties = ties.saturating_add(1);
+                        rng.random_range(0..ties) == 0
+                    }
+                    Ordering::Equal => key < best_key,
+                }
+            }
+        };
+        if better {
+            best = Some(candidate);
+        }
+    }
+    best.map(|(_, _, id)| id)
+}
+
+impl Book {
+    /// An empty book deciding by `policy`, with the maximum age it reports
+    /// ([`PoolPolicy::get_max_age`]; settle it first for a roving interval). The policy is
+    /// taken as given: [`Pool::with_policy`](super::Pool::with_policy) is what refuses an
+    /// invalid one.
+    pub fn new(policy: &PoolPolicy) -> Self {
+        Self {
+            policy: policy.clone(),
+            max_age_ns: policy
+                .get_max_age()
+                .map(|age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
+            entries: Vec::new(),
+            free: Vec::new(),
+            idle: IndexedHeap::new(Order::Min),
+            held: IndexedHeap::new(Order::Max),
+            expiring: IndexedHeap::new(Order::Min),
+            leased_at: HashMap::default(),
+            arrivals: 0,
+            ewma_sum: 0.0,
+            ewma_n: 0,
+        }
+    }
+
+    /// Entries held (idle and leased), counting toward `max_slots`.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.len() == 0
+    }
+
+    /// Idle entries.
+    pub fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// One past the highest entry id ever handed out (ids are below it).
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether entry `id` is held and idle.
+    pub fn is_idle(&self, id: u32) -> bool {
+        self.idle.contains(id)
+    }
+
+    /// Whether entry `id` is held (idle or leased).
+    pub fn is_held(&self, id: u32) -> bool {
+        self.held.contains(id)
+    }
+
+    /// The slot of entry `id`.
+    pub fn slot(&self, id: u32) -> u32 {
+        self.entries[id as usize].slot
+    }
+
+    /// The server of entry `id`, when it was offered with one.
+    pub fn server(&self, id: u32) -> Option<u64> {
+        self.entries[id as usize].server
+    }
+
+    /// The held entries' ids, in no particular order.
+    pub fn held(&self) -> impl Iterator<Item = u32> + '_ {
+        self.held.keys().map(|(_, id)| id)
+    }
+
+    /// Decides on a newcomer with `slot` from `server` offered at `now` (nanoseconds on the
+    /// caller's clock): see the module doc. `rng` breaks ties and draws the lifetime.
+    pub fn offer<R: Rng + ?Sized>(
+        &mut self,
+        server: Option<u64>,
+        slot: u32,
+        now: u64,
+        rng: &mut R,
+    ) -> Admission {
+        if self.held.len() < self.policy.max_slots {
+            return Admission::Kept {
+                id: self.insert(server, slot, now, rng),
+            };
+        }
+        let Some(worst) = self.worst(rng) else {
+            return Admission::Refused;
+        };
+        let worst_slot = self.entries[worst as usize].slot;
+        if !replaces(slot, worst_slot, self.policy.accept_equal) {
+            return Admission::Refused;
+        }
+        let evicted = self.evict(worst);
+        Admission::Replaced {
+            id: self.insert(server, slot, now, rng),
+            evicted,
+        }
+    }
+
+    /// The held entry a newcomer would replace: the highest slot; equal slots the latest
+    /// arrival, or uniformly at random under random ties.
+    fn worst<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
+        if !self.policy.random_tie_break {
+            return self.held.peek().map(|(_, id)| id);
+        }
+        // Inverted keys: the highest slot becomes the lowest.
+        let candidates = self.held.keys().map(|(key, id)| (0, !key, id));
+        lowest(candidates, true, rng)
+    }
+
+    fn insert<R: Rng + ?Sized>(
+        &mut self,
+        server: Option<u64>,
+        slot: u32,
+        now: u64,
+        rng: &mut R,
+    ) -> u32 {
+        self.arrivals = self.arrivals.wrapping_add(1);
+        let key = (u64::from(slot) << 32) | u64::from(self.arrivals);
+        let entry = Entry {
+            slot,
+            key,
+            server,
+            ewma: 0.0,
+            state: State::Idle,
+            counted: false,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize] = entry;
+                id
+            }
+            None => {
+                // Ids stay below max_slots plus the evicted leases, which the pool bounds
+                // below u32::MAX (`PoolPolicy` refuses larger pools).
+                let id = self.entries.len() as u32;
+                self.entries.push(entry);
+                id
+            }
+        };
+        self.idle.push(key, id);
+        self.held.push(key, id);
+        if let Some(age) = self.max_age_ns {
+            self.expiring
+                .push(now.saturating_add(lifetime(age, rng)), id);
+        }
+        id
+    }
+
+    /// Takes held entry `id` out of the pool (replaced, retired, pruned or its server
+    /// gone): an idle one is freed, a leased one is closed when given back.
+    pub fn evict(&mut self, id: u32) -> Left {
+        self.unhold(id);
+        let was_idle = self.idle.remove(id);
+        let entry = &mut self.entries[id as usize];
+        if was_idle {
+            entry.state = State::Free;
+            self.free.push(id);
+        } else {
+            entry.state = State::Evicted;
+        }
+        Left {
+            id,
+            slot: entry.slot,
+            server: entry.server,
+            was_idle,
+        }
+    }
+
+    /// Leases the best idle entry (see the module doc), or `None` when nothing is idle.
+    /// `rng` breaks ties under random ties.
+    pub fn lease<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Option<u32> {
+        let id = if self.policy.scans_on_lease() {
+            let id = self.pick_idle(rng)?;
+            self.idle.remove(id);
+            id
+        } else {
+            self.idle.pop()?.1
+        };
+        self.entries[id as usize].state = State::Leased;
+        if let (true, Some(server)) = (
+            self.policy.least_outstanding,
+            self.entries[id as usize].server,
+        ) {
+            self.entries[id as usize].counted = true;
+            *self.leased_at.entry(server).or_insert(0) += 1;
+        }
+        Some(id)
+    }
+
+    /// The idle entry with the lowest cost, then slot, then arrival or at random.
+    fn pick_idle<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
+        // An average reaching `threshold` × the mean of the pool's non-zero averages counts
+        // as one more lease (two at twice that, ...); none while no entry has a sample.
+        let slow_over = match (self.policy.slow_penalty, self.ewma_n) {
+            (Some(penalty), n) if n > 0 => {
+                (f64::from(penalty.get_threshold()) * self.ewma_sum / f64::from(n)) as f32
+            }
+            _ => f32::INFINITY,
+        };
+        let candidates = self.idle.keys().map(|(key, id)| {
+            let entry = &self.entries[id as usize];
+            let busy = match (self.policy.least_outstanding, entry.server) {
+                (true, Some(server)) => self.leased_at.get(&server).copied().unwrap_or(0),
+                _ => 0,
+            };
+            // `as` saturates; 0 / inf is 0.
+            let slow = (entry.ewma / slow_over) as u32;
+            (busy.saturating_add(slow), key, id)
+        });
+        lowest(candidates, self.policy.random_tie_break, rng)
+    }
+
+    /// Takes back leased entry `id` after a response of `response_ns` (`None`: no sample),
+    /// folding it into the entry's average under the slow penalty. Returns `true` when it
+    /// is idle again, `false` when it had left the pool meanwhile: its entry is freed and
+    /// the caller closes it.
+    pub fn give_back(&mut self, id: u32, response_ns: Option<u64>) -> bool {
+        if self.entries[id as usize].state == State::Evicted {
+            self.release(id);
+            return false;
+        }
+        self.uncount(id);
+        if let (Some(penalty), Some(sample)) = (self.policy.slow_penalty, response_ns) {
+            let old = self.entries[id as usize].ewma;
+            let new = fold_ewma(old, sample, penalty.get_alpha());
+            self.entries[id as usize].ewma = new;
+            self.fold_mean(old, new);
+        }
+        let entry = &mut self.entries[id as usize];
+        entry.state = State::Idle;
+        self.idle.push(entry.key, id);
+        true
+    }
+
+    /// Forgets entry `id`, idle, leased or evicted: its connection is gone (closed, broken,
+    /// detached). The entry is freed.
+    pub fn release(&mut self, id: u32) {
+        self.unhold(id);
+        self.idle.remove(id);
+        self.entries[id as usize] = FREE;
+        self.free.push(id);
+    }
+
+    /// Retires every held entry whose lifetime ended by `now`, calling `left` for each.
+    /// Returns how many left.
+    pub fn retire(&mut self, now: u64, mut left: impl FnMut(Left)) -> usize {
+        let mut retired = 0;
+        while let Some((expires, id)) = self.expiring.peek() {
+            if expires > now {
+                break;
+            }
+            left(self.evict(id));
+            retired += 1;
+        }
+        retired
+    }
+
+    /// Takes every held entry of `server` out of the pool, calling `left` for each.
+    /// Returns how many left. O(capacity).
+    pub fn evict_server(&mut self, server: u64, mut left: impl FnMut(Left)) -> usize {
+        let mut evicted = 0;
+        for id in 0..self.entries.len() as u32 {
+            if self.held.contains(id) && self.entries[id as usize].server == Some(server) {
+                left(self.evict(id));
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Takes entry `id` out of what the book counts: held, expiring, its server's leases,
+    /// the mean of the averages. Idempotent.
+    fn unhold(&mut self, id: u32) {
+        if self.held.remove(id) {
+            let ewma = self.entries[id as usize].ewma;
+            self.fold_mean(ewma, 0.0);
+        }
+        self.expiring.remove(id);
+        self.uncount(id);
+    }
+
+    /// Replaces `old` by `new` among the non-zero averages of the mean (0: none).
+    fn fold_mean(&mut self, old: f32, new: f32) {
+        if old > 0.0 {
+            self.ewma_sum -= f64::from(old);
+            self.ewma_n -= 1;
+        }
+        if new > 0.0 {
+            self.ewma_sum += f64::from(new);
+            self.ewma_n += 1;
+        }
+        if self.ewma_n == 0 {
+            // No rounding residue survives an empty mean.
+            self.ewma_sum = 0.0;
+        }
+    }
+
+    /// Stops counting entry `id` toward its server's leases.
+    fn uncount(&mut self, id: u32) {
+        let entry = &mut self.entries[id as usize];
+        if !std::mem::take(&mut entry.counted) {
+            return;
+        }
+        if let Some(server) = entry.server {
+            if let Some(n) = self.leased_at.get_mut(&server) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.leased_at.remove(&server);
+                }
+            }
+        }
+    }
+
+    /// The response-time average of entry `id`, nanoseconds (0: no sample yet).
+    pub fn ewma(&self, id: u32) -> f32 {
+        self.entries[id as usize].ewma
+    }
+
+    /// This pool's leases counted at `server` (under least outstanding).
+    pub fn leases_at(&self, server: u64) -> u32 {
+        self.leased_at.get(&server).copied().unwrap_or(0)
+    }
+
+    /// The kept mean of the averages against one summed now (tests).
+    #[cfg(test)]
+    pub(super) fn mean_drift(&self) -> f64 {
+        let all: Vec<f64> = self
+            .held()
+            .map(|id| f64::from(self.entries[id as usize].ewma))
+            .filter(|&ewma| ewma > 0.0)
+            .collect();
+        let kept = if self.ewma_n == 0 {
+            0.0
+        } else {
+            self.ewma_sum / f64::from(self.ewma_n)
+        };
+        let now = if all.is_empty() {
+            0.0
+        } else {
+            all.iter().sum::<f64>() / all.len() as f64
+        };
+        assert_eq!(self.ewma_n as usize, all.len());
+        (kept - now).abs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    use super::*;
+
+    proptest! {
+        /// The pick has the lowest (cost, slot); without random ties, the lowest key too.
+        #[test]
+        fn lowest_picks_a_minimum(
+            candidates in prop::collection::vec((0u32..3, 0u32..4, 0u32..100), 0..20),
+            random in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let items: Vec<(u32, u64, u32)> = candidates
+                .iter()
+                .enumerate()
+                .map(|(id, &(cost, slot, tie))| (cost, u64::from(slot) << 32 | u64::from(tie), id as u32))
+                .collect();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let picked = lowest(items.iter().copied(), random, &mut rng);
+            let min = items.iter().map(|&(c, k, _)| (c, slot_of(k))).min();
+            prop_assert_eq!(picked.is_some(), min.is_some());
+            if let Some(id) = picked {
+                let (cost, key, _) = items[id as usize];
+                prop_assert_eq!(Some((cost, slot_of(key))), min);
+                if !random {
+                    let lowest_key = items.iter().map(|&(c, k, _)| (c, slot_of(k), k)).min();
+                    prop_assert_eq!(Some((cost, slot_of(key), key)), lowest_key);
+                }
+            }
+        }
+
+        /// Lifetimes stay in [age/2, 3·age/2).
+        #[test]
+        fn lifetimes_are_within_half_and_three_halves_of_the_age(
+            age in 1u64..u64::MAX / 2,
+            seed in any::<u64>(),
+        ) {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let life = lifetime(age, &mut rng);
+            prop_assert!(life >= age / 2 && life < age / 2 + age);
+        }
+    }
+
+    #[test]
+    fn random_ties_pick_each_equal_candidate_about_as_often() {
+        // Four equal candidates, one worse: 4,000 picks, each ~1,000 (±6 σ = ±164).
+        let items = [
+            (1, 7 << 32, 0),
+            (0, 5 << 32 | 9, 1),
+            (0, 5 << 32 | 1, 2),
+            (0, 5 << 32, 3),
+            (0, 5 << 32 | 3, 4),
+        ];
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut counts = [0u32; 5];
+        for _ in 0..4000 {
+            if let Some(id) = lowest(items.iter().copied(), true, &mut rng) {
+                counts[id as usize] += 1;
+            }
+        }
+        assert_eq!(counts[0], 0);
+        assert!(
+            counts[1..].iter().all(|&n| (836..=1164).contains(&n)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn the_default_age_is_ten_intervals_never_below_two_per_slot() {
+        let ms = Duration::from_millis;
+        assert_eq!(default_max_age(ms(100), 4), ms(1000));
+        assert_eq!(default_max_age(ms(100), 8), ms(1600));
+        assert_eq!(max_age_floor(ms(100), 8), ms(1600));
+        assert_eq!(default_max_age(Duration::MAX, usize::MAX), Duration::MAX);
+        assert_eq!(lifetime(0, &mut SmallRng::seed_from_u64(1)), 0);
+    }
+
+    #[test]
+    fn the_first_response_sets_the_average_and_later_ones_move_it_by_alpha() {
+        assert_eq!(fold_ewma(0.0, 9_000_000, 0.2), 9e6);
+        assert_eq!(fold_ewma(9e6, 0, 0.2), 9e6 + 0.2 * (1.0 - 9e6));
+        assert_eq!(fold_ewma(0.0, 0, 0.2), 1.0);
+    }
+
+    #[test]
+    fn equal_slots_lease_by_arrival_and_the_latest_arrival_is_replaced_first() {
+        let policy = PoolPolicy::original().max_slots(3);
+        let mut book = Book::new(&policy);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let ids: Vec<u32> = [(9, 5), (4, 5), (7, 5)]
+            .into_iter()
+            .map(
+                |(server, slot)| match book.offer(Some(server), slot, 0, &mut rng) {
+                    Admission::Kept { id } => id,
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert_eq!(book.offer(Some(1), 5, 0, &mut rng), Admission::Refused);
+        assert_eq!(book.lease(&mut rng), Some(ids[0]));
+        match book.offer(Some(1), 4, 0, &mut rng) {
+            Admission::Replaced { evicted, .. } => assert_eq!(
+                evicted,
+                Left {
+                    id: ids[2],
+                    slot: 5,
+                    server: Some(7),
+                    was_idle: true
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+}
