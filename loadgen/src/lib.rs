@@ -7,6 +7,7 @@
 //! - [`balance`]: the same scenarios live: embedded servers and roving clients on loopback,
 //!   compared with the simulator.
 //! - [`cli`]: the command line of all three, with one vocabulary of options.
+//! - `chart`: what the SVG figures of all three share (fonts, palette, legends beside the plot).
 //!
 //! ```no_run
 //! use callosum_loadgen::{Plan, Shutdown};
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod balance;
+mod chart;
 pub mod cli;
 pub mod instrument;
 pub mod simulate;

@@ -1,11 +1,15 @@
 //! The latency-by-percentile plot (plotters, SVG): one line per phase, handshake latency in
 //! milliseconds against the percentile on the usual HdrHistogram axis, `log10(1/(1-p))`, so
-//! 90 %, 99 %, 99.9 % … are evenly spaced and the tail is visible.
+//! 90 %, 99 %, 99.9 % … are evenly spaced and the tail is visible. The legend sits below the
+//! plot, one row a phase, so it never covers the tail (the rules every figure follows are in
+//! `chart`).
 
 use std::path::Path;
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
+
+use crate::chart::{self, Legend};
 
 /// Why the plot could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +41,13 @@ fn percentile_label(x: &f64) -> String {
     }
 }
 
-/// Writes the plot of each `(name, µs histogram)` to `path`.
+/// Width of the figure, in px.
+const WIDTH: u32 = 1000;
+/// Height of the title, plot and x labels (the legend below adds its own), in px.
+const PLOT_HEIGHT: u32 = 560;
+
+/// Writes the plot of each `(name, µs histogram)` to `path`: the legend below the plot, one
+/// line a series.
 pub fn write(path: &Path, series: &[(String, &Histogram<u64>)]) -> Result<(), SvgError> {
     let err = |e: &dyn std::fmt::Display| SvgError(e.to_string());
     let lines: Vec<(String, Vec<(f64, f64)>)> = series
@@ -49,48 +59,58 @@ pub fn write(path: &Path, series: &[(String, &Histogram<u64>)]) -> Result<(), Sv
         .flat_map(|(_, p)| p.iter().map(|p| p.0))
         .fold(2.0_f64, f64::max)
         .ceil();
-    let y_max = lines
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|p| p.1))
-        .fold(0.1_f64, f64::max)
-        * 1.1;
-    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    let y_top = chart::axis_top(
+        lines
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|p| p.1))
+            .fold(0.1_f64, f64::max),
+    );
+    let legend = Legend::new(
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), chart::color(i)))
+            .collect(),
+        2,
+    );
+    let root =
+        SVGBackend::new(path, (WIDTH, PLOT_HEIGHT + legend.height_below())).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Callosum handshake latency by percentile",
-            ("sans-serif", 22),
-        )
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+    let body =
+        chart::titled(&root, "Callosum handshake latency by percentile").map_err(|e| err(&e))?;
+    let (_, height) = body.dim_in_pixel();
+    let (plot_area, legend_area) = body.split_vertically(height - legend.height_below());
+    let mut chart = ChartBuilder::on(&plot_area)
+        .margin_top(10)
+        .margin_bottom(10)
+        .margin_left(10)
+        .margin_right(chart::RIGHT_MARGIN)
+        .x_label_area_size(chart::X_LABEL_AREA)
+        .y_label_area_size(chart::Y_LABEL_AREA)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_top)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
+        .label_style(chart::font(chart::LABEL_PX))
+        .axis_desc_style(chart::font(chart::DESC_PX))
         .x_labels(x_max as usize + 1)
         .x_label_formatter(&percentile_label)
+        .y_label_formatter(&chart::number)
+        .bold_line_style(BLACK.mix(0.12))
+        .max_light_lines(0)
         .x_desc("percentile")
         .y_desc("handshake latency (ms)")
         .draw()
         .map_err(|e| err(&e))?;
-    for (i, (name, pts)) in lines.into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for (i, (_, pts)) in lines.into_iter().enumerate() {
         chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .draw_series(LineSeries::new(pts, chart::color(i).stroke_width(2)))
+            .map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
+    // Indented to the plotting area's left edge, under the x labels.
+    let (plot_x, _) = chart.plotting_area().get_pixel_range();
+    let legend_area = legend_area.margin(0, 0, plot_x.start, 0);
+    legend.draw(&legend_area).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
 
@@ -121,6 +141,23 @@ mod tests {
         assert!(text.starts_with("<svg"));
         assert!(text.contains("churn") && text.contains("hold"));
         assert!(text.matches("<polyline").count() >= 2);
+        crate::chart::tests::assert_text_inside(&text);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_phase_named_after_many_targets_is_cut_to_fit_the_image() {
+        let mut h = new_histogram();
+        h.record(1500).unwrap();
+        let targets: Vec<String> = (1..=40).map(|i| format!("10.0.0.{i}:4040")).collect();
+        let name = format!("churn ({})", targets.join(", "));
+        let dir = std::env::temp_dir().join(format!("loadgen-svg-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plot.svg");
+        write(&path, &[(name, &h)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        crate::chart::tests::assert_text_inside(&text);
+        assert!(text.contains("churn (10.0.0.1:4040") && text.contains('…'));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
