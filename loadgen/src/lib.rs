@@ -3,9 +3,9 @@
 //! - [`instrument`]: the load instrument. Opens thousands of connections against Callosum
 //!   servers (or an embedded one) and measures handshake latency histograms, the slot
 //!   distribution, errors by kind and its own CPU use.
-//! - [`simulate`]: the deterministic discrete-event simulator of the self-balancing policies.
-//! - [`balance`]: the same scenarios live: embedded servers and roving clients on loopback,
-//!   compared with the simulator.
+//! - [`balance`]: the balance study: the deterministic discrete-event simulator of the
+//!   self-balancing policies (`simulate`), and the same scenarios live on loopback
+//!   (`balance`), sharing the scenario, the metrics and the report.
 //! - [`cli`]: the command line of all three, with one vocabulary of options.
 //! - `chart`: what the SVG figures of all three share (fonts, palette, legends beside the plot).
 //!
@@ -22,7 +22,6 @@ pub mod balance;
 mod chart;
 pub mod cli;
 pub mod instrument;
-pub mod simulate;
 
 pub use instrument::{
     LoadgenError, Pacing, Phase, PhaseKind, Plan, Report, RunReport, Shutdown, Verdict, run,

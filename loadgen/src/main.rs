@@ -64,13 +64,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Hold(a)) => a.run(),
         Some(Command::Simulate(args)) => {
             let mut table = table_out(args.cluster.json.as_deref());
-            callosum_loadgen::simulate::run(&args, &mut table).context("simulation")?;
+            callosum_loadgen::balance::simulation::run(&args, &mut table).context("simulation")?;
             return Ok(ExitCode::SUCCESS);
         }
         Some(Command::Merge(args)) => return merge(&args),
         Some(Command::Balance(args)) => {
             let mut table = table_out(args.cluster.json.as_deref());
-            callosum_loadgen::balance::run(&args, &mut table).context("live balance run")?;
+            callosum_loadgen::balance::live::run(&args, &mut table).context("live balance run")?;
             return Ok(ExitCode::SUCCESS);
         }
     };

@@ -3,8 +3,9 @@
 //! configuration. No timing assertions: only shares and counts, with margins that hold on a
 //! busy 2-core machine.
 
-use callosum_loadgen::balance::{BalanceArgs, compare, run_live};
-use callosum_loadgen::simulate::{Policy, SimReport, simulate};
+use callosum_loadgen::balance::BalanceArgs;
+use callosum_loadgen::balance::live::{compare, run_live};
+use callosum_loadgen::balance::{Policy, SimReport, simulate};
 use clap::Parser;
 
 #[derive(Debug, Parser)]

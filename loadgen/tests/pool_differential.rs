@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use callosum_client::pool::decide::Admission;
 use callosum_client::{Liveness, Offer, Pool, PoolPolicy, ServerKey, SlowPenalty};
-use callosum_loadgen::simulate::client::Clients;
+use callosum_loadgen::balance::simulation::client::Clients;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;

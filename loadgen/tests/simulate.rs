@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use callosum_client::PoolPolicy;
-use callosum_loadgen::simulate::{Policy, PoolRules, SimConfig, SimulateArgs, simulate};
+use callosum_loadgen::balance::{Policy, PoolRules, SimConfig, SimulateArgs, simulate};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -101,8 +101,7 @@ fn a_slow_server_gets_less_than_its_fair_share() {
     // The improved policy learns response times: no more than the original's share.
     let original = simulate(&config(Policy::Original, &["--slow-server", "0"]));
     let improved = simulate(&config(Policy::Improved, &["--slow-server", "0"]));
-    let share =
-        |r: &callosum_loadgen::simulate::SimReport| r.slow.as_ref().map_or(1.0, |s| s.share);
+    let share = |r: &callosum_loadgen::balance::SimReport| r.slow.as_ref().map_or(1.0, |s| s.share);
     assert!(share(&improved) <= share(&original));
 }
 
@@ -173,7 +172,7 @@ fn run_prints_a_table_json_and_a_plot() {
     argv.extend_from_slice(&["--svg", &svg_arg]);
     let cli = Cli::try_parse_from(argv).expect("valid flags");
     let mut out = Vec::new();
-    callosum_loadgen::simulate::run(&cli.args, &mut out).expect("run");
+    callosum_loadgen::balance::simulation::run(&cli.args, &mut out).expect("run");
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("original") && text.contains("p2c"), "{text}");
     let plot = std::fs::read_to_string(&svg).expect("svg written");
@@ -186,7 +185,7 @@ fn run_prints_a_table_json_and_a_plot() {
         argv.extend_from_slice(&["--json", &arg]);
         let cli = Cli::try_parse_from(argv).expect("valid flags");
         let mut table = Vec::new();
-        callosum_loadgen::simulate::run(&cli.args, &mut table).expect("run");
+        callosum_loadgen::balance::simulation::run(&cli.args, &mut table).expect("run");
         assert!(!table.is_empty(), "the table still goes to the writer");
         std::fs::read(&path).expect("JSON written")
     };

@@ -83,8 +83,10 @@ fn the_one_line<'a>(log: &'a str, message: &str) -> &'a str {
 fn listening_is_logged_once_and_the_final_counters_in_one_line_without_colour_codes() {
     let server = spawn_server(&["--drain-timeout", "10"]);
     let addr = server.addr.to_string();
-    let (_client, slot) = connect_slot(server.addr);
+    let (client, slot) = connect_slot(server.addr);
     assert_eq!(slot, 0);
+    // Closed before the signal: the drain has nothing to wait for.
+    drop(client);
     server.signal(libc::SIGTERM);
     let (status, _, log) = server.wait_exit(PATIENCE);
     assert!(status.success(), "exit status {status}");

@@ -54,7 +54,7 @@ pub enum Command {
     /// Deterministic discrete-event simulation of the self-balancing policies: servers,
     /// roving clients with pools, every policy on one workload (no sockets; see
     /// docs/balance.md).
-    Simulate(Box<crate::simulate::SimulateArgs>),
+    Simulate(Box<crate::balance::SimulateArgs>),
     /// Merge the results of several load generators (their --hlog interval logs or --json
     /// results) into one report: percentiles of all their handshakes, rates summed.
     Merge(MergeArgs),

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::LiveReport;
-use crate::simulate::{SimConfig, SimReport, simulate};
+use crate::balance::{SimConfig, SimReport, simulate};
 
 /// Relative widening of the simulated range for load-shape figures (in-flight max/mean and
 /// CV, rate and window max/mean, slow and join shares).

@@ -32,10 +32,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::client::{Baseline, LiveClient, Membership};
 use super::server::{LiveServer, ServiceSpec, stop_all};
-use crate::simulate::engine::PLOT_EACH_MAX;
-use crate::simulate::metrics::Metrics;
-use crate::simulate::report::{LeftServer, RunEnd};
-use crate::simulate::{Policy, SimConfig, SimReport};
+use crate::balance::metrics::Metrics;
+use crate::balance::report::{LeftServer, RunEnd};
+use crate::balance::simulation::engine::PLOT_EACH_MAX;
+use crate::balance::{Policy, SimConfig, SimReport};
 
 /// How long requests still in flight at the end of the window may take to finish.
 pub const SETTLE: Duration = Duration::from_secs(3);

@@ -12,14 +12,14 @@ use callosum_client::pool::decide::{Admission, Left};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::SimConfig;
 use super::client::{Clients, NO_CONN, close_now};
 use super::event::{Controls, EventQueue, Kind, Periodic};
-use super::metrics::Metrics;
-use super::policy::{Policy, PoolRules};
-use super::report::{LeftServer, RunEnd, SimReport};
-use super::router;
 use super::server::Servers;
+use crate::balance::metrics::Metrics;
+use crate::balance::model::SimConfig;
+use crate::balance::model::router;
+use crate::balance::model::{Policy, PoolRules};
+use crate::balance::report::{LeftServer, RunEnd, SimReport};
 
 const NS: f64 = 1e9;
 /// Requests plotted one line per server up to this many servers; above, min/mean/max.

@@ -7,13 +7,15 @@
 //! apart. The build step is shared with the live run (`balance`), which fills the same
 //! [`Metrics`] from real servers' counters: one definition of every figure for both.
 
+pub mod plot;
+
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::SimConfig;
-use super::metrics::{Metrics, spread};
-use super::policy::PoolRules;
+use crate::balance::metrics::{Metrics, spread};
+use crate::balance::model::PoolRules;
+use crate::balance::model::SimConfig;
 
 /// Request latency percentiles, milliseconds.
 #[derive(Clone, Debug, Serialize)]
@@ -89,7 +91,7 @@ pub struct LeaveReport {
     pub failed: u64,
 }
 
-/// Everything one simulation measured (definitions in [`super::metrics`]).
+/// Everything one simulation measured (definitions in [`crate::balance::metrics`]).
 #[derive(Clone, Debug, Serialize)]
 pub struct SimReport {
     /// The policy's name.

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::SimError;
-use super::report::SimReport;
+use crate::balance::model::SimError;
+use crate::balance::report::SimReport;
 use crate::chart::{self, Legend};
 
 /// Width of the figure, in px.

@@ -29,7 +29,7 @@ use rand::rngs::SmallRng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::simulate::{Policy, router};
+use crate::balance::model::{Policy, router};
 
 /// Attempts after the first when a request's connection breaks.
 pub const RETRIES: u32 = 2;

@@ -1,0 +1,263 @@
+//! `balance`: the live counterpart of [`simulate`](crate::balance::simulation). K real
+//! `callosum-server` instances on loopback and C clients built from `callosum-client` run the
+//! same workload as the simulator (Poisson requests at a fraction of the servers' capacity,
+//! exponential service at k workers per server, one server optionally slower, one joining or
+//! leaving mid-run), every policy one after the other on fresh servers, and the same metrics
+//! are computed from the servers' real counters; then the simulator runs the same
+//! configuration and the two are put side by side.
+//!
+//! - [`server`]: the servers' request handler (k workers, FIFO queue, counters).
+//! - [`client`]: roving clients for `original`/`improved`, routers for the baselines.
+//! - [`engine`]: one live run: arrivals, sampler, join/leave, report.
+//! - [`compare`]: the live-versus-simulated table and its tolerance.
+//!
+//! Why this shape: the live run fills the simulator's own [`Metrics`](crate::balance::metrics)
+//! and builds the simulator's [`SimReport`](crate::balance::SimReport), so both report the
+//! same figures by one definition, and tables, JSON and the SVG plot reuse the same code.
+//! [`BalanceArgs`] shares [`ClusterArgs`] with `simulate`; its own flags have defaults scaled
+//! so a run converges in seconds (100 ms roving interval, 5 s warm-up, 20 s measured). Both
+//! build one [`SimConfig`] through [`SimConfig::new`]. The improved policy is
+//! `callosum_client::PoolPolicy::improved()`, its maximum age settled for the roving interval
+//! as the roving client settles it. `jsq-oracle` and `--crash` have no live counterpart (no
+//! client knows every queue; a leaving server drains).
+
+pub mod client;
+pub mod compare;
+pub mod engine;
+pub mod server;
+
+use std::io::Write;
+use std::time::Duration;
+
+use callosum_client::PoolPolicy;
+use serde::Serialize;
+
+use crate::balance::{ClusterArgs, Policy, PoolRules, SimConfig, SimError, SimReport, Timing};
+use crate::cli::values::{at_least_one, duration, positive_duration};
+pub use engine::{LiveError, LiveReport, run_live};
+
+/// The policies a live run can use, in report order.
+pub const LIVE_POLICIES: [Policy; 5] = [
+    Policy::Original,
+    Policy::Improved,
+    Policy::Random,
+    Policy::RoundRobin,
+    Policy::P2c,
+];
+
+/// The longest time any option may give, seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// Why a live balance run could not run or its results could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BalanceError {
+    /// The options describe a run that cannot happen live.
+    #[error("invalid balance run: {0}")]
+    Invalid(String),
+    /// The configuration the simulator would refuse, or the plot failed.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    /// A policy's live run failed.
+    #[error("live run of {policy}: {source}")]
+    Live {
+        /// The policy.
+        policy: &'static str,
+        /// What failed.
+        source: LiveError,
+    },
+    /// No policy was asked for.
+    #[error("no policy to run")]
+    NoPolicy,
+    /// Writing the tables failed.
+    #[error("writing the results: {0}")]
+    Io(#[from] std::io::Error),
+    /// Serialising the JSON failed.
+    #[error("writing JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Options of `callosum-loadgen balance`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BalanceArgs {
+    /// The cluster, the workload, the events and the outputs (as `simulate` takes them).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Roving interval (short, so a run converges in seconds).
+    #[arg(long, default_value = "100ms", value_parser = positive_duration)]
+    pub roving_interval: Duration,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub warmup: Duration,
+    /// Measured window.
+    #[arg(short = 'z', long, default_value = "20s", value_parser = positive_duration)]
+    pub duration: Duration,
+    /// Policies to run, comma-separated (those with a live counterpart).
+    #[arg(long, value_delimiter = ',', value_parser = live_policy,
+          default_value = "original,improved,random,round-robin,p2c")]
+    pub policy: Vec<Policy>,
+    /// Worker threads of the clients' tokio runtime (this tool's threads).
+    #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]
+    pub workers: usize,
+    /// Seeds the simulator runs for the comparison (seed, seed+1, ...); 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    pub sim_seeds: u64,
+}
+
+/// A policy with a live counterpart, by name.
+fn live_policy(s: &str) -> Result<Policy, String> {
+    let policy = <Policy as clap::ValueEnum>::from_str(s, false)?;
+    if LIVE_POLICIES.contains(&policy) {
+        Ok(policy)
+    } else {
+        Err(format!(
+            "{s} has no live counterpart (no client knows every queue); live policies: {}",
+            LIVE_POLICIES.map(Policy::name).join(", ")
+        ))
+    }
+}
+
+impl BalanceArgs {
+    /// The scenario's timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            roving_interval: self.roving_interval,
+            warmup: self.warmup,
+            duration: self.duration,
+        }
+    }
+
+    /// The run of `policy` as a [`SimConfig`], checked for what the live run cannot do: the
+    /// improved rules at the client's defaults, with the maximum age the client's improved
+    /// policy uses at this roving interval and pool size.
+    pub fn config(&self, policy: Policy) -> Result<SimConfig, BalanceError> {
+        let improved = PoolPolicy::improved().max_slots(self.cluster.pool_size as usize);
+        let rules = PoolRules::of_policy(&improved, self.roving_interval);
+        let cfg = SimConfig::new(&self.cluster, self.timing(), policy, rules, false, false);
+        cfg.validate()?;
+        if !LIVE_POLICIES.contains(&policy) {
+            return Err(BalanceError::Invalid(format!(
+                "{} has no live counterpart (no client knows every queue)",
+                policy.name()
+            )));
+        }
+        if self
+            .cluster
+            .slow_server
+            .is_some_and(|s| s >= self.cluster.servers)
+            || (self.cluster.leave_at.is_some()
+                && self.cluster.leave_server >= self.cluster.servers)
+        {
+            return Err(BalanceError::Invalid(
+                "slow-server and leave-server must be server ids below --servers".into(),
+            ));
+        }
+        // Every time becomes a `Duration`: finite, and at most a day.
+        let times = [
+            Some(cfg.warmup_s),
+            Some(cfg.duration_s),
+            Some(cfg.service_ms / 1e3 * cfg.slow_factor),
+            Some(cfg.roving_interval_ms / 1e3),
+            Some(cfg.sample_ms / 1e3),
+            Some(cfg.window_s),
+            cfg.join_at_s,
+            cfg.leave_at_s,
+        ];
+        if times
+            .iter()
+            .flatten()
+            .any(|t| !(t.is_finite() && (0.0..=MAX_SECONDS).contains(t)))
+        {
+            return Err(BalanceError::Invalid(format!(
+                "every time must be finite, non-negative and at most {MAX_SECONDS} s"
+            )));
+        }
+        if cfg.join_at_s.is_some() && cfg.leave_at_s.is_some() {
+            return Err(BalanceError::Invalid(
+                "a run either joins or leaves a server, not both".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+/// What `--json` prints.
+#[derive(Serialize)]
+struct Output<'a> {
+    config: &'a SimConfig,
+    live: &'a [LiveReport],
+    simulated: &'a [SimReport],
+    comparison: &'a [compare::Row],
+}
+
+/// Runs every requested policy live, then the simulator on the same configuration, and writes
+/// the tables (or JSON) to `out` and the plot if asked.
+pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> {
+    let configs = args
+        .policy
+        .iter()
+        .map(|&p| args.config(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut live = Vec::with_capacity(configs.len());
+    for cfg in &configs {
+        let t0 = std::time::Instant::now();
+        let report = run_live(cfg, args.workers).map_err(|source| BalanceError::Live {
+            policy: cfg.policy.name(),
+            source,
+        })?;
+        eprintln!(
+            "balance: {:<12} {:>8} requests live in {:>6.1} s wall",
+            report.report.policy,
+            report.report.requests,
+            t0.elapsed().as_secs_f64()
+        );
+        live.push(report);
+    }
+    let sims = compare::simulate_seeds(&configs, args.sim_seeds);
+    let rows = compare::rows(&live, &sims);
+    let first: Vec<SimReport> = sims.iter().filter_map(|s| s.first().cloned()).collect();
+    let base = configs.first().ok_or(BalanceError::NoPolicy)?;
+    crate::balance::model::write_json(
+        args.cluster.json.as_deref(),
+        &Output {
+            config: base,
+            live: &live,
+            simulated: &first,
+            comparison: &rows,
+        },
+    )?;
+    if args.cluster.table_wanted() {
+        let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
+        writeln!(out, "live:")?;
+        write!(out, "{}", crate::balance::report::table(&reports))?;
+        for l in &live {
+            writeln!(
+                out,
+                "{:<12} live: service {:.2} ms measured (asked {:.2}), {} late samples, {} connections left open after close",
+                l.report.policy,
+                l.service_ms_measured,
+                args.cluster.service_time.as_secs_f64() * 1e3,
+                l.late_samples,
+                l.conns_open_after_close
+            )?;
+        }
+        if !first.is_empty() {
+            writeln!(
+                out,
+                "\nsimulated (same configuration, seed {}):",
+                args.cluster.seed
+            )?;
+            write!(out, "{}", crate::balance::report::table(&first))?;
+            writeln!(out, "\n{}", compare::table(&rows, args.sim_seeds))?;
+        }
+    }
+    if let Some(path) = &args.cluster.svg {
+        let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
+        crate::balance::report::plot::plot(
+            path,
+            &reports,
+            args.cluster.window.as_secs_f64(),
+            args.cluster.servers <= crate::balance::simulation::engine::PLOT_EACH_MAX,
+        )?;
+    }
+    Ok(())
+}

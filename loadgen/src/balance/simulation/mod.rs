@@ -1,0 +1,210 @@
+//! `simulate`: a deterministic discrete-event simulator of Callosum's self-balancing, no
+//! sockets, that compares the original Boxcar rules, the improved Callosum policy and the
+//! classic baselines on the same workload.
+//!
+//! The model: S servers hand out lowest-first slots and serve requests with k workers each
+//! (FIFO queue, exponential service time; one server can be made slower; `--no-queue` makes
+//! every server a pure delay); C clients each run a rover (a random server every roving
+//! interval, random phase) and a pool of at most `max_slots` connections; requests arrive as
+//! one Poisson stream spread uniformly over clients. Under the Callosum policies a request
+//! leases the lowest-slot idle connection of its client's pool and waits at the client if none
+//! is idle; under the baselines the client picks a server per request. Zero network delay.
+//! Everything is driven by seeded generators: the same configuration gives byte-identical
+//! JSON. Metric definitions are in [`metrics`](crate::balance::metrics) and `docs/balance.md`.
+//!
+//! Why this shape: [`SimConfig`] is the plain description of one run and [`simulate`] the
+//! library entry the tests call; [`SimulateArgs`] and [`run`] are the command-line face, which
+//! runs several policies on the same configuration (in parallel threads) and prints a table,
+//! JSON or an SVG plot.
+
+pub mod client;
+pub mod engine;
+pub mod event;
+pub mod server;
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use callosum_client::{PoolPolicy, SlowPenalty};
+use serde::Serialize;
+
+pub use engine::simulate;
+
+use crate::balance::model::{
+    ClusterArgs, Policy, PoolRules, SimConfig, SimError, Timing, write_json,
+};
+use crate::balance::report::{self, SimReport, plot};
+use crate::cli::values::{at_least_one, duration, positive_duration};
+
+/// Options of `callosum-loadgen simulate`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The cluster, the workload, the events and the outputs (shared with `balance`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Servers never queue: every request is served at once (a pure delay);
+    /// --server-workers then only sets the capacity the load is relative to.
+    #[arg(long)]
+    pub no_queue: bool,
+    /// Roving interval: each client's rover probes one random server this often.
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
+    pub roving_interval: Duration,
+    /// Warm-up, simulated time before measuring.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub warmup: Duration,
+    /// Measured window, simulated time.
+    #[arg(short = 'z', long, default_value = "300s", value_parser = positive_duration)]
+    pub duration: Duration,
+    /// Policies to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Policy::ALL.to_vec())]
+    pub policy: Vec<Policy>,
+    /// The leaving server crashes (requests at it fail) instead of draining.
+    #[arg(long)]
+    pub crash: bool,
+    /// Improved policy: maximum connection age (each connection's limit drawn in
+    /// [age/2, 3·age/2)); 0 disables [default: the client's rule for the roving interval
+    /// and pool size].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub max_age: Option<Duration>,
+    /// Improved policy: a rover connection with a slot equal to the pool's worst replaces it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub accept_equal: bool,
+    /// Improved policy: break ties between equal slots at random.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub random_ties: bool,
+    /// Improved policy: lease the idle connection whose server has the fewest of this
+    /// client's requests in flight, lowest slot among those.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub least_outstanding: bool,
+    /// Improved policy: weight of a new response time in each connection's moving average;
+    /// 0 disables the slow-connection penalty.
+    #[arg(long, default_value_t = 0.2)]
+    pub latency_alpha: f32,
+    /// Improved policy: a connection whose average response time is this many times the
+    /// pool's mean counts as one more request in flight.
+    #[arg(long, default_value_t = 1.5)]
+    pub slow_threshold: f32,
+    /// Policies simulated at once (this tool's threads).
+    #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]
+    pub workers: usize,
+}
+
+impl SimulateArgs {
+    /// The scenario's timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            roving_interval: self.roving_interval,
+            warmup: self.warmup,
+            duration: self.duration,
+        }
+    }
+
+    /// The improved policy's rules these options describe: the client's improved policy
+    /// with each rule as asked, its maximum age settled for the roving interval as the
+    /// roving client settles it.
+    pub fn rules(&self) -> PoolRules {
+        let mut improved = PoolPolicy::improved()
+            .max_slots(self.cluster.pool_size as usize)
+            .accept_equal(self.accept_equal)
+            .random_tie_break(self.random_ties)
+            .least_outstanding(self.least_outstanding)
+            .slow_penalty((self.latency_alpha > 0.0).then(|| {
+                SlowPenalty::default()
+                    .alpha(self.latency_alpha)
+                    .threshold(self.slow_threshold)
+            }));
+        if let Some(age) = self.max_age {
+            improved = improved.max_age((!age.is_zero()).then_some(age));
+        }
+        PoolRules::of_policy(&improved, self.roving_interval)
+    }
+
+    /// The run of `policy` these options describe.
+    pub fn config(&self, policy: Policy) -> SimConfig {
+        SimConfig::new(
+            &self.cluster,
+            self.timing(),
+            policy,
+            self.rules(),
+            self.no_queue,
+            self.crash,
+        )
+    }
+}
+
+/// What `--json` prints: the shared configuration and one report per policy.
+#[derive(Serialize)]
+struct Output<'a> {
+    config: &'a SimConfig,
+    runs: &'a [SimReport],
+}
+
+/// Runs every requested policy on the configuration `args` describe and writes the table to
+/// `out` (the JSON to `--json`'s path, `-` for stdout, instead of the table), wall time and
+/// events/s to stderr, and the plot if asked.
+pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
+    let configs: Vec<SimConfig> = args.policy.iter().map(|&p| args.config(p)).collect();
+    for c in &configs {
+        c.validate()?;
+    }
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<(SimReport, f64)>>> = Mutex::new(vec![None; configs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..args.workers.clamp(1, configs.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = {
+                        let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    let Some(cfg) = configs.get(i) else { break };
+                    let t0 = Instant::now();
+                    let report = simulate(cfg);
+                    let wall = t0.elapsed().as_secs_f64();
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some((report, wall));
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut reports = Vec::with_capacity(results.len());
+    for (report, wall) in results.into_iter().flatten() {
+        eprintln!(
+            "simulate: {:<12} {:>12} events in {:>7.2} s wall = {:>6.2} M events/s",
+            report.policy,
+            report.events,
+            wall,
+            report.events as f64 / wall.max(1e-9) / 1e6
+        );
+        reports.push(report);
+    }
+    let base = configs.first().ok_or(SimError::NoPolicy)?;
+    write_json(
+        args.cluster.json.as_deref(),
+        &Output {
+            config: base,
+            runs: &reports,
+        },
+    )?;
+    if args.cluster.table_wanted() {
+        write!(out, "{}", report::table(&reports))?;
+        writeln!(
+            out,
+            "(inf.m/m, inf.cv: instantaneous load max/mean and CV; floor: ⌈N/S⌉/(N/S), the best \
+             any policy can do; rate.mm: long-run rate max/mean; win.mm: per-{} s window max/mean)",
+            args.cluster.window.as_secs_f64()
+        )?;
+    }
+    if let Some(path) = &args.cluster.svg {
+        plot::plot(
+            path,
+            &reports,
+            args.cluster.window.as_secs_f64(),
+            args.cluster.servers <= engine::PLOT_EACH_MAX,
+        )?;
+    }
+    Ok(())
+}
