@@ -27,11 +27,13 @@ use crate::instrument::handshake::{ErrorKind, HandshakeError};
 use crate::instrument::hlog::{DEFAULT_INTERVAL, Intervals};
 use crate::instrument::kind::{self, Kind};
 use crate::instrument::limits::{self, LimitError};
+use crate::instrument::measured::PhaseResult;
 use crate::instrument::plan::{Phase, Plan, PlanError};
 use crate::instrument::progress::Progress;
 use crate::instrument::registry::SlotRegistry;
 use crate::instrument::report::{Report, RunReport};
-use crate::instrument::stats::{PhaseResult, Recorder};
+use crate::instrument::shutdown::Shutdown;
+use crate::instrument::stats::Recorder;
 use crate::instrument::sysinfo::{self, KernelMemory};
 
 /// How long a phase runs before it is stopped if every attempt so far failed the same way.
@@ -59,30 +61,6 @@ pub enum LoadgenError {
     /// Writing a phase's table failed.
     #[error("writing the table: {0}")]
     Output(#[source] std::io::Error),
-}
-
-/// Asks a run to stop early (Ctrl-C): phases stop starting handshakes, finish the ones in
-/// flight and report what they measured.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
-
-impl Shutdown {
-    /// A trigger that has not fired.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fires it.
-    pub fn trigger(&self) {
-        // Relaxed: a flag polled between handshakes; no data is published through it.
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether it fired.
-    pub fn is_triggered(&self) -> bool {
-        // Relaxed: see `trigger`.
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// Runs every phase of `plan` (see [`crate::run`]).

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::instrument::engine::Shutdown;
 use crate::instrument::plan::PhaseKind;
 use crate::instrument::registry::SlotRegistry;
+use crate::instrument::shutdown::Shutdown;
 use crate::instrument::stats::{Recorder, micros};
 
 /// A connection whose handshake succeeded and that was not picked for a reset.

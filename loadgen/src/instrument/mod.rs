@@ -21,7 +21,9 @@
 //! - [`reset`]: resets on purpose (`--reset-fraction`).
 //! - [`stats`]: histograms and error counters per worker, merged into a summary.
 //! - [`kind`]: churn and hold, the phase kinds.
-//! - [`engine`]: the worker threads, closed-loop and open-loop pacing, one phase.
+//! - [`engine`]: the worker threads, closed-loop and open-loop pacing, one phase; it stops
+//!   early on a [`Shutdown`].
+//! - [`measured`]: what a phase measured, as the engine hands it to the report.
 //! - [`sysinfo`]: CPU time (getrusage, `/proc/PID/stat`), RSS and kernel memory readings.
 //! - [`embedded`]: the in-process `callosum-server` used when no target is given.
 //! - [`report`]: the results: schema, construction, the table and the JSON document.
@@ -39,20 +41,23 @@ pub mod hgrm;
 pub mod hlog;
 pub mod kind;
 pub mod limits;
+pub mod measured;
 pub mod merge;
 pub mod plan;
 pub mod progress;
 pub mod registry;
 pub mod report;
 pub mod reset;
+pub mod shutdown;
 pub mod stats;
 pub mod svg;
 pub mod sysinfo;
 pub mod verdict;
 
-pub use engine::{LoadgenError, Shutdown};
+pub use engine::LoadgenError;
 pub use plan::{Criteria, EmbeddedConfig, Pacing, Phase, PhaseKind, Plan, PlanError};
 pub use report::{Report, RunReport};
+pub use shutdown::Shutdown;
 pub use verdict::Verdict;
 
 use std::io::Write;

@@ -10,8 +10,9 @@ use super::{
 };
 use crate::instrument::embedded::ServerStats;
 use crate::instrument::handshake::ErrorKind;
+use crate::instrument::measured::PhaseResult;
 use crate::instrument::plan::{Pacing, Phase, PhaseKind, Plan};
-use crate::instrument::stats::{ErrorCounts, LatencySummary, PhaseResult};
+use crate::instrument::stats::{ErrorCounts, LatencySummary};
 
 /// An open-loop run counts as having achieved its rate when it completed at least this share
 /// of the target rate.
