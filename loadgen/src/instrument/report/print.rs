@@ -110,7 +110,7 @@ impl RunReport {
         self.write_invariant(out)?;
         self.write_hold(out)?;
         if let Some(reason) = &self.stopped_early {
-            writeln!(out, "STOPPED     {reason}")?;
+            wrapped(out, "STOPPED     ", reason)?;
         }
         Ok(())
     }
@@ -201,13 +201,8 @@ impl RunReport {
             group(e.other)
         )?;
         for s in &e.samples {
-            writeln!(
-                out,
-                "            {}× {}: {}",
-                group(s.count),
-                s.kind.name(),
-                s.message
-            )?;
+            let sample = format!("{}× {}: {}", group(s.count), s.kind.name(), s.message);
+            wrapped(out, "            ", &sample)?;
         }
         Ok(())
     }
@@ -272,6 +267,32 @@ impl RunReport {
     }
 }
 
+/// The table's width.
+const COLUMNS: usize = 80;
+
+/// Writes `text` after `first` (the label column), wrapped at word boundaries to
+/// [`COLUMNS`], continuation lines indented as far as `first`.
+fn wrapped(out: &mut impl Write, first: &str, text: &str) -> io::Result<()> {
+    let indent = first.chars().count();
+    let mut line = first.to_owned();
+    let mut width = indent;
+    for word in text.split(' ') {
+        let len = word.chars().count();
+        if width > indent && width + 1 + len > COLUMNS {
+            writeln!(out, "{line}")?;
+            line = " ".repeat(indent);
+            width = indent;
+        }
+        if width > indent {
+            line.push(' ');
+            width += 1;
+        }
+        line.push_str(word);
+        width += len;
+    }
+    writeln!(out, "{line}")
+}
+
 /// `1234567` as `1,234,567`.
 pub fn group(n: u64) -> String {
     let digits = n.to_string();
@@ -283,4 +304,25 @@ pub fn group(n: u64) -> String {
         out.push(ch);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_wraps_within_the_table_width_under_its_label() {
+        let mut out = Vec::new();
+        let text = "every attempt of the first second failed the same way (30,725 attempts; \
+                    refused: read: Connection refused (os error 111))";
+        wrapped(&mut out, "STOPPED     ", text).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.lines().count() > 1, "{out}");
+        assert!(out.lines().all(|l| l.chars().count() <= COLUMNS), "{out}");
+        assert!(out.lines().skip(1).all(|l| l.starts_with("            ")));
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>().join(" "),
+            format!("STOPPED {text}")
+        );
+    }
 }
