@@ -4,8 +4,9 @@
 //!   servers (or an embedded one) and measures handshake latency histograms, the slot
 //!   distribution, errors by kind and its own CPU use.
 //! - [`balance`]: the balance study: the deterministic discrete-event simulator of the
-//!   self-balancing policies (`simulate`), and the same scenarios live on loopback
-//!   (`balance`), sharing the scenario, the metrics and the report.
+//!   self-balancing policies (`simulate`, and `sweep` over a grid of its parameters), and
+//!   the same scenarios live on loopback (`balance`), sharing the scenario, the metrics and
+//!   the report.
 //! - [`cli`]: the command line of all three, with one vocabulary of options.
 //! - `chart`: what the SVG figures of all three share (fonts, palette, legends beside the plot).
 //!

@@ -67,6 +67,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             callosum_loadgen::balance::simulation::run(&args, &mut table).context("simulation")?;
             return Ok(ExitCode::SUCCESS);
         }
+        Some(Command::Sweep(args)) => {
+            let mut table = table_out(args.json.as_deref());
+            callosum_loadgen::balance::sweep::run(&args, &mut table).context("sweep")?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Some(Command::Merge(args)) => return merge(&args),
         Some(Command::Balance(args)) => {
             let mut table = table_out(args.cluster.json.as_deref());

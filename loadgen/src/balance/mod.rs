@@ -6,7 +6,10 @@
 //! - [`simulation`]: `simulate`, the deterministic discrete-event simulator (no sockets).
 //! - [`live`]: `balance`, the same scenarios on loopback with real servers and clients.
 //! - [`metrics`]: the figures both compute, by one definition.
-//! - [`report`]: the report both produce, its table and its plot.
+//! - [`report`]: the report both produce, its table and its plot, and its summary over
+//!   seeds.
+//! - [`sweep`]: `sweep`, the original and the improved policy simulated over a grid of pool
+//!   sizes, roving intervals, loads and cluster sizes, several seeds per cell.
 //!
 //! Why this shape: the simulator and the live harness are two ways to run one scenario and
 //! measure it the same way; they share everything but the running, and nothing with the load
@@ -17,8 +20,10 @@ pub mod metrics;
 pub mod model;
 pub mod report;
 pub mod simulation;
+pub mod sweep;
 
 pub use live::{BalanceArgs, BalanceError};
 pub use model::{ClusterArgs, Policy, PoolRules, SimConfig, SimError, Timing};
 pub use report::SimReport;
 pub use simulation::{SimulateArgs, simulate};
+pub use sweep::{SweepArgs, SweepError};

@@ -1,6 +1,7 @@
 //! The command line of `callosum-loadgen`: the load instrument (`churn`, `hold`, and the
 //! default job when no command is named), `merge`, and the balance programs (`simulate`,
-//! `balance`), with one vocabulary: an option's name means the same thing in every command.
+//! `balance`, `sweep`), with one vocabulary: an option's name means the same thing in every
+//! command.
 //!
 //! - `--workers` is always this tool's threads; `--shards` and `--max-slots` always the
 //!   embedded server's, as for `callosum-server`; a simulated server's workers are
@@ -61,6 +62,10 @@ pub enum Command {
     /// The simulator's scenarios live on loopback: embedded servers and roving clients,
     /// every policy in turn, beside the simulator on the same configuration.
     Balance(Box<crate::balance::BalanceArgs>),
+    /// The original and the improved policy simulated over a grid (pool sizes, roving
+    /// intervals, loads, cluster sizes), several seeds per cell: p99 ratio, long-run rates
+    /// and pool fill per cell.
+    Sweep(Box<crate::balance::SweepArgs>),
 }
 
 /// Options of the load instrument (the default job, `churn`, `hold`).

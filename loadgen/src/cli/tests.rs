@@ -187,3 +187,12 @@ fn the_help_shows_each_default_once_and_no_rustdoc_links() {
         }
     }
 }
+
+#[test]
+fn zero_seeds_are_refused() {
+    for command in ["simulate", "sweep"] {
+        let err = parse(&[command, "--seeds", "0"]).expect_err("0 seeds");
+        assert!(err.to_string().contains("--seeds"), "{err}");
+    }
+    assert!(parse(&["simulate", "--seeds", "3"]).is_ok());
+}

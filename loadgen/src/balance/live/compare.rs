@@ -20,6 +20,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::LiveReport;
+use crate::balance::report::summary::Summary;
+use crate::balance::simulation::jobs::run_all;
 use crate::balance::{SimConfig, SimReport, simulate};
 
 /// Relative widening of the simulated range for load-shape figures (in-flight max/mean and
@@ -55,19 +57,22 @@ pub struct Row {
     pub agrees: bool,
 }
 
-/// Simulates every configuration with `seeds` consecutive seeds from its own.
-pub fn simulate_seeds(configs: &[SimConfig], seeds: u64) -> Vec<Vec<SimReport>> {
+/// Simulates every configuration with `seeds` consecutive seeds from its own, on `workers`
+/// threads: per configuration, one report per seed.
+pub fn simulate_seeds(configs: &[SimConfig], seeds: u64, workers: usize) -> Vec<Vec<SimReport>> {
+    let jobs: Vec<SimConfig> = configs
+        .iter()
+        .flat_map(|cfg| {
+            (0..seeds).map(|i| SimConfig {
+                seed: cfg.seed.wrapping_add(i),
+                ..cfg.clone()
+            })
+        })
+        .collect();
+    let mut reports = run_all(&jobs, workers, simulate, |_, _, _| {}).into_iter();
     configs
         .iter()
-        .map(|cfg| {
-            (0..seeds)
-                .map(|i| {
-                    let mut c = cfg.clone();
-                    c.seed = cfg.seed.wrapping_add(i);
-                    simulate(&c)
-                })
-                .collect()
-        })
+        .map(|_| reports.by_ref().take(seeds as usize).collect())
         .collect()
 }
 
@@ -102,12 +107,9 @@ pub fn rows(live: &[LiveReport], sims: &[Vec<SimReport>]) -> Vec<Row> {
                 continue;
             };
             let sim: Vec<f64> = sims.iter().filter_map(get).collect();
-            if sim.is_empty() {
+            let Some(Summary { mean, min, max, .. }) = Summary::of(&sim) else {
                 continue;
-            }
-            let mean = sim.iter().sum::<f64>() / sim.len() as f64;
-            let min = sim.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = sim.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            };
             let widen = if latency {
                 mean * REL_TOL_LATENCY + ABS_TOL_LATENCY_MS
             } else {

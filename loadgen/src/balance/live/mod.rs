@@ -212,7 +212,7 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
         );
         live.push(report);
     }
-    let sims = compare::simulate_seeds(&configs, args.sim_seeds);
+    let sims = compare::simulate_seeds(&configs, args.sim_seeds, args.workers);
     let rows = compare::rows(&live, &sims);
     let first: Vec<SimReport> = sims.iter().filter_map(|s| s.first().cloned()).collect();
     let base = configs.first().ok_or(BalanceError::NoPolicy)?;

@@ -8,6 +8,7 @@
 //! [`Metrics`] from real servers' counters: one definition of every figure for both.
 
 pub mod plot;
+pub mod summary;
 
 use std::fmt::Write as _;
 

@@ -14,16 +14,18 @@
 //!
 //! Why this shape: [`SimConfig`] is the plain description of one run and [`simulate`] the
 //! library entry the tests call; [`SimulateArgs`] and [`run`] are the command-line face, which
-//! runs several policies on the same configuration (in parallel threads) and prints a table,
-//! JSON or an SVG plot.
+//! runs several policies on the same configuration, over one seed or several ([`jobs`]: a
+//! work queue over (policy, seed) on `--workers` threads), and prints a table, JSON or an SVG
+//! plot; over several seeds, each figure's mean, 95 % interval and range
+//! ([`summary`](crate::balance::report::summary)), the per-seed reports kept in the JSON.
 
 pub mod client;
 pub mod engine;
 pub mod event;
+pub mod jobs;
 pub mod server;
 
 use std::io::Write;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use callosum_client::{PoolPolicy, SlowPenalty};
@@ -34,8 +36,9 @@ pub use engine::simulate;
 use crate::balance::model::{
     ClusterArgs, Policy, PoolRules, SimConfig, SimError, Timing, write_json,
 };
+use crate::balance::report::summary::{self, PolicySummary};
 use crate::balance::report::{self, SimReport, plot};
-use crate::cli::values::{at_least_one, duration, positive_duration};
+use crate::cli::values::{at_least_one, count, duration, positive_duration};
 
 /// Options of `callosum-loadgen simulate`.
 #[derive(Clone, Debug, clap::Args)]
@@ -85,7 +88,11 @@ pub struct SimulateArgs {
     /// pool's mean counts as one more request in flight.
     #[arg(long, default_value_t = 1.5)]
     pub slow_threshold: f32,
-    /// Policies simulated at once (this tool's threads).
+    /// Seeds to run for every policy (--seed, --seed + 1, ...); with more than one, the
+    /// table and the JSON give each figure's mean, 95 % interval and range over them.
+    #[arg(long, default_value_t = 1, value_parser = count)]
+    pub seeds: u64,
+    /// Simulations run at once (this tool's threads).
     #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]
     pub workers: usize,
 }
@@ -133,75 +140,123 @@ impl SimulateArgs {
     }
 }
 
-/// What `--json` prints: the shared configuration and one report per policy.
+/// What `--json` prints for one seed: the shared configuration and one report per policy.
 #[derive(Serialize)]
 struct Output<'a> {
     config: &'a SimConfig,
     runs: &'a [SimReport],
 }
 
-/// Runs every requested policy on the configuration `args` describe and writes the table to
-/// `out` (the JSON to `--json`'s path, `-` for stdout, instead of the table), wall time and
-/// events/s to stderr, and the plot if asked.
+/// The reports of one seed, one per policy.
+#[derive(Serialize)]
+struct SeedRuns<'a> {
+    seed: u64,
+    runs: &'a [SimReport],
+}
+
+/// What `--json` prints for several seeds: the shared configuration (its seed the first),
+/// every seed's reports, and each policy's figures over the seeds.
+#[derive(Serialize)]
+struct SeedsOutput<'a> {
+    config: &'a SimConfig,
+    seeds: &'a [u64],
+    per_seed: Vec<SeedRuns<'a>>,
+    summary: &'a [PolicySummary],
+}
+
+/// Runs every requested policy on the configuration `args` describe, once per seed, and
+/// writes the table to `out` (the JSON to `--json`'s path, `-` for stdout, instead of the
+/// table), wall time and events/s to stderr, and the plot (of the first seed) if asked.
 pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
     let configs: Vec<SimConfig> = args.policy.iter().map(|&p| args.config(p)).collect();
     for c in &configs {
         c.validate()?;
     }
-    let next = Mutex::new(0usize);
-    let results: Mutex<Vec<Option<(SimReport, f64)>>> = Mutex::new(vec![None; configs.len()]);
-    std::thread::scope(|scope| {
-        for _ in 0..args.workers.clamp(1, configs.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = {
-                        let mut n = next.lock().unwrap_or_else(|e| e.into_inner());
-                        let i = *n;
-                        *n += 1;
-                        i
-                    };
-                    let Some(cfg) = configs.get(i) else { break };
-                    let t0 = Instant::now();
-                    let report = simulate(cfg);
-                    let wall = t0.elapsed().as_secs_f64();
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some((report, wall));
-                }
-            });
-        }
-    });
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut reports = Vec::with_capacity(results.len());
-    for (report, wall) in results.into_iter().flatten() {
-        eprintln!(
-            "simulate: {:<12} {:>12} events in {:>7.2} s wall = {:>6.2} M events/s",
-            report.policy,
-            report.events,
-            wall,
-            report.events as f64 / wall.max(1e-9) / 1e6
-        );
-        reports.push(report);
-    }
     let base = configs.first().ok_or(SimError::NoPolicy)?;
-    write_json(
-        args.cluster.json.as_deref(),
-        &Output {
-            config: base,
-            runs: &reports,
+    let seeds: Vec<u64> = (0..args.seeds.max(1))
+        .map(|i| args.cluster.seed.wrapping_add(i))
+        .collect();
+    // Seed-major: the reports of one seed are contiguous, one per policy.
+    let jobs: Vec<SimConfig> = seeds
+        .iter()
+        .flat_map(|&seed| configs.iter().map(move |c| SimConfig { seed, ..c.clone() }))
+        .collect();
+    let results = jobs::run_all(
+        &jobs,
+        args.workers,
+        |cfg| {
+            let t0 = Instant::now();
+            let report = simulate(cfg);
+            (report, t0.elapsed().as_secs_f64())
         },
-    )?;
-    if args.cluster.table_wanted() {
-        write!(out, "{}", report::table(&reports))?;
-        writeln!(
-            out,
-            "(inf.m/m, inf.cv: instantaneous load max/mean and CV; floor: ⌈N/S⌉/(N/S), the best \
-             any policy can do; rate.mm: long-run rate max/mean; win.mm: per-{} s window max/mean)",
-            args.cluster.window.as_secs_f64()
+        |_, _, _| {},
+    );
+    for (i, cfg) in configs.iter().enumerate() {
+        let mine = results.iter().skip(i).step_by(configs.len());
+        let (events, wall) = mine.fold((0u64, 0.0f64), |(e, w), (r, t)| (e + r.events, w + t));
+        eprintln!(
+            "simulate: {:<12} {:>12} events in {:>7.2} s wall = {:>6.2} M events/s{}",
+            cfg.policy.name(),
+            events,
+            wall,
+            events as f64 / wall.max(1e-9) / 1e6,
+            if seeds.len() > 1 {
+                format!(" ({} seeds)", seeds.len())
+            } else {
+                String::new()
+            }
+        );
+    }
+    let reports: Vec<SimReport> = results.into_iter().map(|(r, _)| r).collect();
+    let first = &reports[..configs.len().min(reports.len())];
+    if seeds.len() == 1 {
+        write_json(
+            args.cluster.json.as_deref(),
+            &Output {
+                config: base,
+                runs: first,
+            },
         )?;
+        if args.cluster.table_wanted() {
+            write!(out, "{}", report::table(first))?;
+            writeln!(
+                out,
+                "(inf.m/m, inf.cv: instantaneous load max/mean and CV; floor: ⌈N/S⌉/(N/S), the \
+                 best any policy can do; rate.mm: long-run rate max/mean; win.mm: per-{} s \
+                 window max/mean)",
+                args.cluster.window.as_secs_f64()
+            )?;
+        }
+    } else {
+        let summaries: Vec<PolicySummary> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                let mine: Vec<&SimReport> = reports.iter().skip(i).step_by(configs.len()).collect();
+                PolicySummary::of(cfg.policy.name(), seeds.clone(), &mine)
+            })
+            .collect();
+        write_json(
+            args.cluster.json.as_deref(),
+            &SeedsOutput {
+                config: base,
+                seeds: &seeds,
+                per_seed: seeds
+                    .iter()
+                    .zip(reports.chunks(configs.len()))
+                    .map(|(&seed, runs)| SeedRuns { seed, runs })
+                    .collect(),
+                summary: &summaries,
+            },
+        )?;
+        if args.cluster.table_wanted() {
+            write!(out, "{}", summary::table(&summaries))?;
+        }
     }
     if let Some(path) = &args.cluster.svg {
         plot::plot(
             path,
-            &reports,
+            first,
             args.cluster.window.as_secs_f64(),
             args.cluster.servers <= engine::PLOT_EACH_MAX,
         )?;
