@@ -144,3 +144,45 @@ fn a_joining_server_rises_to_its_fair_share_under_the_improved_policy() {
         join.per_window
     );
 }
+
+#[test]
+fn repeated_live_runs_are_summarised_and_improved_is_compared_with_original() {
+    let dir = std::env::temp_dir().join(format!("callosum-balance-repeat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let json = dir.join("r.json");
+    let json_arg = json.to_string_lossy().to_string();
+    let mut flags = SMALL.to_vec();
+    flags[7] = "2s";
+    flags[9] = "0";
+    flags.extend_from_slice(&[
+        "--policy",
+        "original,improved",
+        "--repeat",
+        "2",
+        "--json",
+        &json_arg,
+    ]);
+    let a = args(&flags);
+    let mut table = Vec::new();
+    callosum_loadgen::balance::live::run(&a, &mut table).expect("live runs");
+    let table = String::from_utf8_lossy(&table);
+    assert!(table.contains("2 runs of each policy"), "{table}");
+    assert!(
+        table.contains("improved − original over 2 live runs"),
+        "{table}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written")).expect("JSON");
+    let runs = doc["repeated"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "two policies");
+    assert!(runs.iter().all(|r| r.as_array().map(Vec::len) == Some(2)));
+    for run in runs.iter().flat_map(|r| r.as_array().unwrap()) {
+        assert_eq!(run["failed"], 0);
+    }
+    let diffs = doc["repeated"]["improved_vs_original"]
+        .as_array()
+        .expect("differences");
+    assert!(diffs.iter().any(|d| d["figure"] == "rate_max_over_mean"));
+    assert!(diffs.iter().all(|d| d["difference"]["ci95"].is_number()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -32,6 +32,8 @@ use std::time::Duration;
 use callosum_client::PoolPolicy;
 use serde::Serialize;
 
+use crate::balance::report::summary::{self, Difference, FIGURES, PolicySummary, Summary};
+
 use crate::balance::{ClusterArgs, Policy, PoolRules, SimConfig, SimError, SimReport, Timing};
 use crate::cli::values::{at_least_one, duration, positive_duration};
 pub use engine::{LiveError, LiveReport, run_live};
@@ -101,6 +103,12 @@ pub struct BalanceArgs {
     /// Seeds the simulator runs for the comparison (seed, seed+1, ...); 0 skips it.
     #[arg(long, default_value_t = 5)]
     pub sim_seeds: u64,
+    /// Live runs of each policy, with seeds seed, seed+1, …, the policies interleaved run by
+    /// run so a drifting machine weighs on all alike; with more than 1, each figure's mean
+    /// and 95 % interval over the runs, and improved against original with the 95 % interval
+    /// of each difference.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub repeat: usize,
 }
 
 /// A policy with a live counterpart, by name.
@@ -184,9 +192,84 @@ impl BalanceArgs {
 #[derive(Serialize)]
 struct Output<'a> {
     config: &'a SimConfig,
+    /// The first live run of each policy.
     live: &'a [LiveReport],
     simulated: &'a [SimReport],
     comparison: &'a [compare::Row],
+    /// `--repeat` above 1: every live run of each policy, their summary, and improved
+    /// against original.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeated: Option<&'a Repeated<'a>>,
+}
+
+/// The live runs of `--repeat`, summarised.
+#[derive(Serialize)]
+struct Repeated<'a> {
+    runs: &'a [Vec<LiveReport>],
+    summary: Vec<PolicySummary>,
+    improved_vs_original: Vec<FigureDifference>,
+}
+
+/// Improved against original on one figure, over the repeated live runs.
+#[derive(Serialize)]
+pub struct FigureDifference {
+    /// The figure's key (as in the JSON reports).
+    pub figure: &'static str,
+    /// Its label in tables.
+    pub label: &'static str,
+    /// Original's mean over the runs.
+    pub original: f64,
+    /// Improved's mean over the runs.
+    pub improved: f64,
+    /// Improved − original, with its 95 % interval.
+    pub difference: Difference,
+}
+
+/// Improved against original on every figure both have, over repeated runs.
+pub fn improved_vs_original(
+    original: &[&SimReport],
+    improved: &[&SimReport],
+) -> Vec<FigureDifference> {
+    FIGURES
+        .iter()
+        .filter_map(|f| {
+            let a: Vec<f64> = original.iter().filter_map(|r| (f.get)(r)).collect();
+            let b: Vec<f64> = improved.iter().filter_map(|r| (f.get)(r)).collect();
+            let difference = Difference::of(&a, &b)?;
+            Some(FigureDifference {
+                figure: f.key,
+                label: f.label,
+                original: Summary::of(&a)?.mean,
+                improved: Summary::of(&b)?.mean,
+                difference,
+            })
+        })
+        .collect()
+}
+
+/// The table of [`improved_vs_original`].
+pub fn differences_table(rows: &[FigureDifference], runs: usize) -> String {
+    let mut out = format!(
+        "improved − original over {runs} live runs each (95 % interval of the difference, Welch):\n\
+         {:<22} {:>10} {:>10} {:>22}  decided\n",
+        "figure", "original", "improved", "difference ± 95 %"
+    );
+    for r in rows {
+        let half = r
+            .difference
+            .ci95
+            .map_or("-".to_owned(), |h| format!("{h:.4}"));
+        out.push_str(&format!(
+            "{:<22} {:>10.4} {:>10.4} {:>13.4} ± {:>6}  {}\n",
+            r.label,
+            r.original,
+            r.improved,
+            r.difference.diff,
+            half,
+            if r.difference.decided { "yes" } else { "no" }
+        ));
+    }
+    out
 }
 
 /// Runs every requested policy live, then the simulator on the same configuration, and writes
@@ -197,21 +280,49 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
         .iter()
         .map(|&p| args.config(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut live = Vec::with_capacity(configs.len());
-    for cfg in &configs {
-        let t0 = std::time::Instant::now();
-        let report = run_live(cfg, args.workers).map_err(|source| BalanceError::Live {
-            policy: cfg.policy.name(),
-            source,
-        })?;
-        eprintln!(
-            "balance: {:<12} {:>8} requests live in {:>6.1} s wall",
-            report.report.policy,
-            report.report.requests,
-            t0.elapsed().as_secs_f64()
-        );
-        live.push(report);
+    // runs[p][k]: policy p's run k, the policies interleaved run by run.
+    let mut runs: Vec<Vec<LiveReport>> = configs.iter().map(|_| Vec::new()).collect();
+    for k in 0..args.repeat {
+        for (cfg, mine) in configs.iter().zip(&mut runs) {
+            let cfg = SimConfig {
+                seed: cfg.seed.wrapping_add(k as u64),
+                ..cfg.clone()
+            };
+            let t0 = std::time::Instant::now();
+            let report = run_live(&cfg, args.workers).map_err(|source| BalanceError::Live {
+                policy: cfg.policy.name(),
+                source,
+            })?;
+            eprintln!(
+                "balance: {:<12} run {}/{} (seed {}): {:>8} requests live in {:>6.1} s wall",
+                report.report.policy,
+                k + 1,
+                args.repeat,
+                cfg.seed,
+                report.report.requests,
+                t0.elapsed().as_secs_f64()
+            );
+            mine.push(report);
+        }
     }
+    let live: Vec<LiveReport> = runs.iter().filter_map(|r| r.first().cloned()).collect();
+    let repeated = (args.repeat > 1).then(|| {
+        let reports = |p: usize| runs[p].iter().map(|l| &l.report).collect::<Vec<_>>();
+        let seeds: Vec<u64> = (0..args.repeat as u64)
+            .map(|k| args.cluster.seed.wrapping_add(k))
+            .collect();
+        let position = |policy| configs.iter().position(|c| c.policy == policy);
+        Repeated {
+            runs: &runs,
+            summary: (0..configs.len())
+                .map(|p| PolicySummary::of(configs[p].policy.name(), seeds.clone(), &reports(p)))
+                .collect(),
+            improved_vs_original: match (position(Policy::Original), position(Policy::Improved)) {
+                (Some(o), Some(i)) => improved_vs_original(&reports(o), &reports(i)),
+                _ => Vec::new(),
+            },
+        }
+    });
     let sims = compare::simulate_seeds(&configs, args.sim_seeds, args.workers);
     let rows = compare::rows(&live, &sims);
     let first: Vec<SimReport> = sims.iter().filter_map(|s| s.first().cloned()).collect();
@@ -223,8 +334,22 @@ pub fn run(args: &BalanceArgs, out: &mut dyn Write) -> Result<(), BalanceError> 
             live: &live,
             simulated: &first,
             comparison: &rows,
+            repeated: repeated.as_ref(),
         },
     )?;
+    if let (true, Some(r)) = (args.cluster.table_wanted(), &repeated) {
+        writeln!(out, "live, {} runs of each policy:", args.repeat)?;
+        write!(out, "{}", summary::table(&r.summary))?;
+        if !r.improved_vs_original.is_empty() {
+            writeln!(out)?;
+            write!(
+                out,
+                "{}",
+                differences_table(&r.improved_vs_original, args.repeat)
+            )?;
+        }
+        writeln!(out, "\nthe first run of each policy:")?;
+    }
     if args.cluster.table_wanted() {
         let reports: Vec<SimReport> = live.iter().map(|l| l.report.clone()).collect();
         writeln!(out, "live:")?;

@@ -93,6 +93,43 @@ pub fn t_975(df: usize) -> f64 {
         + (3.0 * z.powi(7) + 19.0 * z.powi(5) + 17.0 * z.powi(3) - 15.0 * z) / (384.0 * v.powi(3))
 }
 
+/// The difference of two policies' means on one figure (`b − a`), with the 95 % interval of
+/// the difference (Welch: unequal variances, Welch–Satterthwaite degrees of freedom).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Difference {
+    /// `mean(b) − mean(a)`.
+    pub diff: f64,
+    /// Half-width of its 95 % interval; `None` when either side has fewer than 2 samples.
+    pub ci95: Option<f64>,
+    /// Whether the interval excludes 0: the runs tell the two apart on this figure.
+    pub decided: bool,
+}
+
+impl Difference {
+    /// `b − a` over the samples of each; `None` if either is empty.
+    pub fn of(a: &[f64], b: &[f64]) -> Option<Difference> {
+        let (sa, sb) = (Summary::of(a)?, Summary::of(b)?);
+        let var = |s: &[f64], m: f64| {
+            s.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (s.len() - 1) as f64
+        };
+        let ci95 = (sa.n >= 2 && sb.n >= 2).then(|| {
+            let (qa, qb) = (var(a, sa.mean) / sa.n as f64, var(b, sb.mean) / sb.n as f64);
+            let se2 = qa + qb;
+            if se2 == 0.0 {
+                return 0.0;
+            }
+            let df = se2 * se2 / (qa * qa / (sa.n - 1) as f64 + qb * qb / (sb.n - 1) as f64);
+            t_975(df.floor().max(1.0) as usize) * se2.sqrt()
+        });
+        let diff = sb.mean - sa.mean;
+        Some(Difference {
+            diff,
+            ci95,
+            decided: ci95.is_some_and(|h| diff.abs() > h),
+        })
+    }
+}
+
 /// A figure of a [`SimReport`]: its key in the JSON, its label in tables, its decimals and
 /// how to read it (`None` when the run has no such figure, e.g. no slow server).
 pub struct Figure {
@@ -215,6 +252,25 @@ pub fn table(summaries: &[PolicySummary]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_difference_is_decided_only_when_its_interval_excludes_zero() {
+        let a = [1.00, 1.02, 0.98, 1.01, 0.99];
+        let far = [1.20, 1.22, 1.18, 1.21, 1.19];
+        let d = Difference::of(&a, &far).unwrap();
+        assert!((d.diff - 0.2).abs() < 1e-9);
+        assert!(d.decided);
+        // Equal variances and sizes: the Welch interval is the pooled one, t(8) = 2.306.
+        let se = (2.0 * 0.000_25 / 5.0_f64).sqrt();
+        assert!((d.ci95.unwrap() - 2.306 * se).abs() < 1e-3, "{d:?}");
+        let near = [1.01, 0.99, 1.03, 0.97, 1.00];
+        assert!(!Difference::of(&a, &near).unwrap().decided);
+        assert!(
+            !Difference::of(&[1.0], &[2.0]).unwrap().decided,
+            "one run each decides nothing"
+        );
+        assert!(Difference::of(&[], &[1.0]).is_none());
+    }
 
     #[test]
     fn the_t_interval_of_known_samples() {
