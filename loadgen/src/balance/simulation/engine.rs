@@ -696,3 +696,31 @@ impl<'a> Sim<'a> {
 pub fn simulate(cfg: &SimConfig) -> SimReport {
     Sim::new(cfg).run()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_distribution_has_the_asked_mean() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let n = 400_000;
+        for (dist, shape, tolerance) in [
+            (ServiceDist::Exp, 1.0, 0.01),
+            (ServiceDist::Lognormal, 1.0, 0.02),
+            (ServiceDist::Pareto, 2.5, 0.03),
+        ] {
+            let draws: Vec<f64> = (0..n)
+                .map(|_| service(&mut rng, 10.0, dist, shape))
+                .collect();
+            let mean = draws.iter().sum::<f64>() / n as f64;
+            assert!(
+                (mean - 10.0).abs() < 10.0 * tolerance,
+                "{dist:?}: mean {mean}"
+            );
+            assert!(draws.iter().all(|&d| d > 0.0 && d.is_finite()));
+        }
+        // Pareto never goes below its scale, mean·(α−1)/α.
+        assert!((0..1000).all(|_| service(&mut rng, 10.0, ServiceDist::Pareto, 2.5) >= 6.0));
+    }
+}
