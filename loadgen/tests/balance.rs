@@ -48,7 +48,7 @@ fn sane(r: &SimReport) {
 #[test]
 fn a_small_live_run_and_its_simulation_serve_every_server() {
     let a = args(&SMALL);
-    for policy in [Policy::Original, Policy::P2c] {
+    for policy in [Policy::Original, Policy::P2c, Policy::P2cPeakEwma] {
         let cfg = a.config(policy).expect("a valid configuration");
         let live = run_live(&cfg, 2).expect("the live run");
         sane(&live.report);

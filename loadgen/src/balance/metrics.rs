@@ -16,7 +16,8 @@
 //! - `window_max_over_mean`: requests per server in each window, max/mean, averaged over
 //!   windows;
 //! - latency: from the request's arrival at its client (including any wait for an idle
-//!   connection) to the end of its service.
+//!   connection) to the end of its service, plus the round trip under `--rtt` (when its
+//!   response reaches the client); requests answered with an error are counted apart.
 
 use hdrhistogram::Histogram;
 

@@ -1,5 +1,6 @@
 //! The live run's clients: a [`RovingClient`] from `callosum-client` for the Callosum
-//! policies, and a small per-request router for the baselines (random, round-robin, P2C), both
+//! policies, and a small per-request router for the baselines (random, round-robin, P2C,
+//! P2C over a peak-EWMA latency, least-request), both
 //! speaking the one-byte request protocol of [`super::server`].
 //!
 //! Why this shape: the Callosum policies must be measured through the real client, so a
@@ -9,8 +10,10 @@
 //! from the cluster's current membership and uses an idle connection of its own to that
 //! server, opening one when all are busy (so, like the simulator's, it never waits at the
 //! client); connections are kept for reuse, so after warm-up no request pays a connect. P2C
-//! compares the client's own outstanding requests at the two servers. The pick itself is the
-//! simulator's [`router::pick`], so both measure the same baselines.
+//! and least-request compare the client's own outstanding requests; P2C-peak-EWMA learns
+//! each server's measured response times (connect excluded, failures included). The pick
+//! and the loads are the simulator's [`router::pick`] and [`router::load`], so both measure
+//! the same baselines.
 //!
 //! A request whose connection breaks (its server left) is retried on another connection, at
 //! most [`RETRIES`] times; every exchange has a deadline ([`EXCHANGE_TIMEOUT`]) so no request
@@ -21,7 +24,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use callosum_client::{Prefixed, RovingClient, read_handshake};
 use rand::SeedableRng;
@@ -123,10 +126,12 @@ pub struct Baseline {
     members: Arc<Membership>,
     /// Idle connections per server id.
     idle: Vec<Mutex<Vec<Prefixed<TcpStream>>>>,
-    /// This client's requests outstanding per server id (P2C).
+    /// This client's requests outstanding per server id (P2C, least-request, peak EWMA).
     outstanding: Vec<AtomicU32>,
-    /// The router's state: its random source and round-robin cursor.
+    /// The router's state: its random source, round-robin cursor and latency averages.
     router: Mutex<RouterState>,
+    /// The origin of the latency averages' clock.
+    epoch: Instant,
 }
 
 /// What [`router::pick`] keeps per client.
@@ -135,6 +140,8 @@ struct RouterState {
     rng: SmallRng,
     /// Round-robin position (see [`router::pick`]).
     cursor: u32,
+    /// Peak-EWMA response time per server id.
+    ewma: Vec<router::PeakEwma>,
 }
 
 impl Baseline {
@@ -148,7 +155,9 @@ impl Baseline {
             router: Mutex::new(RouterState {
                 rng: SmallRng::seed_from_u64(seed),
                 cursor: 0,
+                ewma: vec![router::PeakEwma::default(); servers],
             }),
+            epoch: Instant::now(),
         }
     }
 
@@ -156,12 +165,20 @@ impl Baseline {
     fn pick(&self) -> Option<(u32, SocketAddr)> {
         let members = self.members.snapshot();
         let mut guard = self.router.lock().unwrap_or_else(PoisonError::into_inner);
-        let RouterState { rng, cursor } = &mut *guard;
+        let RouterState { rng, cursor, ewma } = &mut *guard;
+        let now = self.nanos();
         let i = router::pick(self.policy, members.len(), cursor, rng, |i| {
+            let s = members[i].0 as usize;
             // Relaxed: a heuristic read of this client's own counts.
-            self.outstanding[members[i].0 as usize].load(Ordering::Relaxed)
+            let pending = self.outstanding[s].load(Ordering::Relaxed);
+            router::load(self.policy, pending, &ewma[s], now)
         })?;
         Some(members[i])
+    }
+
+    /// Nanoseconds since this client was made: the latency averages' clock.
+    fn nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     async fn once(&self) -> Result<(), RequestError> {
@@ -187,10 +204,17 @@ impl Baseline {
                 }
             }
         };
-        // Relaxed: this client's own counts, read only by its P2C picks.
+        // Relaxed: this client's own counts, read only by its picks.
         self.outstanding[i].fetch_add(1, Ordering::Relaxed);
+        let sent = self.nanos();
         let result = exchange(&mut conn).await;
+        let now = self.nanos();
         self.outstanding[i].fetch_sub(1, Ordering::Relaxed);
+        self.router
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ewma[i]
+            .observe(now, now.saturating_sub(sent) as f64);
         if result.is_ok() && self.members.contains(id) {
             self.idle[i]
                 .lock()

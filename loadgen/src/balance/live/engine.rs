@@ -88,7 +88,11 @@ fn pool_policy(cfg: &SimConfig) -> Result<Option<PoolPolicy>, LiveError> {
     match cfg.policy {
         Policy::Original => Ok(Some(PoolPolicy::default().max_slots(p))),
         Policy::Improved => Ok(Some(PoolPolicy::improved().max_slots(p))),
-        Policy::Random | Policy::RoundRobin | Policy::P2c => Ok(None),
+        Policy::Random
+        | Policy::RoundRobin
+        | Policy::P2c
+        | Policy::P2cPeakEwma
+        | Policy::LeastRequest => Ok(None),
         Policy::Jsq => Err(LiveError::Unsupported(
             "jsq-oracle",
             "it needs global knowledge of every queue",
@@ -355,6 +359,8 @@ async fn drive(
         last_swap_s: None,
         swaps_in_window,
         events: 0,
+        errors: 0,
+        connects_per_s: Vec::new(),
     };
     Ok((SimReport::build(cfg, m, run_end), late_samples))
 }

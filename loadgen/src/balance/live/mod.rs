@@ -39,12 +39,14 @@ use crate::cli::values::{at_least_one, duration, positive_duration};
 pub use engine::{LiveError, LiveReport, run_live};
 
 /// The policies a live run can use, in report order.
-pub const LIVE_POLICIES: [Policy; 5] = [
+pub const LIVE_POLICIES: [Policy; 7] = [
     Policy::Original,
     Policy::Improved,
     Policy::Random,
     Policy::RoundRobin,
     Policy::P2c,
+    Policy::P2cPeakEwma,
+    Policy::LeastRequest,
 ];
 
 /// The longest time any option may give, seconds (a day).
@@ -95,7 +97,7 @@ pub struct BalanceArgs {
     pub duration: Duration,
     /// Policies to run, comma-separated (those with a live counterpart).
     #[arg(long, value_delimiter = ',', value_parser = live_policy,
-          default_value = "original,improved,random,round-robin,p2c")]
+          default_value = "original,improved,random,round-robin,p2c,p2c-peak-ewma,least-request")]
     pub policy: Vec<Policy>,
     /// Worker threads of the clients' tokio runtime (this tool's threads).
     #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]

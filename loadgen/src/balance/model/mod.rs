@@ -7,4 +7,6 @@ pub mod router;
 pub mod scenario;
 
 pub use policy::{Policy, PoolRules};
-pub use scenario::{ClusterArgs, SimConfig, SimError, Timing, write_json};
+pub use scenario::{
+    ClusterArgs, ModelOptions, ServiceDist, SimConfig, SimError, Timing, write_json,
+};

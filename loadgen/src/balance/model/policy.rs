@@ -33,6 +33,15 @@ pub enum Policy {
     /// Power of two choices: two random servers, the one with fewer of this client's own
     /// outstanding requests.
     P2c,
+    /// Power of two choices over Finagle's peak-EWMA load (`Balancers.p2cPeakEwma`, as in
+    /// Linkerd): per server, this client's peak-sensitive response-time average (decay time
+    /// 10 s) × (its outstanding requests + 1); the lower of two random servers wins.
+    #[value(name = "p2c-peak-ewma")]
+    #[serde(rename = "p2c-peak-ewma")]
+    P2cPeakEwma,
+    /// The server with the fewest of this client's outstanding requests of all servers,
+    /// ties at random.
+    LeastRequest,
     /// Join the shortest queue with global knowledge (queued + in service, ties at random):
     /// the unreachable lower bound.
     #[value(name = "jsq-oracle", alias = "jsq")]
@@ -42,18 +51,29 @@ pub enum Policy {
 
 impl Policy {
     /// Every policy, in report order.
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 8] = [
         Policy::Original,
         Policy::Improved,
         Policy::Random,
         Policy::RoundRobin,
         Policy::P2c,
+        Policy::P2cPeakEwma,
+        Policy::LeastRequest,
         Policy::Jsq,
     ];
 
     /// Whether requests go through the client's pool of slot-ranked connections.
     pub fn uses_pool(self) -> bool {
         matches!(self, Policy::Original | Policy::Improved)
+    }
+
+    /// Whether the client counts its outstanding requests per server (the routers that
+    /// compare loads).
+    pub fn counts_outstanding(self) -> bool {
+        matches!(
+            self,
+            Policy::P2c | Policy::P2cPeakEwma | Policy::LeastRequest
+        )
     }
 
     /// The name used in tables and JSON.
@@ -64,6 +84,8 @@ impl Policy {
             Policy::Random => "random",
             Policy::RoundRobin => "round-robin",
             Policy::P2c => "p2c",
+            Policy::P2cPeakEwma => "p2c-peak-ewma",
+            Policy::LeastRequest => "least-request",
             Policy::Jsq => "jsq-oracle",
         }
     }

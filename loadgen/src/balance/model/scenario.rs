@@ -101,6 +101,57 @@ impl ClusterArgs {
     }
 }
 
+/// The distribution of service demands; every one has the mean `--service-time`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceDist {
+    /// Exponential (coefficient of variation 1).
+    Exp,
+    /// Lognormal with shape σ (`--service-sigma`): heavier tail as σ grows.
+    Lognormal,
+    /// Pareto with tail index α > 1 (`--service-alpha`): infinite variance for α ≤ 2.
+    Pareto,
+}
+
+/// The richer model's settings, the simulator's alone (the live harness on loopback cannot
+/// add a network delay or make a server fail on purpose). Their defaults are the plain model:
+/// no network delay, free connects, exponential service, no failing server.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelOptions {
+    /// Network round trip added to every request (the whole of it on the way back: a server
+    /// sees the request at once and its response reaches the client this much later) and
+    /// to every connect (the connection joins the pool this much after the rover dials), ms.
+    pub rtt_ms: f64,
+    /// Server work per new connection, ms: the accept and handshake occupy one of the
+    /// server's workers (queued FIFO with the requests) for this long, and the connection
+    /// reaches the client only once it is done (plus the round trip).
+    pub connect_cost_ms: f64,
+    /// The distribution of service demands.
+    pub service_dist: ServiceDist,
+    /// Its shape: σ for lognormal, α for Pareto (unused for exponential).
+    pub service_shape: f64,
+    /// The server (id) that answers some of its requests at once with an error.
+    pub fail_fast_server: Option<usize>,
+    /// The share of that server's requests that fail.
+    pub fail_fast_share: f64,
+    /// How long a failing request takes at that server (no worker held), ms.
+    pub fail_fast_ms: f64,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            rtt_ms: 0.0,
+            connect_cost_ms: 0.0,
+            service_dist: ServiceDist::Exp,
+            service_shape: 1.0,
+            fail_fast_server: None,
+            fail_fast_share: 1.0,
+            fail_fast_ms: 0.1,
+        }
+    }
+}
+
 /// How long a scenario runs: each command has its own defaults (a simulation measures
 /// minutes of simulated time, a live run seconds).
 #[derive(Clone, Copy, Debug)]
@@ -160,6 +211,10 @@ pub struct SimConfig {
     pub crash: bool,
     /// Pool rules of the improved policy (the original always uses [`PoolRules::ORIGINAL`]).
     pub rules: PoolRules,
+    /// The richer model (network delay, connect cost, service distribution, a fail-fast
+    /// server); the plain model unless `simulate` is told otherwise.
+    #[serde(flatten)]
+    pub model: ModelOptions,
 }
 
 impl SimConfig {
@@ -197,6 +252,7 @@ impl SimConfig {
             leave_server: cluster.leave_server,
             crash,
             rules,
+            model: ModelOptions::default(),
         }
     }
 
@@ -228,6 +284,27 @@ impl SimConfig {
             return Err(SimError::Invalid(
                 "load must be non-negative and slow-factor positive",
             ));
+        }
+        let m = &self.model;
+        let non_negative = [m.rtt_ms, m.connect_cost_ms, m.fail_fast_ms];
+        if non_negative.iter().any(|v| !(*v >= 0.0 && v.is_finite())) {
+            return Err(SimError::Invalid(
+                "rtt, connect-cost and fail-fast-time must be non-negative",
+            ));
+        }
+        if !(0.0..=1.0).contains(&m.fail_fast_share) {
+            return Err(SimError::Invalid("fail-fast-share must be in [0, 1]"));
+        }
+        match m.service_dist {
+            ServiceDist::Lognormal if !(m.service_shape > 0.0 && m.service_shape < 10.0) => {
+                return Err(SimError::Invalid("service-sigma must be in (0, 10)"));
+            }
+            ServiceDist::Pareto if !(m.service_shape > 1.0 && m.service_shape.is_finite()) => {
+                return Err(SimError::Invalid(
+                    "service-alpha must be above 1 (a finite mean)",
+                ));
+            }
+            _ => {}
         }
         if self.warmup_s < 0.0 || self.duration_s <= 0.0 {
             return Err(SimError::Invalid(

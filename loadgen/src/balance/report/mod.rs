@@ -57,6 +57,27 @@ pub struct SlowReport {
     pub fair: f64,
 }
 
+/// Connections opened per second per server over the measured window (servers in the
+/// cluster at the end).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectRate {
+    /// Mean over servers.
+    pub mean: f64,
+    /// The busiest server's.
+    pub max: f64,
+}
+
+/// The fail-fast server's share of requests (`--fail-fast-server`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FailFastReport {
+    /// Its id.
+    pub server: usize,
+    /// Its share of all requests sent in the measured window.
+    pub share: f64,
+    /// A fair share, 1/servers.
+    pub fair: f64,
+}
+
 /// How the server that joined mid-run took load.
 #[derive(Clone, Debug, Serialize)]
 pub struct JoinReport {
@@ -99,8 +120,13 @@ pub struct SimReport {
     pub policy: &'static str,
     /// The pool rules, for the Callosum policies.
     pub rules: Option<PoolRules>,
-    /// Requests that arrived in the measured window and completed.
+    /// Requests that arrived in the measured window and completed (errors not included).
     pub requests: u64,
+    /// Requests that arrived in the measured window and were answered with an error (the
+    /// fail-fast server's).
+    pub errors: u64,
+    /// errors / (requests + errors).
+    pub error_share: f64,
     /// Requests that failed (a crash, or no server).
     pub failed: u64,
     /// Mean instantaneous load (queued + in service) per server.
@@ -117,16 +143,21 @@ pub struct SimReport {
     pub rate_min_over_mean: f64,
     /// Requests per server per window, max/mean, averaged over windows.
     pub window_max_over_mean: f64,
-    /// Request latency, arrival at the client to end of service.
+    /// Request latency, arrival at the client to its response there (successes only).
     pub latency_ms: Latency,
     /// Connections per server at the end.
     pub conns_per_server: ConnSpread,
+    /// Connections opened per second per server (rover connections; the baselines keep
+    /// theirs open and open none after warm-up).
+    pub connects_per_s: ConnectRate,
     /// When a rover connection last replaced a pool entry (seconds from start).
     pub last_swap_s: Option<f64>,
     /// Replacements in the measured window.
     pub swaps_in_window: u64,
     /// With a slow server: its share.
     pub slow: Option<SlowReport>,
+    /// With a fail-fast server: its share of requests.
+    pub fail_fast: Option<FailFastReport>,
     /// With a server joining mid-run: its share over time.
     pub join: Option<JoinReport>,
     /// With a server leaving mid-run: how long it took to drain.
@@ -170,6 +201,10 @@ pub struct RunEnd {
     pub swaps_in_window: u64,
     /// Events processed (0 for a live run).
     pub events: u64,
+    /// Requests answered with an error (arrived in the measured window).
+    pub errors: u64,
+    /// Connections opened per second in the measured window, per server in the cluster.
+    pub connects_per_s: Vec<f64>,
 }
 
 impl SimReport {
@@ -191,6 +226,16 @@ impl SimReport {
                 share: m.per_server[s] as f64 / total.max(1) as f64,
                 fair: 1.0 / conns.len().max(1) as f64,
             });
+        let fail_fast = cfg
+            .model
+            .fail_fast_server
+            .filter(|&s| s < cfg.servers)
+            .map(|s| FailFastReport {
+                server: s,
+                share: m.per_server[s] as f64 / total.max(1) as f64,
+                fair: 1.0 / conns.len().max(1) as f64,
+            });
+        let cps = &end.connects_per_s;
         let join = cfg
             .join_at_s
             .map(|at| join_report(at, &m.watched, end.joined_window, cfg));
@@ -205,6 +250,8 @@ impl SimReport {
             policy: cfg.policy.name(),
             rules: end.rules,
             requests: h.len(),
+            errors: end.errors,
+            error_share: end.errors as f64 / (h.len() + end.errors).max(1) as f64,
             failed: end.failed,
             mean_load_per_server: mean_load,
             inflight_max_over_mean,
@@ -229,9 +276,14 @@ impl SimReport {
                 max: conns.iter().copied().fold(0.0, f64::max),
                 mean: conns.iter().sum::<f64>() / conns.len().max(1) as f64,
             },
+            connects_per_s: ConnectRate {
+                mean: cps.iter().sum::<f64>() / cps.len().max(1) as f64,
+                max: cps.iter().copied().fold(0.0, f64::max),
+            },
             last_swap_s: end.last_swap_s,
             swaps_in_window: end.swaps_in_window,
             slow,
+            fail_fast,
             join,
             leave,
             events: end.events,
@@ -295,7 +347,7 @@ pub fn table(reports: &[SimReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>9} {:>7} {:>6} {:>6} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",
+        "{:<13} {:>9} {:>7} {:>6} {:>6} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6} {:>11}",
         "policy",
         "requests",
         "inf.m/m",
@@ -309,12 +361,14 @@ pub fn table(reports: &[SimReport]) -> String {
         "conns",
         "lastswap",
         "slow.sh",
-        "join30s"
+        "join30s",
+        "err%",
+        "conn/s"
     );
     for r in reports {
         let _ = writeln!(
             out,
-            "{:<12} {:>9} {:>7.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>8} {:>8} {:>8}",
+            "{:<13} {:>9} {:>7.3} {:>6.3} {:>6.3} {:>7.3} {:>7.3} {:>8.2} {:>8.2} {:>8.2} {:>9} {:>8} {:>8} {:>8} {:>6.2} {:>11}",
             r.policy,
             r.requests,
             r.inflight_max_over_mean,
@@ -332,11 +386,20 @@ pub fn table(reports: &[SimReport]) -> String {
             opt(r.last_swap_s, 1),
             opt(r.slow.as_ref().map(|s| s.share), 3),
             opt(r.join.as_ref().and_then(|j| j.share_after_30s), 2),
+            r.error_share * 100.0,
+            format!("{:.1}/{:.1}", r.connects_per_s.mean, r.connects_per_s.max),
         );
+        if let Some(f) = &r.fail_fast {
+            let _ = writeln!(
+                out,
+                "{:<13} fail-fast: server {} got {:.3} of requests (fair {:.3}), {} errors",
+                "", f.server, f.share, f.fair, r.errors
+            );
+        }
         if let Some(j) = &r.join {
             let _ = writeln!(
                 out,
-                "{:<12} join: after 10 s {} of fair, after 30 s {}, last 60 s {:.2}, settled within 10 % after {} s",
+                "{:<13} join: after 10 s {} of fair, after 30 s {}, last 60 s {:.2}, settled within 10 % after {} s",
                 "",
                 opt(j.share_after_10s, 2),
                 opt(j.share_after_30s, 2),
@@ -347,7 +410,7 @@ pub fn table(reports: &[SimReport]) -> String {
         if let Some(l) = &r.leave {
             let _ = writeln!(
                 out,
-                "{:<12} leave: server {} {} at {:.0} s, no request waiting for it after {} s, {} failed",
+                "{:<13} leave: server {} {} at {:.0} s, no request waiting for it after {} s, {} failed",
                 "",
                 l.server,
                 if l.crash { "crashed" } else { "drained" },

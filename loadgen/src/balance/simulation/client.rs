@@ -1,6 +1,6 @@
 //! The simulated clients: each holds a pool of at most `max_slots` connections, a FIFO of
 //! requests waiting for an idle connection, and the per-client state the baselines need (a
-//! round-robin cursor, outstanding requests per server for P2C).
+//! round-robin cursor, outstanding requests per server for the routers that compare loads).
 //!
 //! Why this shape: every pool decision (which idle connection to lease, whether a rover
 //! connection replaces the worst, each connection's lifetime, the slow penalty, retirement)
@@ -29,7 +29,8 @@ pub struct Clients {
     waiting: Vec<VecDeque<u32>>,
     /// Round-robin position per client (see [`super::router`]).
     pub cursor: Vec<u32>,
-    /// Outstanding requests per (client, server), for P2C; empty for other policies.
+    /// Outstanding requests per (client, server), for the routers that compare loads (P2C,
+    /// P2C-peak-EWMA, least-request); empty for other policies.
     pub outstanding: Vec<u16>,
 }
 

@@ -18,7 +18,7 @@ use super::server::Servers;
 use crate::balance::metrics::Metrics;
 use crate::balance::model::SimConfig;
 use crate::balance::model::router;
-use crate::balance::model::{Policy, PoolRules};
+use crate::balance::model::{Policy, PoolRules, ServiceDist};
 use crate::balance::report::{LeftServer, RunEnd, SimReport};
 
 const NS: f64 = 1e9;
@@ -34,6 +34,20 @@ enum ReqState {
     InService,
     /// Failed by a crash while in service: its completion event is ignored.
     Dead,
+    /// Served (or connected); the response is on its way back to the client (`--rtt`).
+    Returning,
+    /// At the fail-fast server, about to be answered with an error; holds no worker.
+    Failing,
+}
+
+/// What a [`Req`] stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// A client's request.
+    Request,
+    /// A rover's new connection being accepted (`--connect-cost`) or on its way to the
+    /// client (`--rtt`); `conn` holds its slot.
+    Connect,
 }
 
 /// One request (40 bytes: what an event touches is in one cache line).
@@ -51,12 +65,31 @@ struct Req {
     conn: u32,
     server: u32,
     state: ReqState,
+    work: Work,
 }
 
 /// Draws an exponential variate with the given mean, by inversion.
 #[inline]
 fn exp(rng: &mut SmallRng, mean: f64) -> f64 {
     -mean * (1.0 - rng.random::<f64>()).ln()
+}
+
+/// Draws a service demand of `dist` with the given mean (`shape`: σ for lognormal, α for
+/// Pareto): lognormal by Box–Muller with μ = ln(mean) − σ²/2; Pareto by inversion with scale
+/// mean·(α−1)/α.
+fn service(rng: &mut SmallRng, mean: f64, dist: ServiceDist, shape: f64) -> f64 {
+    match dist {
+        ServiceDist::Exp => exp(rng, mean),
+        ServiceDist::Lognormal => {
+            let (u1, u2) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+            let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            (mean.ln() - shape * shape / 2.0 + shape * z).exp()
+        }
+        ServiceDist::Pareto => {
+            let scale = mean * (shape - 1.0) / shape;
+            scale / (1.0 - rng.random::<f64>()).powf(1.0 / shape)
+        }
+    }
 }
 
 /// One simulation run.
@@ -72,6 +105,8 @@ struct Sim<'a> {
     rng_service: SmallRng,
     rng_rover: SmallRng,
     rng_route: SmallRng,
+    /// Whether each request at the fail-fast server fails.
+    rng_fail: SmallRng,
     m: Metrics,
     now: u64,
     measure_start: u64,
@@ -79,6 +114,18 @@ struct Sim<'a> {
     mean_interarrival: f64,
     service_ns: f64,
     roving_ns: u64,
+    /// `--rtt`, ns.
+    rtt_ns: u64,
+    /// `--connect-cost`, ns.
+    connect_ns: f64,
+    /// `--fail-fast-time`, ns.
+    fail_ns: u64,
+    /// Connections opened per server in the measured window.
+    connects: Vec<u64>,
+    /// Requests arriving in the measured window that were answered with an error.
+    errors: u64,
+    /// Per (client, server), the client's peak-EWMA response time (p2c-peak-ewma only).
+    ewma: Vec<router::PeakEwma>,
     /// Connections that left a pool, reused between rover ticks and leaves.
     closing: Vec<Left>,
     events: u64,
@@ -124,7 +171,16 @@ impl<'a> Sim<'a> {
             .sum();
         let rate = cfg.load * capacity;
         let seed = cfg.seed;
-        let p2c_servers = if cfg.policy == Policy::P2c { s } else { 0 };
+        let p2c_servers = if cfg.policy.counts_outstanding() {
+            s
+        } else {
+            0
+        };
+        let ewma_len = if cfg.policy == Policy::P2cPeakEwma {
+            cfg.clients * s
+        } else {
+            0
+        };
         let warmup = (cfg.warmup_s * NS) as u64;
         Sim {
             cfg,
@@ -138,6 +194,7 @@ impl<'a> Sim<'a> {
             rng_service: SmallRng::seed_from_u64(seed ^ 0x5E4F_0002),
             rng_rover: SmallRng::seed_from_u64(seed ^ 0x40FE_0003),
             rng_route: SmallRng::seed_from_u64(seed ^ 0x4047_0004),
+            rng_fail: SmallRng::seed_from_u64(seed ^ 0xFA11_0005),
             m: Metrics::new(s),
             now: 0,
             measure_start: warmup,
@@ -149,6 +206,12 @@ impl<'a> Sim<'a> {
             },
             service_ns,
             roving_ns: ((cfg.roving_interval_ms * 1e6) as u64).max(1),
+            rtt_ns: (cfg.model.rtt_ms * 1e6) as u64,
+            connect_ns: cfg.model.connect_cost_ms * 1e6,
+            fail_ns: ((cfg.model.fail_fast_ms * 1e6) as u64).max(1),
+            connects: vec![0; s],
+            errors: 0,
+            ewma: vec![router::PeakEwma::default(); ewma_len],
             closing: Vec::new(),
             events: 0,
             last_swap: None,
@@ -249,8 +312,14 @@ impl<'a> Sim<'a> {
     }
 
     fn new_request(&mut self, client: u32) -> u32 {
-        let service = exp(&mut self.rng_service, self.service_ns);
-        let req = Req {
+        let m = &self.cfg.model;
+        let service = service(
+            &mut self.rng_service,
+            self.service_ns,
+            m.service_dist,
+            m.service_shape,
+        );
+        self.new_req(Req {
             arrival: self.now,
             sent: 0,
             service,
@@ -258,7 +327,11 @@ impl<'a> Sim<'a> {
             conn: NO_CONN,
             server: 0,
             state: ReqState::AtClient,
-        };
+            work: Work::Request,
+        })
+    }
+
+    fn new_req(&mut self, req: Req) -> u32 {
         if let Some(id) = self.req_free.pop() {
             self.reqs[id as usize] = req;
             id
@@ -291,7 +364,7 @@ impl<'a> Sim<'a> {
                 self.free_request(r);
                 return;
             };
-            if self.cfg.policy == Policy::P2c {
+            if self.cfg.policy.counts_outstanding() {
                 self.clients.outstanding[c as usize * self.cfg.servers + s as usize] += 1;
             }
             self.send(r, s);
@@ -312,9 +385,14 @@ impl<'a> Sim<'a> {
             .outstanding
             .get(c * self.cfg.servers..)
             .unwrap_or(&[]);
+        let ewma = self.ewma.get(c * self.cfg.servers..).unwrap_or(&[]);
         let cursor = &mut self.clients.cursor[c];
-        let i = router::pick(self.cfg.policy, members.len(), cursor, rng, |i| {
-            u32::from(outstanding.get(members[i] as usize).copied().unwrap_or(0))
+        let (policy, now) = (self.cfg.policy, self.now);
+        let none = router::PeakEwma::default();
+        let i = router::pick(policy, members.len(), cursor, rng, |i| {
+            let s = members[i] as usize;
+            let pending = u32::from(outstanding.get(s).copied().unwrap_or(0));
+            router::load(policy, pending, ewma.get(s).unwrap_or(&none), now)
         })?;
         Some(members[i])
     }
@@ -336,6 +414,18 @@ impl<'a> Sim<'a> {
         if self.in_window() {
             self.m.count(s);
         }
+        let ff = &self.cfg.model;
+        if ff.fail_fast_server == Some(si) && self.rng_fail.random::<f64>() < ff.fail_fast_share {
+            self.reqs[ri].state = ReqState::Failing;
+            self.q.push(self.now + self.fail_ns, r);
+            return;
+        }
+        self.enqueue(r, s);
+    }
+
+    /// Request (or connect) `r` takes a worker of server `s`, or queues for one.
+    fn enqueue(&mut self, r: u32, s: u32) {
+        let (ri, si) = (r as usize, s as usize);
         self.servers.load_up(s);
         if self.servers.busy[si] < self.servers.workers {
             self.servers.busy[si] += 1;
@@ -348,23 +438,32 @@ impl<'a> Sim<'a> {
 
     fn start(&mut self, r: u32, s: u32) {
         self.reqs[r as usize].state = ReqState::InService;
-        let d = self.reqs[r as usize].service * self.servers.slowdown[s as usize];
+        let d = match self.reqs[r as usize].work {
+            Work::Request => self.reqs[r as usize].service * self.servers.slowdown[s as usize],
+            Work::Connect => self.reqs[r as usize].service,
+        };
         self.q.push(self.now + (d as u64).max(1), r);
     }
 
+    /// An event of request (or connect) `r`: its service ends, its error is answered, or
+    /// its response reaches the client.
     fn complete(&mut self, r: u32) {
         let ri = r as usize;
         let s = self.reqs[ri].server;
         let si = s as usize;
-        if self.reqs[ri].state == ReqState::Dead {
-            self.free_request(r);
-            return;
-        }
-        if self.reqs[ri].arrival >= self.measure_start {
-            let _ = self
-                .m
-                .latency
-                .record((self.now - self.reqs[ri].arrival).max(1));
+        match self.reqs[ri].state {
+            ReqState::Dead => {
+                self.free_request(r);
+                return;
+            }
+            ReqState::Failing => {
+                if self.reqs[ri].arrival >= self.measure_start {
+                    self.errors += 1;
+                }
+                return self.respond(r, false);
+            }
+            ReqState::Returning => return self.respond(r, true),
+            _ => {}
         }
         if let Some(next) = self.servers.queue[si].pop_front() {
             self.start(next, s);
@@ -375,14 +474,37 @@ impl<'a> Sim<'a> {
         if !self.servers.active[si] && self.drained_at.is_none() && self.servers.load(si) == 0 {
             self.drained_at = Some(self.now);
         }
-        let c = self.reqs[ri].client as usize;
-        let conn = self.reqs[ri].conn;
-        let response = self.now - self.reqs[ri].sent;
+        if self.rtt_ns > 0 {
+            self.reqs[ri].state = ReqState::Returning;
+            self.q.push(self.now + self.rtt_ns, r);
+        } else {
+            self.respond(r, true);
+        }
+    }
+
+    /// The response to `r` reaches its client now (`ok`: a success, else an error): the
+    /// latency is recorded (successes only), the connection given back, the router's counts
+    /// and averages updated. A connect instead joins the rover's offer.
+    fn respond(&mut self, r: u32, ok: bool) {
+        let ri = r as usize;
+        let req = self.reqs[ri];
         self.free_request(r);
-        if conn != NO_CONN {
-            self.give_back(c, conn, Some(response));
-        } else if self.cfg.policy == Policy::P2c {
+        let (c, si) = (req.client as usize, req.server as usize);
+        if req.work == Work::Connect {
+            return self.connected(c, req.server, req.conn);
+        }
+        if ok && req.arrival >= self.measure_start {
+            let _ = self.m.latency.record((self.now - req.arrival).max(1));
+        }
+        // Errors teach the latency averages too: a client sees a fast answer either way.
+        let response = self.now - req.sent;
+        if req.conn != NO_CONN {
+            self.give_back(c, req.conn, Some(response));
+        } else if self.cfg.policy.counts_outstanding() {
             self.clients.outstanding[c * self.cfg.servers + si] -= 1;
+            if let Some(e) = self.ewma.get_mut(c * self.cfg.servers + si) {
+                e.observe(self.now, response as f64);
+            }
         }
     }
 
@@ -427,6 +549,38 @@ impl<'a> Sim<'a> {
         }
         let s = self.servers.members[self.rng_rover.random_range(0..n)];
         let slot = self.servers.acquire_slot(s as usize);
+        if self.in_window() {
+            self.connects[s as usize] += 1;
+        }
+        if self.connect_ns <= 0.0 && self.rtt_ns == 0 {
+            return self.connected(c, s, slot);
+        }
+        // The connection reaches the pool once accepted (a worker's work) and back.
+        let r = self.new_req(Req {
+            arrival: now,
+            sent: now,
+            service: self.connect_ns,
+            client: c as u32,
+            conn: slot,
+            server: s,
+            state: ReqState::Returning,
+            work: Work::Connect,
+        });
+        if self.connect_ns > 0.0 {
+            self.enqueue(r, s);
+        } else {
+            self.q.push(now + self.rtt_ns, r);
+        }
+    }
+
+    /// Client `c`'s rover connection to `s` with `slot` is ready: it is offered to the pool
+    /// (refused or closed at once if `s` left meanwhile).
+    fn connected(&mut self, c: usize, s: u32, slot: u32) {
+        let now = self.now;
+        if !self.servers.active[s as usize] {
+            self.servers.release_slot(s as usize, slot);
+            return;
+        }
         match self.clients.offer(c, s, slot, now, &mut self.rng_rover) {
             Admission::Refused => {
                 self.servers.release_slot(s as usize, slot);
@@ -464,6 +618,16 @@ impl<'a> Sim<'a> {
                 {
                     continue;
                 }
+                if self.reqs[ri].work == Work::Connect {
+                    // A connection being accepted dies with its server.
+                    self.servers.release_slot(s as usize, self.reqs[ri].conn);
+                    if state == ReqState::InService {
+                        self.reqs[ri].state = ReqState::Dead;
+                    } else {
+                        self.free_request(r);
+                    }
+                    continue;
+                }
                 self.failed += 1;
                 let c = self.reqs[ri].client as usize;
                 let conn = self.reqs[ri].conn;
@@ -475,7 +639,7 @@ impl<'a> Sim<'a> {
                 if conn != NO_CONN {
                     // A failed request: no response time to learn from.
                     self.give_back(c, conn, None);
-                } else if self.cfg.policy == Policy::P2c {
+                } else if self.cfg.policy.counts_outstanding() {
                     self.clients.outstanding[c * self.cfg.servers + s as usize] -= 1;
                 }
             }
@@ -516,6 +680,13 @@ impl<'a> Sim<'a> {
             last_swap_s: self.last_swap.map(|t| t as f64 / NS),
             swaps_in_window: self.swaps_in_window,
             events: self.events,
+            errors: self.errors,
+            connects_per_s: self
+                .servers
+                .members
+                .iter()
+                .map(|&s| self.connects[s as usize] as f64 / cfg.duration_s)
+                .collect(),
         };
         SimReport::build(cfg, self.m, end)
     }
@@ -524,4 +695,32 @@ impl<'a> Sim<'a> {
 /// Runs one simulation to completion.
 pub fn simulate(cfg: &SimConfig) -> SimReport {
     Sim::new(cfg).run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_distribution_has_the_asked_mean() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let n = 400_000;
+        for (dist, shape, tolerance) in [
+            (ServiceDist::Exp, 1.0, 0.01),
+            (ServiceDist::Lognormal, 1.0, 0.02),
+            (ServiceDist::Pareto, 2.5, 0.03),
+        ] {
+            let draws: Vec<f64> = (0..n)
+                .map(|_| service(&mut rng, 10.0, dist, shape))
+                .collect();
+            let mean = draws.iter().sum::<f64>() / n as f64;
+            assert!(
+                (mean - 10.0).abs() < 10.0 * tolerance,
+                "{dist:?}: mean {mean}"
+            );
+            assert!(draws.iter().all(|&d| d > 0.0 && d.is_finite()));
+        }
+        // Pareto never goes below its scale, mean·(α−1)/α.
+        assert!((0..1000).all(|_| service(&mut rng, 10.0, ServiceDist::Pareto, 2.5) >= 6.0));
+    }
 }

@@ -8,7 +8,11 @@
 //! interval, random phase) and a pool of at most `max_slots` connections; requests arrive as
 //! one Poisson stream spread uniformly over clients. Under the Callosum policies a request
 //! leases the lowest-slot idle connection of its client's pool and waits at the client if none
-//! is idle; under the baselines the client picks a server per request. Zero network delay.
+//! is idle; under the baselines the client picks a server per request. By default there is
+//! no network delay, connects are free and service is exponential; the richer model
+//! ([`ModelOptions`]: `--rtt`, `--connect-cost`, `--service-dist`, `--fail-fast-server`)
+//! adds a round trip to every request and connect, server work per connect, heavier-tailed
+//! service, and a server that answers errors at once.
 //! Everything is driven by seeded generators: the same configuration gives byte-identical
 //! JSON. Metric definitions are in [`metrics`](crate::balance::metrics) and `docs/balance.md`.
 //!
@@ -34,7 +38,8 @@ use serde::Serialize;
 pub use engine::simulate;
 
 use crate::balance::model::{
-    ClusterArgs, Policy, PoolRules, SimConfig, SimError, Timing, write_json,
+    ClusterArgs, ModelOptions, Policy, PoolRules, ServiceDist, SimConfig, SimError, Timing,
+    write_json,
 };
 use crate::balance::report::summary::{self, PolicySummary};
 use crate::balance::report::{self, SimReport, plot};
@@ -88,6 +93,32 @@ pub struct SimulateArgs {
     /// pool's mean counts as one more request in flight.
     #[arg(long, default_value_t = 1.5)]
     pub slow_threshold: f32,
+    /// Network round trip added to every request (all of it on the response) and to every
+    /// connect.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub rtt: Duration,
+    /// Server work per new connection: occupies one of the server's workers (queued with
+    /// the requests); the connection reaches the pool once it is done.
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub connect_cost: Duration,
+    /// Distribution of service demands, all with the mean --service-time.
+    #[arg(long, value_enum, default_value_t = ServiceDist::Exp)]
+    pub service_dist: ServiceDist,
+    /// Shape σ of the lognormal service distribution.
+    #[arg(long, default_value_t = 1.0)]
+    pub service_sigma: f64,
+    /// Tail index α (> 1) of the Pareto service distribution.
+    #[arg(long, default_value_t = 2.5)]
+    pub service_alpha: f64,
+    /// This server (id) answers --fail-fast-share of its requests at once with an error.
+    #[arg(long, value_name = "ID")]
+    pub fail_fast_server: Option<usize>,
+    /// Share of the fail-fast server's requests that fail.
+    #[arg(long, default_value_t = 1.0)]
+    pub fail_fast_share: f64,
+    /// How long a failing request takes (it holds no worker).
+    #[arg(long, default_value = "0.1ms", value_parser = duration)]
+    pub fail_fast_time: Duration,
     /// Seeds to run for every policy (--seed, --seed + 1, ...); with more than one, the
     /// table and the JSON give each figure's mean, 95 % interval and range over them.
     #[arg(long, default_value_t = 1, value_parser = count)]
@@ -127,16 +158,37 @@ impl SimulateArgs {
         PoolRules::of_policy(&improved, self.roving_interval)
     }
 
+    /// The richer model these options describe.
+    pub fn model(&self) -> ModelOptions {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        ModelOptions {
+            rtt_ms: ms(self.rtt),
+            connect_cost_ms: ms(self.connect_cost),
+            service_dist: self.service_dist,
+            service_shape: match self.service_dist {
+                ServiceDist::Exp => 1.0,
+                ServiceDist::Lognormal => self.service_sigma,
+                ServiceDist::Pareto => self.service_alpha,
+            },
+            fail_fast_server: self.fail_fast_server,
+            fail_fast_share: self.fail_fast_share,
+            fail_fast_ms: ms(self.fail_fast_time),
+        }
+    }
+
     /// The run of `policy` these options describe.
     pub fn config(&self, policy: Policy) -> SimConfig {
-        SimConfig::new(
-            &self.cluster,
-            self.timing(),
-            policy,
-            self.rules(),
-            self.no_queue,
-            self.crash,
-        )
+        SimConfig {
+            model: self.model(),
+            ..SimConfig::new(
+                &self.cluster,
+                self.timing(),
+                policy,
+                self.rules(),
+                self.no_queue,
+                self.crash,
+            )
+        }
     }
 }
 
