@@ -65,8 +65,8 @@ use super::policy::{DEFAULT_MAX_AGE_INTERVALS, PoolPolicy};
 /// faster than the rover can replace them. One interval per place, not more: with soft
 /// expiry an expired connection keeps serving until replaced, so the floor only has to
 /// keep the replacements possible, and a longer age slows the rotation that evens the
-/// long-run rates (at 100 servers and 8 places, 16 intervals gave a rate max/mean up to
-/// 1.066, 10 intervals up to 1.054; `docs/balance.md`).
+/// long-run rates (at 100 servers and 8 places, 16 intervals gave a rate max/mean of 1.064
+/// on average over seeds, 10 intervals 1.051; `docs/balance.md`).
 pub const MAX_AGE_FLOOR_INTERVALS_PER_SLOT: u32 = 1;
 
 /// The least maximum age for a pool of `max_slots` fed every `roving_interval`:
