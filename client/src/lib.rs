@@ -60,8 +60,9 @@
 //! The default is the original `callosum-client-tcp` rules ([`PoolPolicy::original`]), for
 //! compatibility: lease the lowest slot, replace the highest slot only with a strictly
 //! lower one, keep connections until replaced. [`PoolPolicy::improved`] is the improved
-//! Callosum policy measured in `docs/balance.md`: connections retire after a random
-//! lifetime around a maximum age (10 roving intervals), a newcomer with an equal slot also
+//! Callosum policy measured in `docs/balance.md`: connections are replaced after a random
+//! lifetime around a maximum age (10 roving intervals, at least one per pool place; an
+//! expired connection serves until the next rover connection takes its place), a newcomer with an equal slot also
 //! replaces the worst, and a lease goes to the idle connection whose server has the fewest
 //! of this client's leases (a connection answering ≥ 1.5 × slower than the pool's mean
 //! counting as one more), then the lowest slot, equal slots at random. Long-run request

@@ -49,9 +49,10 @@ fn the_maximum_age_is_settled_as_the_roving_client_settles_it() {
             .map(|age| age.as_nanos() as u64)
     };
     let s = Duration::from_secs;
-    // The defaults (P = 8, R = 1 s): the client's default, max(10 R, 2 P R).
+    // The defaults (P = 8, R = 1 s): the client's default, max(10 R, P R).
     assert_eq!(settled(&[]), client(8, s(1)));
-    assert_eq!(settled(&[]), Some(16_000_000_000));
+    assert_eq!(settled(&[]), Some(10_000_000_000));
+    assert_eq!(settled(&["--pool-size", "16"]), Some(16_000_000_000));
     assert_eq!(settled(&["--pool-size", "2"]), client(2, s(1)));
     assert_eq!(settled(&["--pool-size", "2"]), Some(10_000_000_000));
     assert_eq!(
@@ -62,8 +63,8 @@ fn the_maximum_age_is_settled_as_the_roving_client_settles_it() {
     assert_eq!(settled(&["--max-age", "30s"]), Some(30_000_000_000));
     assert_eq!(
         settled(&["--max-age", "5s"]),
-        Some(16_000_000_000),
-        "raised to 2 P R"
+        Some(8_000_000_000),
+        "raised to P R"
     );
     assert_eq!(settled(&["--max-age", "0"]), None);
     // The rules convert to the client's policy and back.

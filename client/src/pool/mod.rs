@@ -1,21 +1,21 @@
 //! The dual-heap pool (the original `callosum-client-tcp`): keeps at most `max_slots`
 //! connections, leases the idle one with the lowest slot, and lets a lower-slot newcomer
 //! replace the highest-slot one. Under [`PoolPolicy::improved`] it follows the improved
-//! Callosum policy instead (`docs/balance.md`): connections retire by age, a newcomer with
-//! an equal slot also replaces the worst, and a lease goes to the idle connection whose
+//! Callosum policy instead (`docs/balance.md`): connections expire by age (an expired one stays
+//! until the next newcomer replaces it, whatever the slots), a newcomer with an equal slot also replaces the worst, and a lease goes to the idle connection whose
 //! server has the fewest of this pool's leases (a slow connection counting as more), then
 //! the lowest slot, equal slots at random.
 //!
 //! One `Mutex` guards the state: the [`decide::Book`], which makes every decision (a slab
 //! of entries and indexed heaps: idle by lowest slot to lease, held by highest slot to find
-//! the worst, and under a maximum age by expiry to retire), and the idle connections by the
+//! the worst, and under a maximum age by expiry to replace), and the idle connections by the
 //! book's entry ids. Under the original rules offer, lease and return are O(log n); the
 //! improved rules rank idle connections by a cost that changes with every lease, so they
 //! lease by a scan of the idle entries: O(P), see `decide` for why that is the right trade
 //! at pool sizes. A leased connection lives in its [`Lease`], not under the lock, so using
 //! it takes no lock, and the liveness check (a syscall for sockets) runs outside the lock.
 //! An evicted leased connection is flagged in its entry and closed when the lease ends (the
-//! original's "deadpool"); so is one retired by age.
+//! original's "deadpool"); so is an expired one a newcomer replaced while it was leased.
 //!
 //! The pool learns each connection's server from [`Pool::offer_from`] as a [`ServerKey`]
 //! (an opaque number: the roving client numbers its servers), which is all "leases at the
@@ -320,19 +320,13 @@ impl<C: Liveness> Pool<C> {
         self.shared.lock().held_per_server()
     }
 
-    /// Retires the connections whose lifetime ended by `now` (under
-    /// [`PoolPolicy::max_age`]; nothing otherwise): an idle one is closed at once, a leased
-    /// one leaves the pool now and is closed when its lease ends. The pool then has room for
-    /// the next offer whatever its slot. Returns how many left the pool. O(log n) per
-    /// retired connection. The roving client calls it at each rover tick, before offering.
-    pub fn retire_expired(&self, now: Instant) -> usize {
-        let mut closing = Vec::new();
-        let retired = self.shared.lock().retire(now, &mut closing);
-        drop(closing); // closed outside the lock
-        if retired > 0 {
-            tracing::debug!(retired, "retired connections past their maximum age");
-        }
-        retired
+    /// How many connections past their lifetime (under [`PoolPolicy::max_age`]) newcomers
+    /// replaced since the last call. Soft expiry: an expired connection stays in the pool,
+    /// idle or leased, until the next offer takes its place whatever the two slots; it
+    /// leaves then like any replaced connection ([`Offer::Replaced`]). So the pool never
+    /// shrinks by age. The roving client reads it at each rover tick for its counters.
+    pub fn take_retired(&self) -> usize {
+        self.shared.lock().retired()
     }
 }
 

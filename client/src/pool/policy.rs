@@ -81,9 +81,9 @@ impl SlowPenalty {
 pub(crate) enum MaxAge {
     /// Never retired (the original).
     Off,
-    /// [`DEFAULT_MAX_AGE_INTERVALS`] roving intervals, at least 2 × `max_slots` intervals.
+    /// [`DEFAULT_MAX_AGE_INTERVALS`] roving intervals, at least `max_slots` intervals.
     Auto,
-    /// This age (at least 2 × `max_slots` roving intervals under a roving client).
+    /// This age (at least `max_slots` roving intervals under a roving client).
     Fixed(Duration),
 }
 
@@ -126,7 +126,7 @@ impl PoolPolicy {
     /// The improved Callosum policy (`docs/balance.md`): every rule below on, with the
     /// measured settings. 100 slots.
     ///
-    /// - [`max_age`](Self::max_age): 10 roving intervals, never below 2 × `max_slots`
+    /// - [`max_age`](Self::max_age): 10 roving intervals, never below `max_slots`
     ///   intervals (a pool without a roving client assumes a 1 s interval);
     /// - [`slow_penalty`](Self::slow_penalty): weight 0.2, threshold 1.5;
     /// - [`least_outstanding`](Self::least_outstanding), [`random_tie_break`](Self::random_tie_break)
@@ -185,13 +185,12 @@ impl PoolPolicy {
         self
     }
 
-    /// Retire connections by age: each kept connection gets a lifetime drawn uniformly in
-    /// [A/2, 3A/2) so retirements do not synchronise;
-    /// [`Pool::retire_expired`](crate::Pool::retire_expired), called by the roving client at
-    /// each rover tick, closes an expired idle connection at once and a leased one when its
-    /// lease ends.
-    /// Under a roving client, A is raised to at least 2 × `max_slots` roving intervals, or
-    /// pools could not refill. `None`: never (the original, the default).
+    /// Replace connections by age: each kept connection gets a lifetime drawn uniformly in
+    /// [A/2, 3A/2) so expiries do not synchronise. An expired connection stays in the pool
+    /// (soft expiry) and the next offer replaces it whatever the two slots (an idle one is
+    /// closed then, a leased one when its lease ends), so the pool never shrinks by age.
+    /// Under a roving client, A is raised to at least `max_slots` roving intervals: the
+    /// rover brings one newcomer per interval, so a shorter age could not be honoured. `None`: never (the original, the default).
     pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
         self.max_age = max_age.map_or(MaxAge::Off, MaxAge::Fixed);
         self
@@ -234,7 +233,7 @@ impl PoolPolicy {
     /// The maximum age A this policy gives a pool fed every `roving_interval`: `None` when
     /// connections are never retired; else the configured age, or
     /// [`decide::default_max_age`] (10 intervals) for [`improved`](Self::improved)'s default,
-    /// raised to at least [`decide::max_age_floor`] (2 × `max_slots` intervals).
+    /// raised to at least [`decide::max_age_floor`] (`max_slots` intervals).
     pub fn max_age_for(&self, roving_interval: Duration) -> Option<Duration> {
         match self.max_age {
             MaxAge::Off => None,
@@ -246,7 +245,7 @@ impl PoolPolicy {
     }
 
     /// The maximum age A a pool built with this policy uses: as configured, or for the
-    /// improved default, 10 × [`ASSUMED_ROVING_INTERVAL`] (at least 2 × `max_slots` of it).
+    /// improved default, 10 × [`ASSUMED_ROVING_INTERVAL`] (at least `max_slots` of it).
     /// A roving client's pool reports the age settled from its roving interval.
     pub fn get_max_age(&self) -> Option<Duration> {
         match self.max_age {
@@ -263,7 +262,7 @@ impl PoolPolicy {
                 MaxAge::Fixed(asked) if asked < age => tracing::warn!(
                     ?asked,
                     raised_to = ?age,
-                    "max_age raised to 2 × max_slots roving intervals so pools can refill"
+                    "max_age raised to max_slots roving intervals, one newcomer per interval"
                 ),
                 _ => {}
             }
@@ -312,15 +311,15 @@ mod tests {
     }
 
     #[test]
-    fn max_age_defaults_to_ten_intervals_never_below_two_per_slot() {
+    fn max_age_defaults_to_ten_intervals_never_below_one_per_slot() {
         let ms = Duration::from_millis;
-        let p = PoolPolicy::improved().max_slots(4);
-        assert_eq!(p.max_age_for(ms(100)), Some(ms(1000)));
         let p = PoolPolicy::improved().max_slots(8);
+        assert_eq!(p.max_age_for(ms(100)), Some(ms(1000)));
+        let p = PoolPolicy::improved().max_slots(16);
         assert_eq!(p.max_age_for(ms(100)), Some(ms(1600)));
         let fixed = PoolPolicy::improved().max_slots(4).max_age(Some(ms(100)));
         assert_eq!(fixed.max_age_for(ms(10)), Some(ms(100)));
-        assert_eq!(fixed.max_age_for(ms(100)), Some(ms(800)));
+        assert_eq!(fixed.max_age_for(ms(100)), Some(ms(400)));
         assert_eq!(fixed.get_max_age(), Some(ms(100)));
         let off = PoolPolicy::improved().max_age(None);
         assert_eq!(off.max_age_for(ms(100)), None);

@@ -146,17 +146,9 @@ impl<C> Inner<C> {
         })
     }
 
-    /// Takes every connection expired at `now` out of the pool: idle ones are handed back
-    /// (to close outside the lock), leased ones close when their lease ends. Returns how
-    /// many left the pool.
-    pub(super) fn retire(&mut self, now: Instant, closing: &mut Vec<C>) -> usize {
-        let now = self.nanos(now);
-        let Self { book, conns, .. } = self;
-        book.retire(now, |left| {
-            if left.was_idle {
-                closing.extend(conns.get_mut(left.id as usize).and_then(Option::take));
-            }
-        })
+    /// How many expired connections newcomers replaced since the last call.
+    pub(super) fn retired(&mut self) -> usize {
+        self.book.retired()
     }
 
     /// The slots of the held connections, lowest first.

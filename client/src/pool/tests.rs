@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use proptest::prelude::*;
-use tokio::time::Instant;
 
 use super::*;
 
@@ -392,10 +391,10 @@ async fn a_slow_connection_counts_as_one_more_lease() {
     assert!((ewmas[1].1 - 0.0008).abs() < 1e-6, "{ewmas:?}");
 }
 
-#[test]
-fn retire_closes_an_expired_idle_connection_and_a_leased_one_on_return() {
+#[tokio::test(start_paused = true)]
+async fn an_expired_connection_stays_until_a_newcomer_replaces_it_whatever_its_slot() {
     let age = Duration::from_secs(10);
-    let policy = PoolPolicy::original().max_slots(3).max_age(Some(age));
+    let policy = PoolPolicy::original().max_slots(2).max_age(Some(age));
     let pool = Pool::with_policy(policy).expect("valid");
     let (idle, leased) = (Fake::new(1), Fake::new(2));
     let ((_, idle_closed), (_, leased_closed)) = (idle.probes(), leased.probes());
@@ -403,31 +402,47 @@ fn retire_closes_an_expired_idle_connection_and_a_leased_one_on_return() {
     keep(&pool, 2, idle);
     let lease = pool.get().expect("idle");
     assert_eq!(lease.id, 2);
-    // Lifetimes are in [5 s, 15 s): nothing expired yet, everything by 15 s.
-    assert_eq!(pool.retire_expired(Instant::now()), 0);
-    assert_eq!(pool.retire_expired(Instant::now() + age / 2 * 3), 2);
-    assert!(idle_closed.load(Ordering::Relaxed), "idle: closed now");
+    // Lifetimes are in [5 s, 15 s): by 15 s both expired, yet both stay in the pool.
+    tokio::time::advance(age / 2 * 3).await;
+    assert_eq!(
+        (pool.len(), pool.idle_len(), pool.take_retired()),
+        (2, 1, 0)
+    );
+    assert!(
+        !idle_closed.load(Ordering::Relaxed),
+        "expired, still pooled"
+    );
+    // Each newcomer replaces one expired connection, though its slot is worse.
+    for _ in 0..2 {
+        assert!(matches!(
+            pool.offer(9, Fake::new(9)),
+            Offer::Replaced { .. }
+        ));
+    }
+    assert_eq!((pool.len(), pool.take_retired()), (2, 2));
+    assert!(
+        idle_closed.load(Ordering::Relaxed),
+        "idle: closed when replaced"
+    );
     assert!(
         !leased_closed.load(Ordering::Relaxed),
         "leased: still in use"
     );
-    assert_eq!((pool.len(), pool.idle_len()), (0, 0));
     drop(lease);
     assert!(leased_closed.load(Ordering::Relaxed), "closed on return");
     assert_eq!(
         (pool.len(), pool.idle_len()),
-        (0, 0),
+        (2, 2),
         "never back in the pool"
     );
-    // The pool has room again: a worse slot is kept.
-    keep(&pool, 9, Fake::new(9));
-    // Without a maximum age nothing ever retires.
+    // The newcomers have not expired: slots decide again.
+    assert!(matches!(pool.offer(9, Fake::new(10)), Offer::Rejected(_)));
+    // Without a maximum age nothing ever expires.
     let forever = Pool::new(1).expect("valid");
     keep(&forever, 1, Fake::new(1));
-    assert_eq!(
-        forever.retire_expired(Instant::now() + Duration::from_secs(1 << 40)),
-        0
-    );
+    tokio::time::advance(Duration::from_secs(1 << 40)).await;
+    assert!(matches!(forever.offer(9, Fake::new(2)), Offer::Rejected(_)));
+    assert_eq!(forever.take_retired(), 0);
 }
 
 #[test]
@@ -608,8 +623,8 @@ enum ImprovedOp {
     Get,
     Return(usize),
     Discard(usize),
-    /// Retire at now (nothing is due) or far ahead (everything is).
-    Retire(bool),
+    /// Read the count of expired connections replaced (none: nothing expires in the test).
+    Retire,
 }
 
 fn improved_op() -> impl Strategy<Value = ImprovedOp> {
@@ -618,7 +633,7 @@ fn improved_op() -> impl Strategy<Value = ImprovedOp> {
         3 => Just(ImprovedOp::Get),
         2 => (0usize..8).prop_map(ImprovedOp::Return),
         1 => (0usize..8).prop_map(ImprovedOp::Discard),
-        1 => any::<bool>().prop_map(ImprovedOp::Retire),
+        1 => Just(ImprovedOp::Retire),
     ]
 }
 
@@ -654,11 +669,9 @@ proptest! {
                 ImprovedOp::Return(i) if i < leases.len() => drop(leases.swap_remove(i)),
                 ImprovedOp::Discard(i) if i < leases.len() => leases.swap_remove(i).discard(),
                 ImprovedOp::Return(_) | ImprovedOp::Discard(_) => {}
-                ImprovedOp::Retire(far) => {
-                    let at = if far { Instant::now() + age * 2 } else { Instant::now() };
-                    let held = pool.len();
-                    let retired = pool.retire_expired(at);
-                    prop_assert_eq!(retired, if far { held } else { 0 });
+                ImprovedOp::Retire => {
+                    // Nothing expires within the test (lifetimes of 30 minutes or more).
+                    prop_assert_eq!(pool.take_retired(), 0);
                 }
             }
             let (len, idle) = (pool.len(), pool.idle_len());
@@ -712,7 +725,7 @@ proptest! {
                 }
                 ImprovedOp::Return(i) if i < leases.len() => drop(leases.swap_remove(i)),
                 ImprovedOp::Discard(i) if i < leases.len() => leases.swap_remove(i).discard(),
-                ImprovedOp::Return(_) | ImprovedOp::Discard(_) | ImprovedOp::Retire(_) => {}
+                ImprovedOp::Return(_) | ImprovedOp::Discard(_) | ImprovedOp::Retire => {}
             }
         }
     }
@@ -753,7 +766,7 @@ fn concurrent_use(pool: Pool<Fake>) {
                                 drop(pool.offer_from(server, (i * 7 + t) % 32, Fake::new(i)));
                             }
                             2 if i % 8 == 2 => {
-                                pool.retire_expired(Instant::now());
+                                pool.take_retired();
                             }
                             2 => drop(pool.get()),
                             _ => {

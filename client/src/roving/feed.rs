@@ -1,8 +1,9 @@
 //! The task that takes the rover's events into the pool, the counters and the last
 //! failure.
 //!
-//! Each event is one rover tick: it first retires the pool's connections past their
-//! maximum age (improved policy only), then offers a new connection to the pool (after a
+//! Each event is one rover tick: it counts the expired connections the pool's offers
+//! replaced (improved policy only: an expired connection stays until a newcomer takes its
+//! place), then offers a new connection to the pool (after a
 //! prune of idle connections the servers closed, when the pool is full) with its server,
 //! and counts the outcome. A failed connect is remembered for `acquire`'s error and asks
 //! for a rediscovery; a successful one clears the failure. The task holds a `Weak` to the
@@ -35,9 +36,9 @@ where
 {
     /// One rover tick's event.
     fn take(&self, event: RoverEvent<K::Stream>) {
-        // Each event is one rover tick: retire expired connections before the probe's
-        // connection is offered (a no-op without a maximum age).
-        let retired = self.pool.retire_expired(tokio::time::Instant::now());
+        // Each event is one rover tick: count the expired connections the last offers
+        // replaced (none without a maximum age).
+        let retired = self.pool.take_retired();
         self.counters.add(Event::Retired, retired as u64);
         match event {
             RoverEvent::Connected {

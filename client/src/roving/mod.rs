@@ -13,7 +13,7 @@
 //! The pool policy defaults to the original rules, for compatibility with the original
 //! library; `.pool_policy(PoolPolicy::improved())` switches to the improved Callosum policy,
 //! whose maximum age the builder settles from the roving interval (10 intervals, at least
-//! 2 × `max_slots` intervals). The transport defaults to TCP ([`TcpConnector`]);
+//! one per pool place, `max_slots` intervals). The transport defaults to TCP ([`TcpConnector`]);
 //! `.connector(…)` takes any [`Connector`] whose stream the pool can check for liveness.
 //!
 //! - `connection`: [`Connection`], a pooled stream with its server and slot.
@@ -152,7 +152,7 @@ where
     /// The whole pool policy (replaces `max_slots` set before). Default: the original rules
     /// ([`PoolPolicy::original`]), for compatibility; [`PoolPolicy::improved`] is the
     /// improved Callosum policy (`docs/balance.md`). Its maximum age is settled at `build`
-    /// from the roving interval: 10 intervals by default, never below 2 × `max_slots`.
+    /// from the roving interval: 10 intervals by default, never below `max_slots` intervals.
     pub fn pool_policy(mut self, policy: PoolPolicy) -> Self {
         self.pool = policy;
         self

@@ -101,11 +101,12 @@ pub struct PoolRules {
     /// A rover connection whose slot equals the pool's worst replaces it (the pool keeps
     /// exploring once every server holds its share), instead of only a strictly lower one.
     pub accept_equal: bool,
-    /// Connections are retired once older than this (nanoseconds; each connection's limit is
-    /// drawn uniformly in `[age/2, 3·age/2)` so retirements do not synchronise), settled as
-    /// the client settles it for the roving interval ([`PoolPolicy::max_age_for`]). An idle
-    /// retired connection closes at once, a leased one when its request completes; the
-    /// freed pool place is refilled by the next rover connection, whatever its slot.
+    /// Connections expire once older than this (nanoseconds; each connection's limit is
+    /// drawn uniformly in `[age/2, 3·age/2)` so expiries do not synchronise), settled as
+    /// the client settles it for the roving interval ([`PoolPolicy::max_age_for`]). An
+    /// expired connection stays in the pool until the next rover connection replaces it,
+    /// whatever the two slots (an idle one closes then, a leased one when its request
+    /// completes), so pools never shrink by age.
     pub max_age_ns: Option<u64>,
     /// Lease the idle connection whose server has the fewest of this client's requests in
     /// flight (its leased pool entries there), lowest slot among those, instead of simply

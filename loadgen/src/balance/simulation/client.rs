@@ -3,12 +3,12 @@
 //! round-robin cursor, outstanding requests per server for the routers that compare loads).
 //!
 //! Why this shape: every pool decision (which idle connection to lease, whether a rover
-//! connection replaces the worst, each connection's lifetime, the slow penalty, retirement)
+//! connection replaces the worst, each connection's lifetime, the slow penalty, expiry)
 //! is `callosum_client::pool::decide::Book`, the same code the real client's `Pool` calls, so
 //! the figures measure the rules users get. A simulated connection has nothing but its server
 //! and slot, which the book keeps, so a connection is its entry in its client's book: a
 //! request carries the entry id, and nothing else is looked up on the hot path. A connection
-//! replaced or retired while leased leaves the pool but stays open (its slot held) until its
+//! replaced while leased (for a lower slot or because it expired) leaves the pool but stays open (its slot held) until its
 //! request completes, as in the real pool.
 
 use std::collections::VecDeque;
@@ -107,10 +107,10 @@ impl Clients {
         self.books[c].give_back(conn, response_ns)
     }
 
-    /// Retires client `c`'s connections expired at `now`, pushing each on `left` (the
-    /// caller closes the idle ones now, see [`close_now`]). Returns how many left the pool.
-    pub fn retire_expired(&mut self, c: usize, now: u64, left: &mut Vec<Left>) -> usize {
-        self.books[c].retire(now, |l| left.push(l))
+    /// How many of client `c`'s expired connections newcomers replaced since the last
+    /// call (soft expiry: an expired connection leaves only when an offer replaces it).
+    pub fn take_retired(&mut self, c: usize) -> usize {
+        self.books[c].retired()
     }
 
     /// Takes client `c`'s connections to `server` out of its pool, pushing each on `left`

@@ -540,9 +540,6 @@ impl<'a> Sim<'a> {
 
     fn rove(&mut self, c: usize) {
         let now = self.now;
-        self.close_each(|clients, closing| {
-            clients.retire_expired(c, now, closing);
-        });
         let n = self.servers.members.len();
         if n == 0 {
             return;
