@@ -104,11 +104,12 @@ async fn the_client_reports_its_events_through_the_metrics_facade() {
         Some(&0.0)
     );
 
-    // Retired: the improved policy's maximum age (10 × 5 ms).
+    // Retired: the improved policy's maximum age (10 × 5 ms). Five places: a smaller pool
+    // keeps slots on expiry, and one server's newcomers come with higher slots.
     let (other, _server) = support::start_server();
     let aging = RovingClient::builder()
         .server(other.to_string())
-        .pool_policy(PoolPolicy::improved().max_slots(1))
+        .pool_policy(PoolPolicy::improved().max_slots(5))
         .roving_interval(Duration::from_millis(5))
         .build()
         .expect("valid settings");

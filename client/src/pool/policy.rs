@@ -189,6 +189,8 @@ impl PoolPolicy {
     /// [A/2, 3A/2) so expiries do not synchronise. An expired connection stays in the pool
     /// (soft expiry) and the next offer replaces it whatever the two slots (an idle one is
     /// closed then, a leased one when its lease ends), so the pool never shrinks by age.
+    /// Pools of at most 4 places ([`decide::SLOT_KEEPING_MAX_SLOTS`]) keep slots: there
+    /// an offer replaces an expired connection only if its slot is no higher.
     /// Under a roving client, A is raised to at least `max_slots` roving intervals: the
     /// rover brings one newcomer per interval, so a shorter age could not be honoured. `None`: never (the original, the default).
     pub fn max_age(mut self, max_age: Option<Duration>) -> Self {

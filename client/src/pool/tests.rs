@@ -392,7 +392,7 @@ async fn a_slow_connection_counts_as_one_more_lease() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_expired_connection_stays_until_a_newcomer_replaces_it_whatever_its_slot() {
+async fn an_expired_connection_stays_until_a_newcomer_replaces_it() {
     let age = Duration::from_secs(10);
     let policy = PoolPolicy::original().max_slots(2).max_age(Some(age));
     let pool = Pool::with_policy(policy).expect("valid");
@@ -412,10 +412,12 @@ async fn an_expired_connection_stays_until_a_newcomer_replaces_it_whatever_its_s
         !idle_closed.load(Ordering::Relaxed),
         "expired, still pooled"
     );
-    // Each newcomer replaces one expired connection, though its slot is worse.
+    // Each newcomer replaces one expired connection. A pool this small keeps slots: a
+    // newcomer must be no worse than the expired one (slot 1 is; slot 9 is refused).
+    assert!(matches!(pool.offer(9, Fake::new(9)), Offer::Rejected(..)));
     for _ in 0..2 {
         assert!(matches!(
-            pool.offer(9, Fake::new(9)),
+            pool.offer(1, Fake::new(9)),
             Offer::Replaced { .. }
         ));
     }
