@@ -64,47 +64,15 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::time::Duration;
 
 use rand::Rng;
 
+pub use super::age::{
+    MAX_AGE_FLOOR_INTERVALS_PER_SLOT, SLOT_KEEPING_MAX_SLOTS, default_max_age,
+    keeps_slots_on_expiry, max_age_floor,
+};
 use super::heap::{IndexedHeap, Order};
-use super::policy::{DEFAULT_MAX_AGE_INTERVALS, PoolPolicy};
-
-/// The fewest roving intervals per pool place a maximum age may span: a pool takes in one
-/// newcomer per roving interval at most, so under a shorter age connections would expire
-/// faster than the rover can replace them. One interval per place, not more: with soft
-/// expiry an expired connection keeps serving until replaced, so the floor only has to
-/// keep the replacements possible, and a longer age slows the rotation that evens the
-/// long-run rates (at 100 servers and 8 places, 16 intervals gave a rate max/mean of 1.064
-/// on average over seeds, 10 intervals 1.051; `docs/balance.md`).
-pub const MAX_AGE_FLOOR_INTERVALS_PER_SLOT: u32 = 1;
-
-/// The largest pool whose expired connections are replaced only by a newcomer with a slot
-/// no higher than theirs (slot-keeping soft expiry); larger pools replace them whatever
-/// the slots. See the module doc for why small pools differ.
-pub const SLOT_KEEPING_MAX_SLOTS: usize = 4;
-
-/// Whether a pool of `max_slots` keeps slots when it replaces an expired connection:
-/// `max_slots` ≤ [`SLOT_KEEPING_MAX_SLOTS`].
-pub fn keeps_slots_on_expiry(max_slots: usize) -> bool {
-    max_slots <= SLOT_KEEPING_MAX_SLOTS
-}
-
-/// The least maximum age for a pool of `max_slots` fed every `roving_interval`:
-/// `max_slots` intervals (saturating).
-pub fn max_age_floor(roving_interval: Duration, max_slots: usize) -> Duration {
-    let per_slot = max_slots.saturating_mul(MAX_AGE_FLOOR_INTERVALS_PER_SLOT as usize);
-    roving_interval.saturating_mul(u32::try_from(per_slot).unwrap_or(u32::MAX))
-}
-
-/// The maximum age the improved policy uses unless told otherwise: 10 roving intervals, at
-/// least [`max_age_floor`] (one interval per pool place).
-pub fn default_max_age(roving_interval: Duration, max_slots: usize) -> Duration {
-    roving_interval
-        .saturating_mul(DEFAULT_MAX_AGE_INTERVALS)
-        .max(max_age_floor(roving_interval, max_slots))
-}
+use super::policy::PoolPolicy;
 
 /// A connection's lifetime under maximum age `age_ns`: uniform in [age/2, 3·age/2)
 /// nanoseconds (saturating; 0 for an age of 0).
@@ -668,6 +636,7 @@ mod tests {
     use rand::rngs::SmallRng;
 
     use super::*;
+    use std::time::Duration;
 
     proptest! {
         /// The pick has the lowest (cost, slot); without random ties, the lowest key too.

@@ -30,6 +30,7 @@
 //! - `state`: the book and the connections, under the lock.
 //! - `heap`: the indexed 4-ary heap.
 
+pub mod age;
 pub mod decide;
 mod heap;
 pub mod liveness;

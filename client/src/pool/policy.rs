@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::pool::{PoolError, decide};
+use crate::pool::{PoolError, age};
 
 /// Default number of connections a pool keeps.
 pub const DEFAULT_MAX_SLOTS: usize = 100;
@@ -21,8 +21,7 @@ pub const DEFAULT_MAX_SLOTS: usize = 100;
 /// when it is used without a roving client (the rover's default interval).
 pub const ASSUMED_ROVING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The improved policy's default maximum age, in roving intervals.
-pub const DEFAULT_MAX_AGE_INTERVALS: u32 = 10;
+pub use crate::pool::age::DEFAULT_MAX_AGE_INTERVALS;
 
 /// The slow-connection penalty: each pool entry keeps an exponentially weighted moving
 /// average of its response time (lease to return); when leasing, an idle connection whose
@@ -189,7 +188,7 @@ impl PoolPolicy {
     /// [A/2, 3A/2) so expiries do not synchronise. An expired connection stays in the pool
     /// (soft expiry) and the next offer replaces it whatever the two slots (an idle one is
     /// closed then, a leased one when its lease ends), so the pool never shrinks by age.
-    /// Pools of at most 4 places ([`decide::SLOT_KEEPING_MAX_SLOTS`]) keep slots: there
+    /// Pools of at most 4 places ([`age::SLOT_KEEPING_MAX_SLOTS`]) keep slots: there
     /// an offer replaces an expired connection only if its slot is no higher.
     /// Under a roving client, A is raised to at least `max_slots` roving intervals: the
     /// rover brings one newcomer per interval, so a shorter age could not be honoured. `None`: never (the original, the default).
@@ -234,14 +233,14 @@ impl PoolPolicy {
 
     /// The maximum age A this policy gives a pool fed every `roving_interval`: `None` when
     /// connections are never retired; else the configured age, or
-    /// [`decide::default_max_age`] (10 intervals) for [`improved`](Self::improved)'s default,
-    /// raised to at least [`decide::max_age_floor`] (`max_slots` intervals).
+    /// [`age::default_max_age`] (10 intervals) for [`improved`](Self::improved)'s default,
+    /// raised to at least [`age::max_age_floor`] (`max_slots` intervals).
     pub fn max_age_for(&self, roving_interval: Duration) -> Option<Duration> {
         match self.max_age {
             MaxAge::Off => None,
-            MaxAge::Auto => Some(decide::default_max_age(roving_interval, self.max_slots)),
+            MaxAge::Auto => Some(age::default_max_age(roving_interval, self.max_slots)),
             MaxAge::Fixed(age) => {
-                Some(age.max(decide::max_age_floor(roving_interval, self.max_slots)))
+                Some(age.max(age::max_age_floor(roving_interval, self.max_slots)))
             }
         }
     }

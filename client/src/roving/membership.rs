@@ -245,14 +245,15 @@ pub(super) async fn rediscover<K: Connector>(
             && !wake.take_names_changed()
         {
             // A connect failure: wait out the gap, unless the names change meanwhile.
-            let gap = tokio::time::sleep_until(started + schedule.min_gap);
-            tokio::pin!(gap);
-            loop {
-                tokio::select! {
-                    () = &mut gap => break,
-                    () = wake.notify.notified() => if wake.take_names_changed() {
-                        break;
-                    },
+            // (`timeout_at`, not `select!`: the library leaves tokio's `macros` feature to
+            // its users.)
+            let until = started + schedule.min_gap;
+            while tokio::time::timeout_at(until, wake.notify.notified())
+                .await
+                .is_ok()
+            {
+                if wake.take_names_changed() {
+                    break;
                 }
             }
         }
