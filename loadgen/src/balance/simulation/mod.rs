@@ -19,9 +19,10 @@
 //! Why this shape: [`SimConfig`] is the plain description of one run and [`simulate`] the
 //! library entry the tests call; [`SimulateArgs`] and [`run`] are the command-line face, which
 //! runs several policies on the same configuration, over one seed or several ([`jobs`]: a
-//! work queue over (policy, seed) on `--workers` threads), and prints a table, JSON or an SVG
-//! plot; over several seeds, each figure's mean, 95 % interval and range
-//! ([`summary`](crate::balance::report::summary)), the per-seed reports kept in the JSON.
+//! work queue over (policy, seed) on `--workers` threads), and prints a table, JSON, a
+//! Markdown table (the shape of docs/balance.md's) or an SVG plot; over several seeds, each
+//! figure's mean, 95 % interval and range ([`summary`](crate::balance::report::summary)),
+//! the per-seed reports kept in the JSON.
 
 pub mod client;
 pub mod engine;
