@@ -160,7 +160,7 @@ const fn figure(
 
 /// The figures summarised over seeds, in table order.
 #[rustfmt::skip]
-pub const FIGURES: [Figure; 17] = [
+pub const FIGURES: [Figure; 19] = [
     figure("requests", "requests", 0, |r| Some(r.requests as f64)),
     figure("inflight_max_over_mean", "in-flight max/mean", 3, |r| Some(r.inflight_max_over_mean)),
     figure("inflight_cv", "in-flight CV", 3, |r| Some(r.inflight_cv)),
@@ -179,6 +179,9 @@ pub const FIGURES: [Figure; 17] = [
            |r| r.join.as_ref().and_then(|j| j.share_after_30s)),
     figure("join.share_last_60s", "join share last 60 s", 2,
            |r| r.join.as_ref().map(|j| j.share_last_60s)),
+    figure("join.settled_after_s", "join settled s", 0,
+           |r| r.join.as_ref().and_then(|j| j.settled_after_s)),
+    figure("leave.failed", "leave failed", 0, |r| r.leave.as_ref().map(|l| l.failed as f64)),
     figure("leave.drained_after_s", "leave drained s", 3,
            |r| r.leave.as_ref().and_then(|l| l.drained_after_s)),
 ];
@@ -245,6 +248,130 @@ pub fn table(summaries: &[PolicySummary]) -> String {
                 sum.range(f.digits)
             );
         }
+    }
+    out
+}
+
+/// A column of [`markdown`]: its header, the figure it shows, the factor from the figure's
+/// unit to the column's, and its decimals (those of the documented tables).
+struct Column {
+    header: &'static str,
+    key: &'static str,
+    scale: f64,
+    digits: usize,
+}
+
+/// A column of [`MARKDOWN_COLUMNS`], in one line.
+const fn column(header: &'static str, key: &'static str, scale: f64, digits: usize) -> Column {
+    Column {
+        header,
+        key,
+        scale,
+        digits,
+    }
+}
+
+/// The columns of [`markdown`], in order. The figures only some runs have (a slow server, a
+/// join, a leave) come last and appear only when a policy has them; `conns/server` is built
+/// apart from its two figures.
+#[rustfmt::skip]
+const MARKDOWN_COLUMNS: [Column; 14] = [
+    column("in-flight max/mean", "inflight_max_over_mean", 1.0, 2),
+    column("in-flight CV", "inflight_cv", 1.0, 3),
+    column("floor", "inflight_floor", 1.0, 2),
+    column("rate max/mean", "rate_max_over_mean", 1.0, 3),
+    column("1 s max/mean", "window_max_over_mean", 1.0, 2),
+    column("p50 ms", "latency_ms.p50", 1.0, 1),
+    column("p99 ms", "latency_ms.p99", 1.0, 1),
+    column("p99.9 ms", "latency_ms.p999", 1.0, 1),
+    column("slow share", "slow.share", 1.0, 3),
+    column("join share @30 s", "join.share_after_30s", 1.0, 2),
+    column("join share last 60 s", "join.share_last_60s", 1.0, 2),
+    column("settled (s)", "join.settled_after_s", 1.0, 0),
+    column("drained after (ms)", "leave.drained_after_s", 1e3, 1),
+    column("failed", "leave.failed", 1.0, 1),
+];
+
+/// The first of [`MARKDOWN_COLUMNS`] that only some runs have.
+const MARKDOWN_OPTIONAL: usize = 8;
+
+/// A Markdown table of policy summaries, the shape of docs/balance.md's results tables: a
+/// line saying the seeds, then one row per policy, each cell `mean ± half-width` of the
+/// 95 % interval. `conns/server` is the mean fewest and most connections a server holds
+/// (`–` for the routers, which hold none); `settled (s)` is over the seeds that settled,
+/// with how many did when not all, and `never` when none did.
+pub fn markdown(summaries: &[PolicySummary]) -> String {
+    let mut out = String::new();
+    let Some(first) = summaries.first() else {
+        return out;
+    };
+    let seeds = first.seeds.len();
+    let (lo, hi) = (
+        first.seeds.iter().min().copied().unwrap_or(0),
+        first.seeds.iter().max().copied().unwrap_or(0),
+    );
+    let _ = writeln!(
+        out,
+        "{seeds} seeds ({lo} to {hi}); each cell mean ± half-width of the 95 % interval (Student t)"
+    );
+    let _ = writeln!(out);
+    let columns: Vec<&Column> = MARKDOWN_COLUMNS
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| {
+            *i < MARKDOWN_OPTIONAL || summaries.iter().any(|s| s.figures.contains_key(c.key))
+        })
+        .map(|(_, c)| c)
+        .collect();
+    let (common, optional) = columns.split_at(MARKDOWN_OPTIONAL);
+    let headers: Vec<&str> = common
+        .iter()
+        .map(|c| c.header)
+        .chain(["conns/server"])
+        .chain(optional.iter().map(|c| c.header))
+        .collect();
+    let _ = writeln!(out, "| policy | {} |", headers.join(" | "));
+    let _ = writeln!(out, "|---{}|", "|---".repeat(headers.len()));
+    for s in summaries {
+        let cell = |c: &Column| match s.figures.get(c.key) {
+            Some(sum) => {
+                let scaled = Summary {
+                    mean: sum.mean * c.scale,
+                    ci95: sum.ci95.map(|h| h * c.scale),
+                    min: sum.min * c.scale,
+                    max: sum.max * c.scale,
+                    ..*sum
+                };
+                let text = scaled.mean_ci(c.digits);
+                if sum.n < seeds {
+                    format!("{text} ({}/{seeds})", sum.n)
+                } else {
+                    text
+                }
+            }
+            None if c.key == "join.settled_after_s"
+                && s.figures.contains_key("join.share_last_60s") =>
+            {
+                "never".to_string()
+            }
+            None => "–".to_string(),
+        };
+        let conns = match (
+            s.figures.get("conns_per_server.min"),
+            s.figures.get("conns_per_server.max"),
+        ) {
+            (Some(min), Some(max)) if max.mean > 0.0 => {
+                format!("{} – {}", min.mean_ci(0), max.mean_ci(0))
+            }
+            _ => "–".to_string(),
+        };
+        let cells: Vec<String> = common
+            .iter()
+            .map(|c| cell(c))
+            .chain([conns])
+            .chain(optional.iter().map(|c| cell(c)))
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", s.policy, cells.join(" | "));
     }
     out
 }

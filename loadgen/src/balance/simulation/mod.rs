@@ -19,9 +19,10 @@
 //! Why this shape: [`SimConfig`] is the plain description of one run and [`simulate`] the
 //! library entry the tests call; [`SimulateArgs`] and [`run`] are the command-line face, which
 //! runs several policies on the same configuration, over one seed or several ([`jobs`]: a
-//! work queue over (policy, seed) on `--workers` threads), and prints a table, JSON or an SVG
-//! plot; over several seeds, each figure's mean, 95 % interval and range
-//! ([`summary`](crate::balance::report::summary)), the per-seed reports kept in the JSON.
+//! work queue over (policy, seed) on `--workers` threads), and prints a table, JSON, a
+//! Markdown table (the shape of docs/balance.md's) or an SVG plot; over several seeds, each
+//! figure's mean, 95 % interval and range ([`summary`](crate::balance::report::summary)),
+//! the per-seed reports kept in the JSON.
 
 pub mod client;
 pub mod engine;
@@ -30,6 +31,7 @@ pub mod jobs;
 pub mod server;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use callosum_client::{PoolPolicy, SlowPenalty};
@@ -126,6 +128,10 @@ pub struct SimulateArgs {
     /// Simulations run at once (this tool's threads).
     #[arg(short, long, default_value_t = 2, value_parser = at_least_one)]
     pub workers: usize,
+    /// Also write a Markdown table to PATH (- for stdout): one row per policy, each cell the
+    /// figure's mean ± the half-width of its 95 % interval over the seeds.
+    #[arg(long, value_name = "PATH")]
+    pub markdown: Option<PathBuf>,
 }
 
 impl SimulateArgs {
@@ -259,8 +265,22 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
             }
         );
     }
+    // The text table goes to `out` unless the JSON or the Markdown does.
+    let table_wanted =
+        args.cluster.table_wanted() && !args.markdown.as_deref().is_some_and(crate::cli::is_stdout);
     let reports: Vec<SimReport> = results.into_iter().map(|(r, _)| r).collect();
     let first = &reports[..configs.len().min(reports.len())];
+    let summaries: Vec<PolicySummary> = configs
+        .iter()
+        .enumerate()
+        .map(|(i, cfg)| {
+            let mine: Vec<&SimReport> = reports.iter().skip(i).step_by(configs.len()).collect();
+            PolicySummary::of(cfg.policy.name(), seeds.clone(), &mine)
+        })
+        .collect();
+    if let Some(path) = &args.markdown {
+        crate::cli::write_to(path, |out| write!(out, "{}", summary::markdown(&summaries)))?;
+    }
     if seeds.len() == 1 {
         write_json(
             args.cluster.json.as_deref(),
@@ -269,7 +289,7 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
                 runs: first,
             },
         )?;
-        if args.cluster.table_wanted() {
+        if table_wanted {
             write!(out, "{}", report::table(first))?;
             writeln!(
                 out,
@@ -280,14 +300,6 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
             )?;
         }
     } else {
-        let summaries: Vec<PolicySummary> = configs
-            .iter()
-            .enumerate()
-            .map(|(i, cfg)| {
-                let mine: Vec<&SimReport> = reports.iter().skip(i).step_by(configs.len()).collect();
-                PolicySummary::of(cfg.policy.name(), seeds.clone(), &mine)
-            })
-            .collect();
         write_json(
             args.cluster.json.as_deref(),
             &SeedsOutput {
@@ -301,7 +313,7 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
                 summary: &summaries,
             },
         )?;
-        if args.cluster.table_wanted() {
+        if table_wanted {
             write!(out, "{}", summary::table(&summaries))?;
         }
     }
@@ -314,4 +326,67 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> Result<(), SimError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `simulate` parsed from `argv`.
+    fn parse(argv: &[&str]) -> SimulateArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: SimulateArgs,
+        }
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("valid test flags")
+            .args
+    }
+
+    #[test]
+    fn markdown_over_two_seeds_has_a_row_per_policy_with_an_interval_in_each_cell() {
+        let dir = std::env::temp_dir().join(format!("callosum-md-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("table.md");
+        let path_arg = path.to_str().expect("utf-8 temp path");
+        let args = parse(&[
+            "simulate",
+            "--seeds",
+            "2",
+            "--warmup",
+            "2s",
+            "--duration",
+            "10s",
+            "--join-at",
+            "2s",
+            "--workers",
+            "1",
+            "--markdown",
+            path_arg,
+        ]);
+        run(&args, &mut std::io::sink()).expect("simulate");
+        let text = std::fs::read_to_string(&path).expect("markdown written");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut lines = text.lines();
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with("2 seeds (1 to 2)")),
+            "{text}"
+        );
+        let rows: Vec<&str> = lines
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| policy"))
+            .collect();
+        assert_eq!(rows.len(), Policy::ALL.len(), "{text}");
+        for (row, policy) in rows.iter().zip(Policy::ALL) {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+            assert_eq!(cells[0], policy.name(), "{row}");
+            // Every figure but the settling time (some seeds never settle) has its interval.
+            for cell in &cells[1..cells.len() - 1] {
+                assert!(cell.contains('±') || *cell == "–", "{row}");
+            }
+            assert!(cells[1..9].iter().all(|c| c.contains('±')), "{row}");
+        }
+    }
 }
