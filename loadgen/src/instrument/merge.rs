@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::instrument::handshake::ErrorKind;
 use crate::instrument::hlog::{self, DecodeError, HlogError, Intervals, LogWriter};
 use crate::instrument::report::group;
+use crate::instrument::report::print::{PERCENTILES, percentiles_ms};
 use crate::instrument::stats::LatencySummary;
 
 /// Schema of the merged JSON document.
@@ -442,26 +443,18 @@ impl Merged {
             out,
             "handshake latency (ms), all machines' handshakes together"
         )?;
-        writeln!(
-            out,
-            "{:<14} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
-            "scenario", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
-        )?;
+        write!(out, "{:<14} {:>10}", "scenario", "count")?;
+        for p in PERCENTILES {
+            write!(out, " {p:>8}")?;
+        }
+        writeln!(out)?;
         for g in &self.groups {
             let s = LatencySummary::of(&g.histogram);
-            let ms = |us: u64| us as f64 / 1000.0;
-            writeln!(
-                out,
-                "{:<14} {:>10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.3}",
-                g.name,
-                group(s.count),
-                ms(s.p50),
-                ms(s.p90),
-                ms(s.p99),
-                ms(s.p999),
-                ms(s.p9999),
-                ms(s.max)
-            )?;
+            write!(out, "{:<14} {:>10}", g.name, group(s.count))?;
+            for v in percentiles_ms(&s) {
+                write!(out, " {v:>8}")?;
+            }
+            writeln!(out)?;
         }
         Ok(())
     }

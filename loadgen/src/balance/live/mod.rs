@@ -38,17 +38,6 @@ use crate::balance::{ClusterArgs, Policy, PoolRules, SimConfig, SimError, SimRep
 use crate::cli::values::{at_least_one, duration, positive_duration};
 pub use engine::{LiveError, LiveReport, run_live};
 
-/// The policies a live run can use, in report order.
-pub const LIVE_POLICIES: [Policy; 7] = [
-    Policy::Original,
-    Policy::Improved,
-    Policy::Random,
-    Policy::RoundRobin,
-    Policy::P2c,
-    Policy::P2cPeakEwma,
-    Policy::LeastRequest,
-];
-
 /// The longest time any option may give, seconds (a day).
 const MAX_SECONDS: f64 = 86_400.0;
 
@@ -116,12 +105,17 @@ pub struct BalanceArgs {
 /// A policy with a live counterpart, by name.
 fn live_policy(s: &str) -> Result<Policy, String> {
     let policy = <Policy as clap::ValueEnum>::from_str(s, false)?;
-    if LIVE_POLICIES.contains(&policy) {
+    if policy.runs_live() {
         Ok(policy)
     } else {
         Err(format!(
             "{s} has no live counterpart (no client knows every queue); live policies: {}",
-            LIVE_POLICIES.map(Policy::name).join(", ")
+            Policy::ALL
+                .iter()
+                .filter(|p| p.runs_live())
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 }
@@ -144,7 +138,7 @@ impl BalanceArgs {
         let rules = PoolRules::of_policy(&improved, self.roving_interval);
         let cfg = SimConfig::new(&self.cluster, self.timing(), policy, rules, false, false);
         cfg.validate()?;
-        if !LIVE_POLICIES.contains(&policy) {
+        if !policy.runs_live() {
             return Err(BalanceError::Invalid(format!(
                 "{} has no live counterpart (no client knows every queue)",
                 policy.name()

@@ -50,6 +50,12 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Whether `balance` can run it live: every policy but the oracle, which no client could
+    /// follow (it knows every server's queue).
+    pub fn runs_live(self) -> bool {
+        self != Policy::Jsq
+    }
+
     /// Every policy, in report order.
     pub const ALL: [Policy; 8] = [
         Policy::Original,

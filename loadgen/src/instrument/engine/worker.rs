@@ -216,11 +216,10 @@ async fn one(shared: &Shared, state: &Local, intended: Instant) {
     let recorded = intended >= shared.timing().warmup_end;
     state.rec.borrow_mut().success(connect, latency, recorded);
     if recorded {
-        if let Err(e) = state
-            .intervals
-            .borrow_mut()
-            .record(Instant::now(), micros(latency))
-        {
+        // The latency runs from `intended`: their sum is when the slot line arrived, with no
+        // second clock read on the hot path.
+        let done = intended + latency;
+        if let Err(e) = state.intervals.borrow_mut().record(done, micros(latency)) {
             tracing::warn!(error = %e, "an interval of the interval log was lost");
         }
     }

@@ -8,7 +8,7 @@
 //! recorded (post-warmup) successes over the recorded window.
 
 mod build;
-mod print;
+pub mod print;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;

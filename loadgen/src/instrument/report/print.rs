@@ -47,17 +47,20 @@ fn ms(us: u64) -> String {
     format!("{:.3}", us as f64 / 1e3)
 }
 
+/// The percentiles every latency table shows, in its order.
+pub const PERCENTILES: [&str; 6] = ["p50", "p90", "p99", "p99.9", "p99.99", "max"];
+
+/// [`PERCENTILES`] of `s`, in milliseconds with three decimals.
+pub fn percentiles_ms(s: &LatencySummary) -> [String; 6] {
+    [s.p50, s.p90, s.p99, s.p999, s.p9999, s.max].map(ms)
+}
+
 fn latency_row(out: &mut impl Write, name: &str, s: &LatencySummary) -> io::Result<()> {
-    writeln!(
-        out,
-        "  {name:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        ms(s.p50),
-        ms(s.p90),
-        ms(s.p99),
-        ms(s.p999),
-        ms(s.p9999),
-        ms(s.max)
-    )
+    write!(out, "  {name:<9}")?;
+    for v in percentiles_ms(s) {
+        write!(out, " {v:>9}")?;
+    }
+    writeln!(out)
 }
 
 impl RunReport {
@@ -98,11 +101,11 @@ impl RunReport {
             group(self.errors.total),
             self.elapsed_s
         )?;
-        writeln!(
-            out,
-            "latency ms  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "p50", "p90", "p99", "p99.9", "p99.99", "max"
-        )?;
+        write!(out, "latency ms ")?;
+        for p in PERCENTILES {
+            write!(out, " {p:>9}")?;
+        }
+        writeln!(out)?;
         latency_row(out, "handshake", &self.handshake_us)?;
         latency_row(out, "connect", &self.connect_us)?;
         self.write_errors(out)?;
