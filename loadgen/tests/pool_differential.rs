@@ -63,14 +63,15 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// A policy with each rule on or off, and a maximum age or none.
 fn policy() -> impl Strategy<Value = PoolPolicy> {
-    (1usize..6, any::<[bool; 4]>(), prop::option::of(1u64..20)).prop_map(
-        |(max_slots, [random, equal, least, slow], age_s)| {
+    (1usize..6, any::<[bool; 5]>(), prop::option::of(1u64..20)).prop_map(
+        |(max_slots, [random, equal, least, slow, spread], age_s)| {
             PoolPolicy::original()
                 .max_slots(max_slots)
                 .random_tie_break(random)
                 .accept_equal(equal)
                 .least_outstanding(least)
                 .slow_penalty(slow.then(SlowPenalty::default))
+                .spread_small_pools(spread)
                 .max_age(age_s.map(Duration::from_secs))
         },
     )

@@ -97,6 +97,7 @@ pub struct PoolPolicy {
     pub(crate) least_outstanding: bool,
     pub(crate) slow_penalty: Option<SlowPenalty>,
     pub(crate) max_age: MaxAge,
+    pub(crate) spread_small_pools: bool,
     pub(crate) seed: Option<u64>,
 }
 
@@ -118,6 +119,7 @@ impl PoolPolicy {
             least_outstanding: false,
             slow_penalty: None,
             max_age: MaxAge::Off,
+            spread_small_pools: false,
             seed: None,
         }
     }
@@ -129,7 +131,8 @@ impl PoolPolicy {
     ///   intervals (a pool without a roving client assumes a 1 s interval);
     /// - [`slow_penalty`](Self::slow_penalty): weight 0.2, threshold 1.5;
     /// - [`least_outstanding`](Self::least_outstanding), [`random_tie_break`](Self::random_tie_break)
-    ///   and [`accept_equal`](Self::accept_equal).
+    ///   and [`accept_equal`](Self::accept_equal);
+    /// - [`spread_small_pools`](Self::spread_small_pools).
     pub fn improved() -> Self {
         Self {
             max_slots: DEFAULT_MAX_SLOTS,
@@ -138,6 +141,7 @@ impl PoolPolicy {
             least_outstanding: true,
             slow_penalty: Some(SlowPenalty::default()),
             max_age: MaxAge::Auto,
+            spread_small_pools: true,
             seed: None,
         }
     }
@@ -197,6 +201,22 @@ impl PoolPolicy {
         self
     }
 
+    /// In pools of at most 4 places ([`age::SLOT_KEEPING_MAX_SLOTS`]), lease any idle
+    /// connection of the lowest cost (the [`least_outstanding`](Self::least_outstanding)
+    /// count plus the [`slow_penalty`](Self::slow_penalty)) uniformly at random, whatever
+    /// its slot, instead of the lowest slot. Such a pool keeps its slots (see
+    /// [`max_age`](Self::max_age)), so its lowest slot, and with it most of the client's
+    /// requests, would stay on one server for good; spread, each place carries an equal
+    /// share and a server's rate follows the connections it holds, which the slots keep
+    /// even. Larger pools keep leasing the lowest slot: there the maximum age rotates the
+    /// lowest slots among servers, and the lowest slot's preference lowers the tail
+    /// (`docs/balance.md`, "Small pools"). Costs a scan of the idle connections per
+    /// lease. Default off (the original).
+    pub fn spread_small_pools(mut self, on: bool) -> Self {
+        self.spread_small_pools = on;
+        self
+    }
+
     /// Seed of the pool's random choices (equal slots under random ties, lifetimes), for
     /// reproducible runs: a pool fed the same offers, leases and returns at the same times
     /// then decides the same as the simulator's clients do. `None`: seeded from the OS (the
@@ -219,6 +239,16 @@ impl PoolPolicy {
     /// Whether an equal slot replaces the worst.
     pub fn get_accept_equal(&self) -> bool {
         self.accept_equal
+    }
+
+    /// Whether small pools spread their leases over the connections of the lowest cost.
+    pub fn get_spread_small_pools(&self) -> bool {
+        self.spread_small_pools
+    }
+
+    /// Whether this pool spreads its leases: the rule is on and the pool is small.
+    pub(crate) fn spreads_leases(&self) -> bool {
+        self.spread_small_pools && age::keeps_slots_on_expiry(self.max_slots)
     }
 
     /// Whether leases go to the server with the fewest of the pool's leases.
@@ -275,7 +305,10 @@ impl PoolPolicy {
     /// Whether leasing scans the idle connections (a rule ranks them by more than the slot
     /// and arrival order).
     pub(crate) fn scans_on_lease(&self) -> bool {
-        self.least_outstanding || self.slow_penalty.is_some() || self.random_tie_break
+        self.least_outstanding
+            || self.slow_penalty.is_some()
+            || self.random_tie_break
+            || self.spreads_leases()
     }
 
     pub(crate) fn validate(&self) -> Result<(), PoolError> {
@@ -305,6 +338,7 @@ mod tests {
         assert!(improved.random_tie_break && improved.accept_equal && improved.least_outstanding);
         assert_eq!(improved.slow_penalty, Some(SlowPenalty::default()));
         assert_eq!(improved.max_age, MaxAge::Auto);
+        assert!(improved.spread_small_pools && !PoolPolicy::original().spread_small_pools);
         assert_eq!(
             PoolPolicy::original().max_age_for(ASSUMED_ROVING_INTERVAL),
             None

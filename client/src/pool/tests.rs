@@ -733,6 +733,33 @@ proptest! {
     }
 }
 
+#[test]
+fn a_small_improved_pool_spreads_its_leases_over_every_slot() {
+    // Three places on three servers, slots 0, 4 and 9: one lease at a time, 3,000 times.
+    // The lowest slot would take all; spread, each takes ~1,000 (±6 σ = ±155). No slow
+    // penalty: response times of a test's immediate returns are noise.
+    let policy = PoolPolicy::improved()
+        .max_slots(3)
+        .slow_penalty(None)
+        .seed(Some(5));
+    let pool = Pool::with_policy(policy).expect("valid");
+    for (server, slot) in [(0, 0), (1, 4), (2, 9)] {
+        drop(pool.offer_from(ServerKey(server), slot, Fake::new(slot)));
+    }
+    let mut by_slot = std::collections::HashMap::new();
+    for _ in 0..3000 {
+        let lease = pool.get().expect("an idle connection");
+        *by_slot.entry(lease.slot()).or_insert(0u32) += 1;
+    }
+    for slot in [0, 4, 9] {
+        let n = by_slot.get(&slot).copied().unwrap_or(0);
+        assert!(
+            (845..=1155).contains(&n),
+            "slot {slot}: {n} of 3000 ({by_slot:?})"
+        );
+    }
+}
+
 // --- sharing ---
 
 #[test]

@@ -125,6 +125,9 @@ pub struct PoolRules {
     pub latency_alpha: Option<f32>,
     /// See `latency_alpha`.
     pub slow_threshold: f32,
+    /// Pools of at most 4 places lease any idle connection of the lowest cost at random,
+    /// whatever its slot, instead of the lowest slot.
+    pub spread_small_pools: bool,
 }
 
 impl PoolRules {
@@ -136,6 +139,7 @@ impl PoolRules {
         least_outstanding: false,
         latency_alpha: None,
         slow_threshold: f32::INFINITY,
+        spread_small_pools: false,
     };
 
     /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
@@ -151,6 +155,7 @@ impl PoolRules {
             least_outstanding: policy.get_least_outstanding(),
             latency_alpha: penalty.map(|p| p.get_alpha()),
             slow_threshold: penalty.map_or(f32::INFINITY, |p| p.get_threshold()),
+            spread_small_pools: policy.get_spread_small_pools(),
         }
     }
 
@@ -168,5 +173,6 @@ impl PoolRules {
                     .threshold(self.slow_threshold)
             }))
             .max_age(self.max_age_ns.map(Duration::from_nanos))
+            .spread_small_pools(self.spread_small_pools)
     }
 }

@@ -95,6 +95,10 @@ pub struct SimulateArgs {
     /// pool's mean counts as one more request in flight.
     #[arg(long, default_value_t = 1.5)]
     pub slow_threshold: f32,
+    /// Improved policy: pools of at most 4 places lease any idle connection of the lowest
+    /// cost at random, whatever its slot.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub spread_small_pools: bool,
     /// Network round trip added to every request (all of it on the response) and to every
     /// connect.
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -153,6 +157,7 @@ impl SimulateArgs {
             .accept_equal(self.accept_equal)
             .random_tie_break(self.random_ties)
             .least_outstanding(self.least_outstanding)
+            .spread_small_pools(self.spread_small_pools)
             .slow_penalty((self.latency_alpha > 0.0).then(|| {
                 SlowPenalty::default()
                     .alpha(self.latency_alpha)
