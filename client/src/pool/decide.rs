@@ -18,21 +18,17 @@
 //!   original rules, else this pool's leases at the entry's server (least outstanding) plus
 //!   ⌊average / (threshold × the pool's mean average)⌋ (slow penalty). Equal slots go by
 //!   arrival (earliest first), or uniformly at random under random ties.
-//! - spread: a small pool (at most [`SLOT_KEEPING_MAX_SLOTS`] places) under
+//! - spread leases: a small pool (at most [`SLOT_KEEPING_MAX_SLOTS`] places) under
 //!   `spread_small_pools` leases any idle entry of the lowest cost uniformly at random,
-//!   whatever its slot, and compares a newcomer with a held entry picked uniformly at
-//!   random instead of the highest slot (replacing it if the newcomer's slot is lower, or
-//!   equal under accept-equal). A small pool keeps its slots (below), so its lowest slot
-//!   would stay on one server for good and carry most of the client's requests, and only
-//!   its worst place would ever change: over 4 servers with 2 to 4 places, the long-run
-//!   rate max/mean was 1.10-1.27 on the worst seed at 50-80 % load. Spread, each place
-//!   carries an equal share, a server's rate follows the connections it holds (which the
-//!   slots keep even), every place can move to as good a slot elsewhere, and the worst
-//!   seed is 1.00-1.07 with the p99 unchanged. Larger pools keep the lowest slot and the
-//!   worst: spreading the leases there raised the p99 at 100 servers and 80 % load from
-//!   52.5 to 59.1 ms, since the maximum age already rotates their lowest slots, and
-//!   preferring the lowest slot keeps each server's load steadier than picking at random
-//!   (`docs/balance.md`, "Small pools spread").
+//!   whatever its slot. A small pool keeps its slots (below), so its lowest slot would stay
+//!   on one server for good and carry most of the client's requests: over 4 servers with 2
+//!   to 4 places, the long-run rate max/mean was 1.10-1.27 on the worst seed at 50-80 %
+//!   load. Spread, each place carries an equal share, a server's rate follows the
+//!   connections it holds (which the slots keep even), and the worst seed is 1.01-1.07
+//!   with the p99 unchanged. Larger pools keep the lowest slot: spreading there raised the
+//!   p99 at 100 servers and 80 % load from 52.5 to 59.1 ms, since the maximum age already
+//!   rotates their lowest slots, and preferring the lowest slot keeps each server's load
+//!   steadier than picking at random (`docs/balance.md`, "Small pools").
 //! - offer: under `max_slots` the newcomer fills a free place; at `max_slots` it replaces
 //!   the held connection whose lifetime ended longest ago, whatever the two slots (soft
 //!   expiry, below); failing one, the highest slot (equal ones: the latest arrival, or at
@@ -414,21 +410,15 @@ impl Book {
             .and_then(|(expires, id)| (expires <= now).then_some(id))
     }
 
-    /// The held entry a newcomer is compared with: the highest slot; equal slots the latest
-    /// arrival, or uniformly at random under random ties; in a small pool that spreads, any
-    /// held entry uniformly at random.
+    /// The held entry a newcomer would replace: the highest slot; equal slots the latest
+    /// arrival, or uniformly at random under random ties.
     fn worst<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
-        if !self.policy.random_tie_break && !self.policy.spreads_leases() {
+        if !self.policy.random_tie_break {
             return self.held.peek().map(|(_, id)| id);
         }
         // Inverted keys: the highest slot becomes the lowest.
         let candidates = self.held.keys().map(|(key, id)| (0, !key, id));
-        let ties = if self.policy.spreads_leases() {
-            Ties::Spread
-        } else {
-            Ties::Random
-        };
-        lowest(candidates, ties, rng)
+        lowest(candidates, Ties::Random, rng)
     }
 
     fn insert<R: Rng + ?Sized>(
@@ -511,7 +501,7 @@ impl Book {
     }
 
     /// The idle entry with the lowest cost, then slot, then arrival or at random; in a
-    /// small pool that spreads, any of the lowest cost at random.
+    /// small pool that spreads its leases, any of the lowest cost at random.
     fn pick_idle<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
         // An average reaching `threshold` × the mean of the pool's non-zero averages counts
         // as one more lease (two at twice that, ...); none while no entry has a sample.
@@ -832,30 +822,6 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn a_small_pool_compares_a_newcomer_with_a_random_place_and_never_takes_a_higher_slot() {
-        // Two places, slots 1 and 6; a newcomer with slot 4 replaces the 6 when that is the
-        // place drawn (about half the time), is refused when the 1 is, never replaces the 1.
-        let mut replaced = 0;
-        for seed in 0..400 {
-            let policy = PoolPolicy::improved().max_slots(2).max_age(None);
-            let mut book = Book::new(&policy);
-            let mut rng = SmallRng::seed_from_u64(seed);
-            book.offer(Some(0), 1, 0, &mut rng);
-            book.offer(Some(1), 6, 0, &mut rng);
-            match book.offer(Some(2), 4, 0, &mut rng) {
-                Admission::Replaced { evicted, .. } => {
-                    assert_eq!(evicted.slot, 6);
-                    replaced += 1;
-                }
-                Admission::Refused => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        // Binomial(400, 1/2): ±6 σ = ±60.
-        assert!((140..=260).contains(&replaced), "{replaced} of 400");
     }
 
     /// Fills an improved pool of `max_slots` with slots 0, 1, … at time 0 under a 1 s

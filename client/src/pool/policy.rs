@@ -204,19 +204,14 @@ impl PoolPolicy {
     /// In pools of at most 4 places ([`age::SLOT_KEEPING_MAX_SLOTS`]), lease any idle
     /// connection of the lowest cost (the [`least_outstanding`](Self::least_outstanding)
     /// count plus the [`slow_penalty`](Self::slow_penalty)) uniformly at random, whatever
-    /// its slot, instead of the lowest slot; and at `max_slots` compare a newcomer with a
-    /// held connection picked uniformly at random instead of the highest slot, replacing it
-    /// if the newcomer's slot is lower (or equal under
-    /// [`accept_equal`](Self::accept_equal)). Such a pool keeps its slots (see
+    /// its slot, instead of the lowest slot. Such a pool keeps its slots (see
     /// [`max_age`](Self::max_age)), so its lowest slot, and with it most of the client's
-    /// requests, would stay on one server for good, and only its worst place would change;
-    /// spread, each place carries an equal share, a server's rate follows the connections
-    /// it holds, which the slots keep even, and every place can move to as good a slot
-    /// elsewhere. Larger pools keep the lowest slot and the worst: there the maximum age
-    /// rotates the lowest slots among servers, and the lowest slot's preference lowers the
-    /// tail (`docs/balance.md`, "Small pools spread"). Costs a scan of the idle
-    /// connections per lease and of the held ones per replacement. Default off (the
-    /// original).
+    /// requests, would stay on one server for good; spread, each place carries an equal
+    /// share and a server's rate follows the connections it holds, which the slots keep
+    /// even. Larger pools keep leasing the lowest slot: there the maximum age rotates the
+    /// lowest slots among servers, and the lowest slot's preference lowers the tail
+    /// (`docs/balance.md`, "Small pools"). Costs a scan of the idle connections per
+    /// lease. Default off (the original).
     pub fn spread_small_pools(mut self, on: bool) -> Self {
         self.spread_small_pools = on;
         self
@@ -246,13 +241,12 @@ impl PoolPolicy {
         self.accept_equal
     }
 
-    /// Whether small pools spread their leases and replacements.
+    /// Whether small pools spread their leases over the connections of the lowest cost.
     pub fn get_spread_small_pools(&self) -> bool {
         self.spread_small_pools
     }
 
-    /// Whether this pool spreads its leases and replacements: the rule is on and the pool
-    /// is small.
+    /// Whether this pool spreads its leases: the rule is on and the pool is small.
     pub(crate) fn spreads_leases(&self) -> bool {
         self.spread_small_pools && age::keeps_slots_on_expiry(self.max_slots)
     }
