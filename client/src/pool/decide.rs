@@ -24,11 +24,11 @@
 //!   on one server for good and carry most of the client's requests: over 4 servers with 2
 //!   to 4 places, the long-run rate max/mean was 1.10-1.27 on the worst seed at 50-80 %
 //!   load. Spread, each place carries an equal share, a server's rate follows the
-//!   connections it holds (which the slots keep even), and the worst seed is 1.01-1.07
+//!   connections it holds (which the slots keep even), and the worst seed is 1.005-1.105
 //!   with the p99 unchanged. Larger pools keep the lowest slot: spreading there raised the
 //!   p99 at 100 servers and 80 % load from 52.5 to 59.1 ms, since the maximum age already
 //!   rotates their lowest slots, and preferring the lowest slot keeps each server's load
-//!   steadier than picking at random (`docs/balance.md`, "Small pools").
+//!   steadier than picking at random (`docs/balance.md`, "Small pools spread").
 //! - offer: under `max_slots` the newcomer fills a free place; at `max_slots` it replaces
 //!   the held connection whose lifetime ended longest ago, whatever the two slots (soft
 //!   expiry, below); failing one, the highest slot (equal ones: the latest arrival, or at

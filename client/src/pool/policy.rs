@@ -210,7 +210,7 @@ impl PoolPolicy {
     /// share and a server's rate follows the connections it holds, which the slots keep
     /// even. Larger pools keep leasing the lowest slot: there the maximum age rotates the
     /// lowest slots among servers, and the lowest slot's preference lowers the tail
-    /// (`docs/balance.md`, "Small pools"). Costs a scan of the idle connections per
+    /// (`docs/balance.md`, "Small pools spread"). Costs a scan of the idle connections per
     /// lease. Default off (the original).
     pub fn spread_small_pools(mut self, on: bool) -> Self {
         self.spread_small_pools = on;
