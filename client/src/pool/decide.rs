@@ -18,17 +18,26 @@
 //!   original rules, else this pool's leases at the entry's server (least outstanding) plus
 //!   ⌊average / (threshold × the pool's mean average)⌋ (slow penalty). Equal slots go by
 //!   arrival (earliest first), or uniformly at random under random ties.
-//! - spread leases: a small pool (at most [`SLOT_KEEPING_MAX_SLOTS`] places) under
+//! - spread: a small pool (at most [`SLOT_KEEPING_MAX_SLOTS`] places) under
 //!   `spread_small_pools` leases any idle entry of the lowest cost uniformly at random,
-//!   whatever its slot. A small pool keeps its slots (below), so its lowest slot would stay
-//!   on one server for good and carry most of the client's requests: over 4 servers with 2
-//!   to 4 places, the long-run rate max/mean was 1.10-1.27 on the worst seed at 50-80 %
-//!   load. Spread, each place carries an equal share, a server's rate follows the
-//!   connections it holds (which the slots keep even), and the worst seed is 1.005-1.105
-//!   with the p99 unchanged. Larger pools keep the lowest slot: spreading there raised the
-//!   p99 at 100 servers and 80 % load from 52.5 to 59.1 ms, since the maximum age already
-//!   rotates their lowest slots, and preferring the lowest slot keeps each server's load
-//!   steadier than picking at random (`docs/balance.md`, "Small pools spread").
+//!   whatever its slot, and once full keeps its places on distinct servers: a newcomer from
+//!   a server the pool holds may only replace that server's place (if its slot is lower, or
+//!   equal under accept-equal), and one from a server the pool does not hold first replaces
+//!   a second place on a shared server (the highest such slot, whatever the newcomer's),
+//!   then follows the rules below. Under `max_slots` any newcomer fills a place, so a pool
+//!   fills with fewer servers than places. A small pool keeps its slots (below), so its
+//!   lowest slot would stay on one server for good and carry most of the client's
+//!   requests: over 4 servers with 2 to 4 places, the long-run rate max/mean was 1.10-1.27
+//!   on the worst seed at 50-80 % load. Spread, each place carries an equal share; on
+//!   distinct servers the least-outstanding cost cannot skew that share (two places on one
+//!   server would send a client's second concurrent request to its other server), so a
+//!   server's rate follows the connections it holds, which the slots keep even: the worst
+//!   seed is 1.004-1.058, and no request waits behind another of its own client at one
+//!   server, so the p99 is 1-14 % below the original's at 80-95 % load. Larger pools keep
+//!   the lowest slot: spreading there raised the p99 at 100 servers and 80 % load from 52.5
+//!   to 59.1 ms, since the maximum age already rotates their lowest slots, and preferring
+//!   the lowest slot keeps each server's load steadier than picking at random
+//!   (`docs/balance.md`, "Small pools spread").
 //! - offer: under `max_slots` the newcomer fills a free place; at `max_slots` it replaces
 //!   the held connection whose lifetime ended longest ago, whatever the two slots (soft
 //!   expiry, below); failing one, the highest slot (equal ones: the latest arrival, or at
@@ -374,6 +383,11 @@ impl Book {
                 id: self.insert(server, slot, now, rng),
             };
         }
+        if let (true, Some(server)) = (self.policy.spreads_leases(), server) {
+            if let Some(admission) = self.offer_distinct(server, slot, now, rng) {
+                return admission;
+            }
+        }
         let keeps_slots = keeps_slots_on_expiry(self.policy.max_slots);
         if let Some(expired) = self
             .expired(now)
@@ -401,6 +415,49 @@ impl Book {
             id: self.insert(server, slot, now, rng),
             evicted,
         }
+    }
+
+    /// A full small pool that spreads keeps its places on distinct servers (see the module
+    /// doc): a newcomer from a server the pool holds may only take that server's place, one
+    /// from a server it does not hold takes a second place on a shared server first.
+    /// `None` when neither applies: the usual rules decide.
+    fn offer_distinct<R: Rng + ?Sized>(
+        &mut self,
+        server: u64,
+        slot: u32,
+        now: u64,
+        rng: &mut R,
+    ) -> Option<Admission> {
+        let victim = {
+            let server_of = |id: u32| self.entries[id as usize].server;
+            let slot_of_entry = |id: u32| self.entries[id as usize].slot;
+            let held = || self.held.keys().map(|(_, id)| id);
+            match held()
+                .filter(|&id| server_of(id) == Some(server))
+                .max_by_key(|&id| slot_of_entry(id))
+            {
+                Some(own) if replaces(slot, slot_of_entry(own), self.policy.accept_equal) => own,
+                Some(_) => return Some(Admission::Refused),
+                None => held()
+                    .filter(|&id| {
+                        server_of(id).is_some()
+                            && held().any(|other| other != id && server_of(other) == server_of(id))
+                    })
+                    .max_by_key(|&id| slot_of_entry(id))?,
+            }
+        };
+        let expired = self
+            .expiring
+            .keys()
+            .any(|(expires, id)| id == victim && expires <= now);
+        if expired {
+            self.expired_replaced = self.expired_replaced.saturating_add(1);
+        }
+        let evicted = self.evict(victim);
+        Some(Admission::Replaced {
+            id: self.insert(Some(server), slot, now, rng),
+            evicted,
+        })
     }
 
     /// The held entry whose lifetime ended longest ago by `now`, if any.
@@ -750,6 +807,83 @@ mod tests {
             counts[..3].iter().all(|&n| (845..=1155).contains(&n)),
             "{counts:?}"
         );
+    }
+
+    /// Offers `(server, slot)` in turn to a small improved pool of `max_slots` (no maximum
+    /// age) and returns the book with what the last offer decided.
+    fn offers(max_slots: usize, offers: &[(u64, u32)]) -> (Book, Admission) {
+        let policy = PoolPolicy::improved().max_slots(max_slots).max_age(None);
+        let mut book = Book::new(&policy);
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut last = Admission::Refused;
+        for &(server, slot) in offers {
+            last = book.offer(Some(server), slot, 0, &mut rng);
+        }
+        (book, last)
+    }
+
+    fn servers_held(book: &Book) -> Vec<(u64, u32)> {
+        let mut held: Vec<(u64, u32)> = book
+            .held()
+            .map(|id| {
+                let entry = &book.entries[id as usize];
+                (entry.server.unwrap_or(u64::MAX), entry.slot)
+            })
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
+    #[test]
+    fn a_full_small_pool_takes_a_held_server_only_in_its_own_place() {
+        // Servers 0 and 1 held with slots 5 and 1. Server 1 again with slot 3 beats the worst
+        // (5) but may only take server 1's place, which has a better slot: refused. With
+        // slot 0 it replaces server 1's place.
+        let (book, last) = offers(2, &[(0, 5), (1, 1), (1, 3)]);
+        assert_eq!(last, Admission::Refused);
+        assert_eq!(servers_held(&book), vec![(0, 5), (1, 1)]);
+        let (book, last) = offers(2, &[(0, 5), (1, 1), (1, 0)]);
+        assert!(matches!(last, Admission::Replaced { evicted, .. } if evicted.slot == 1));
+        assert_eq!(servers_held(&book), vec![(0, 5), (1, 0)]);
+    }
+
+    #[test]
+    fn a_server_new_to_a_full_small_pool_replaces_a_second_place_on_a_shared_server() {
+        // Under max_slots the pool fills whatever the servers: two places on server 0. A
+        // newcomer from server 2 takes the higher of them even with a higher slot, and the
+        // pool ends on three distinct servers.
+        let (book, last) = offers(3, &[(0, 1), (0, 2), (1, 0), (2, 7)]);
+        assert!(matches!(last, Admission::Replaced { evicted, .. } if evicted.slot == 2));
+        assert_eq!(servers_held(&book), vec![(0, 1), (1, 0), (2, 7)]);
+        // On distinct servers, a new server goes by the usual rules: it must beat the worst.
+        let (_, last) = offers(3, &[(0, 1), (1, 0), (2, 7), (3, 8)]);
+        assert_eq!(last, Admission::Refused);
+        let (book, _) = offers(3, &[(0, 1), (1, 0), (2, 7), (3, 6)]);
+        assert_eq!(servers_held(&book), vec![(0, 1), (1, 0), (3, 6)]);
+    }
+
+    #[test]
+    fn larger_pools_and_the_original_hold_a_server_more_than_once() {
+        let policy = PoolPolicy::improved()
+            .max_slots(SLOT_KEEPING_MAX_SLOTS + 1)
+            .max_age(None);
+        let mut book = Book::new(&policy);
+        let mut rng = SmallRng::seed_from_u64(9);
+        for slot in 0..=SLOT_KEEPING_MAX_SLOTS as u32 {
+            book.offer(Some(0), slot + 1, 0, &mut rng);
+        }
+        // Full with five places on server 0: slot 0 from server 0 replaces the worst.
+        assert!(matches!(
+            book.offer(Some(0), 0, 0, &mut rng),
+            Admission::Replaced { evicted, .. } if evicted.slot == 5
+        ));
+        let mut original = Book::new(&PoolPolicy::original().max_slots(2));
+        original.offer(Some(0), 5, 0, &mut rng);
+        original.offer(Some(1), 1, 0, &mut rng);
+        assert!(matches!(
+            original.offer(Some(1), 3, 0, &mut rng),
+            Admission::Replaced { evicted, .. } if evicted.slot == 5
+        ));
     }
 
     #[test]

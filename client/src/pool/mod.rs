@@ -124,8 +124,11 @@ pub enum AcquireError {
 pub enum Offer<C> {
     /// Kept: the pool was under `max_slots`.
     Kept,
-    /// Kept in place of the highest-slot connection (an equal one under
-    /// [`PoolPolicy::accept_equal`]), which left the pool.
+    /// Kept in place of a held connection, which left the pool: the highest-slot one (an
+    /// equal one under [`PoolPolicy::accept_equal`]), or under the improved policy's rules
+    /// an expired one ([`PoolPolicy::max_age`]) or, in a small pool, its server's own
+    /// connection or a second connection to a shared server
+    /// ([`PoolPolicy::spread_small_pools`]).
     Replaced {
         /// The evicted connection's slot.
         evicted_slot: u32,
@@ -134,7 +137,8 @@ pub enum Offer<C> {
         evicted: Option<C>,
     },
     /// Refused: the pool is full and the slot is not lower than the highest held one (not
-    /// lower or equal under [`PoolPolicy::accept_equal`]).
+    /// lower or equal under [`PoolPolicy::accept_equal`]), or, in a small pool under
+    /// [`PoolPolicy::spread_small_pools`], than its own server's connection.
     /// The connection is handed back; dropping it closes it.
     Rejected(C),
 }
@@ -223,7 +227,8 @@ impl<C: Liveness> Pool<C> {
 
     /// Like [`offer`](Self::offer), for a connection to `server`: under
     /// [`PoolPolicy::least_outstanding`], leases prefer servers with fewer of this pool's
-    /// leases.
+    /// leases, and under [`PoolPolicy::spread_small_pools`] a small pool keeps its
+    /// connections on distinct servers.
     pub fn offer_from(&self, server: ServerKey, slot: u32, conn: C) -> Offer<C> {
         self.offer_inner(Some(server), slot, conn)
     }

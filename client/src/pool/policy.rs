@@ -7,7 +7,7 @@
 //! one, ties between equal slots broken by arrival order. [`PoolPolicy::improved`] is the
 //! policy measured in `docs/balance.md` ("The improved Callosum policy"): maximum connection
 //! age, slow-connection penalty, least outstanding first, random ties, accept equal. The
-//! rules themselves are written once, in [`decide`], which the pool and the simulator
+//! rules themselves are written once, in [`decide`](super::decide), which the pool and the simulator
 //! (`callosum-loadgen simulate`, whose `PoolRules` converts to this type) both call.
 
 use std::time::Duration;
@@ -204,14 +204,18 @@ impl PoolPolicy {
     /// In pools of at most 4 places ([`age::SLOT_KEEPING_MAX_SLOTS`]), lease any idle
     /// connection of the lowest cost (the [`least_outstanding`](Self::least_outstanding)
     /// count plus the [`slow_penalty`](Self::slow_penalty)) uniformly at random, whatever
-    /// its slot, instead of the lowest slot. Such a pool keeps its slots (see
-    /// [`max_age`](Self::max_age)), so its lowest slot, and with it most of the client's
-    /// requests, would stay on one server for good; spread, each place carries an equal
-    /// share and a server's rate follows the connections it holds, which the slots keep
-    /// even. Larger pools keep leasing the lowest slot: there the maximum age rotates the
-    /// lowest slots among servers, and the lowest slot's preference lowers the tail
-    /// (`docs/balance.md`, "Small pools spread"). Costs a scan of the idle connections per
-    /// lease. Default off (the original).
+    /// its slot, instead of the lowest slot; and once full, keep the connections on
+    /// distinct servers (known from [`Pool::offer_from`](crate::pool::Pool::offer_from)): a
+    /// newcomer from a server the pool holds may only replace that server's connection,
+    /// and one from another server first replaces a second connection to a shared server.
+    /// Such a pool keeps its slots (see [`max_age`](Self::max_age)), so its lowest slot,
+    /// and with it most of the client's requests, would stay on one server for good;
+    /// spread over distinct servers, each connection carries an equal share and a server's
+    /// rate follows the connections it holds, which the slots keep even. Larger pools keep
+    /// leasing the lowest slot: there the maximum age rotates the lowest slots among
+    /// servers, and the lowest slot's preference lowers the tail (`docs/balance.md`,
+    /// "Small pools spread"). Costs a scan of the idle connections per lease and of the
+    /// held ones per offer. Default off (the original).
     pub fn spread_small_pools(mut self, on: bool) -> Self {
         self.spread_small_pools = on;
         self
@@ -241,7 +245,7 @@ impl PoolPolicy {
         self.accept_equal
     }
 
-    /// Whether small pools spread their leases over the connections of the lowest cost.
+    /// Whether small pools spread their leases and keep their servers distinct.
     pub fn get_spread_small_pools(&self) -> bool {
         self.spread_small_pools
     }
