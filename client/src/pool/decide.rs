@@ -766,6 +766,18 @@ mod tests {
         }
     }
 
+    /// How often each of `items` (ids 0, 1, …) is picked in `n` picks by `ties`.
+    fn picks(items: &[(u32, u64, u32)], ties: Ties, n: u32, seed: u64) -> Vec<u32> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut counts = vec![0u32; items.len()];
+        for _ in 0..n {
+            if let Some(id) = lowest(items.iter().copied(), ties, &mut rng) {
+                counts[id as usize] += 1;
+            }
+        }
+        counts
+    }
+
     #[test]
     fn random_ties_pick_each_equal_candidate_about_as_often() {
         // Four equal candidates, one worse: 4,000 picks, each ~1,000 (±6 σ = ±164).
@@ -776,13 +788,7 @@ mod tests {
             (0, 5 << 32, 3),
             (0, 5 << 32 | 3, 4),
         ];
-        let mut rng = SmallRng::seed_from_u64(7);
-        let mut counts = [0u32; 5];
-        for _ in 0..4000 {
-            if let Some(id) = lowest(items.iter().copied(), Ties::Random, &mut rng) {
-                counts[id as usize] += 1;
-            }
-        }
+        let counts = picks(&items, Ties::Random, 4000, 7);
         assert_eq!(counts[0], 0);
         assert!(
             counts[1..].iter().all(|&n| (836..=1164).contains(&n)),
@@ -795,13 +801,7 @@ mod tests {
         // Three of cost 0 with slots 0, 5 and 9; one of cost 1 and slot 0: 3,000 picks,
         // each of cost 0 ~1,000 (±6 σ = ±155).
         let items = [(0, 0, 0), (0, 5 << 32, 1), (0, 9 << 32 | 4, 2), (1, 0, 3)];
-        let mut rng = SmallRng::seed_from_u64(11);
-        let mut counts = [0u32; 4];
-        for _ in 0..3000 {
-            if let Some(id) = lowest(items.iter().copied(), Ties::Spread, &mut rng) {
-                counts[id as usize] += 1;
-            }
-        }
+        let counts = picks(&items, Ties::Spread, 3000, 11);
         assert_eq!(counts[3], 0);
         assert!(
             counts[..3].iter().all(|&n| (845..=1155).contains(&n)),
