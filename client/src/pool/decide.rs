@@ -383,7 +383,7 @@ impl Book {
                 id: self.insert(server, slot, now, rng),
             };
         }
-        if let (true, Some(server)) = (self.policy.spreads_leases(), server) {
+        if let (true, Some(server)) = (self.policy.spreads(), server) {
             if let Some(admission) = self.offer_distinct(server, slot, now, rng) {
                 return admission;
             }
@@ -431,17 +431,20 @@ impl Book {
         let victim = {
             let server_of = |id: u32| self.entries[id as usize].server;
             let slot_of_entry = |id: u32| self.entries[id as usize].slot;
-            let held = || self.held.keys().map(|(_, id)| id);
-            match held()
+            match self
+                .held()
                 .filter(|&id| server_of(id) == Some(server))
                 .max_by_key(|&id| slot_of_entry(id))
             {
                 Some(own) if replaces(slot, slot_of_entry(own), self.policy.accept_equal) => own,
                 Some(_) => return Some(Admission::Refused),
-                None => held()
+                None => self
+                    .held()
                     .filter(|&id| {
                         server_of(id).is_some()
-                            && held().any(|other| other != id && server_of(other) == server_of(id))
+                            && self
+                                .held()
+                                .any(|other| other != id && server_of(other) == server_of(id))
                     })
                     .max_by_key(|&id| slot_of_entry(id))?,
             }
@@ -578,7 +581,7 @@ impl Book {
             let slow = (entry.ewma / slow_over) as u32;
             (busy.saturating_add(slow), key, id)
         });
-        let ties = if self.policy.spreads_leases() {
+        let ties = if self.policy.spreads() {
             Ties::Spread
         } else if self.policy.random_tie_break {
             Ties::Random
@@ -887,27 +890,17 @@ mod tests {
     }
 
     #[test]
-    fn only_small_pools_of_a_spreading_policy_spread_their_leases() {
+    fn only_small_pools_of_a_spreading_policy_spread() {
         let improved = PoolPolicy::improved();
-        assert!(
-            improved
-                .clone()
-                .max_slots(SLOT_KEEPING_MAX_SLOTS)
-                .spreads_leases()
-        );
+        assert!(improved.clone().max_slots(SLOT_KEEPING_MAX_SLOTS).spreads());
         assert!(
             !improved
                 .clone()
                 .max_slots(SLOT_KEEPING_MAX_SLOTS + 1)
-                .spreads_leases()
+                .spreads()
         );
-        assert!(
-            !improved
-                .max_slots(2)
-                .spread_small_pools(false)
-                .spreads_leases()
-        );
-        assert!(!PoolPolicy::original().max_slots(2).spreads_leases());
+        assert!(!improved.max_slots(2).spread_small_pools(false).spreads());
+        assert!(!PoolPolicy::original().max_slots(2).spreads());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! exactly: 100 slots, lease the lowest slot, replace the highest only with a strictly lower
 //! one, ties between equal slots broken by arrival order. [`PoolPolicy::improved`] is the
 //! policy measured in `docs/balance.md` ("The improved Callosum policy"): maximum connection
-//! age, slow-connection penalty, least outstanding first, random ties, accept equal. The
-//! rules themselves are written once, in [`decide`](super::decide), which the pool and the simulator
-//! (`callosum-loadgen simulate`, whose `PoolRules` converts to this type) both call.
+//! age, slow-connection penalty, least outstanding first, random ties, accept equal, small
+//! pools spread. The rules themselves are written once, in [`decide`](super::decide), which
+//! the pool and the simulator (`callosum-loadgen simulate`, whose `PoolRules` converts to
+//! this type) both call.
 
 use std::time::Duration;
 
@@ -250,8 +251,9 @@ impl PoolPolicy {
         self.spread_small_pools
     }
 
-    /// Whether this pool spreads its leases: the rule is on and the pool is small.
-    pub(crate) fn spreads_leases(&self) -> bool {
+    /// Whether this pool spreads its leases and keeps its servers distinct: the rule is on
+    /// and the pool is small.
+    pub(crate) fn spreads(&self) -> bool {
         self.spread_small_pools && age::keeps_slots_on_expiry(self.max_slots)
     }
 
@@ -312,7 +314,7 @@ impl PoolPolicy {
         self.least_outstanding
             || self.slow_penalty.is_some()
             || self.random_tie_break
-            || self.spreads_leases()
+            || self.spreads()
     }
 
     pub(crate) fn validate(&self) -> Result<(), PoolError> {

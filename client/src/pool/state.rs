@@ -197,6 +197,15 @@ impl<C> Inner<C> {
             .collect()
     }
 
+    /// The held entries (idle and leased) as `(server, slot)` (tests).
+    #[cfg(test)]
+    pub(super) fn held_entries(&self) -> Vec<(Option<ServerKey>, u32)> {
+        self.book
+            .held()
+            .map(|id| (self.book.server(id).map(ServerKey), self.book.slot(id)))
+            .collect()
+    }
+
     /// This pool's leases per server (tests).
     #[cfg(test)]
     pub(super) fn leases_at(&self, server: ServerKey) -> u32 {

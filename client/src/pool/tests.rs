@@ -661,12 +661,21 @@ proptest! {
                     let conn = Fake::new(next);
                     closed_flags.push(conn.probes().1);
                     let full = pool.len() == max;
+                    // Slots held on a server the pool holds more than once, before the offer.
+                    let held = pool.shared.lock().held_entries();
+                    let shared_slots: Vec<u32> = held
+                        .iter()
+                        .filter(|(s, _)| s.is_some() && held.iter().filter(|(o, _)| o == s).count() > 1)
+                        .map(|&(_, slot)| slot)
+                        .collect();
+                    let small = max <= crate::pool::decide::SLOT_KEEPING_MAX_SLOTS;
                     match pool.offer_from(ServerKey(server), slot, conn) {
                         Offer::Kept => prop_assert!(!full),
-                        // A small pool also lets a new server replace a second connection
-                        // to a shared server whatever the slots (its servers kept distinct).
+                        // Never a higher slot, except that a small pool lets a new server
+                        // replace a second connection to a shared server (its servers kept
+                        // distinct).
                         Offer::Replaced { evicted_slot, .. } => prop_assert!(
-                            full && (slot <= evicted_slot || max <= crate::pool::decide::SLOT_KEEPING_MAX_SLOTS)
+                            full && (slot <= evicted_slot || (small && shared_slots.contains(&evicted_slot)))
                         ),
                         Offer::Rejected(_) => prop_assert!(full),
                     }

@@ -126,7 +126,8 @@ pub struct PoolRules {
     /// See `latency_alpha`.
     pub slow_threshold: f32,
     /// Pools of at most 4 places lease any idle connection of the lowest cost at random,
-    /// whatever its slot, instead of the lowest slot.
+    /// whatever its slot, instead of the lowest slot, and once full keep their connections
+    /// on distinct servers.
     pub spread_small_pools: bool,
 }
 

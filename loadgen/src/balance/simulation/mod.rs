@@ -96,7 +96,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1.5)]
     pub slow_threshold: f32,
     /// Improved policy: pools of at most 4 places lease any idle connection of the lowest
-    /// cost at random, whatever its slot.
+    /// cost at random, whatever its slot, and once full keep their connections on distinct
+    /// servers.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub spread_small_pools: bool,
     /// Network round trip added to every request (all of it on the response) and to every
