@@ -84,8 +84,8 @@
 //! ```
 //!
 //! Each rule is also a toggle on [`PoolPolicy`] (`max_age`, `accept_equal`,
-//! `random_tie_break`, `least_outstanding`, `slow_penalty`, `spread_small_pools`), to switch
-//! one off.
+//! `random_tie_break`, `least_outstanding`, `slow_penalty`, `spread_small_pools`,
+//! `slot_weighted_leases`), to switch one off.
 #![deny(missing_docs)]
 
 pub mod discovery;

@@ -63,8 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// A policy with each rule on or off, and a maximum age or none.
 fn policy() -> impl Strategy<Value = PoolPolicy> {
-    (1usize..6, any::<[bool; 5]>(), prop::option::of(1u64..20)).prop_map(
-        |(max_slots, [random, equal, least, slow, spread], age_s)| {
+    (1usize..6, any::<[bool; 6]>(), prop::option::of(1u64..20)).prop_map(
+        |(max_slots, [random, equal, least, slow, spread, weighted], age_s)| {
             PoolPolicy::original()
                 .max_slots(max_slots)
                 .random_tie_break(random)
@@ -72,6 +72,7 @@ fn policy() -> impl Strategy<Value = PoolPolicy> {
                 .least_outstanding(least)
                 .slow_penalty(slow.then(SlowPenalty::default))
                 .spread_small_pools(spread)
+                .slot_weighted_leases(weighted)
                 .max_age(age_s.map(Duration::from_secs))
         },
     )

@@ -227,8 +227,9 @@ impl<C: Liveness> Pool<C> {
 
     /// Like [`offer`](Self::offer), for a connection to `server`: under
     /// [`PoolPolicy::least_outstanding`], leases prefer servers with fewer of this pool's
-    /// leases, and under [`PoolPolicy::spread_small_pools`] a small pool keeps its
-    /// connections on distinct servers.
+    /// leases, under [`PoolPolicy::spread_small_pools`] a small pool keeps its
+    /// connections on distinct servers, and under [`PoolPolicy::slot_weighted_leases`] a
+    /// pool holding a server twice leases by slot weight.
     pub fn offer_from(&self, server: ServerKey, slot: u32, conn: C) -> Offer<C> {
         self.offer_inner(Some(server), slot, conn)
     }

@@ -99,6 +99,7 @@ pub struct PoolPolicy {
     pub(crate) slow_penalty: Option<SlowPenalty>,
     pub(crate) max_age: MaxAge,
     pub(crate) spread_small_pools: bool,
+    pub(crate) slot_weighted_leases: bool,
     pub(crate) seed: Option<u64>,
 }
 
@@ -121,6 +122,7 @@ impl PoolPolicy {
             slow_penalty: None,
             max_age: MaxAge::Off,
             spread_small_pools: false,
+            slot_weighted_leases: false,
             seed: None,
         }
     }
@@ -133,7 +135,8 @@ impl PoolPolicy {
     /// - [`slow_penalty`](Self::slow_penalty): weight 0.2, threshold 1.5;
     /// - [`least_outstanding`](Self::least_outstanding), [`random_tie_break`](Self::random_tie_break)
     ///   and [`accept_equal`](Self::accept_equal);
-    /// - [`spread_small_pools`](Self::spread_small_pools).
+    /// - [`spread_small_pools`](Self::spread_small_pools) and
+    ///   [`slot_weighted_leases`](Self::slot_weighted_leases).
     pub fn improved() -> Self {
         Self {
             max_slots: DEFAULT_MAX_SLOTS,
@@ -143,6 +146,7 @@ impl PoolPolicy {
             slow_penalty: Some(SlowPenalty::default()),
             max_age: MaxAge::Auto,
             spread_small_pools: true,
+            slot_weighted_leases: true,
             seed: None,
         }
     }
@@ -222,6 +226,24 @@ impl PoolPolicy {
         self
     }
 
+    /// While the pool holds some server more than once (known from
+    /// [`Pool::offer_from`](crate::pool::Pool::offer_from)), lease among the idle
+    /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead of
+    /// always the lowest slot: slot 3 is leased twice as often as slot 7. A pool holding a
+    /// server twice has few servers for its places, so each client's lowest slot carries a
+    /// large share of one server's requests, and every rotation of the lowest slots moves
+    /// that share at once: a server's per-second share wandered twice as far as under
+    /// random routing. Weighted by slot, the lowest slot still carries the most (the slot
+    /// stays the load signal) but no longer all. Pools on distinct servers keep leasing the
+    /// lowest slot, which lowers the tail there; a small pool that spreads
+    /// ([`spread_small_pools`](Self::spread_small_pools)) spreads instead
+    /// (`docs/balance.md`, "Slot-weighted leases"). Costs a scan of the idle connections
+    /// per lease and a map of held connections per server. Default off (the original).
+    pub fn slot_weighted_leases(mut self, on: bool) -> Self {
+        self.slot_weighted_leases = on;
+        self
+    }
+
     /// Seed of the pool's random choices (equal slots under random ties, lifetimes), for
     /// reproducible runs: a pool fed the same offers, leases and returns at the same times
     /// then decides the same as the simulator's clients do. `None`: seeded from the OS (the
@@ -249,6 +271,11 @@ impl PoolPolicy {
     /// Whether small pools spread their leases and keep their servers distinct.
     pub fn get_spread_small_pools(&self) -> bool {
         self.spread_small_pools
+    }
+
+    /// Whether a pool holding a server more than once leases by slot weight.
+    pub fn get_slot_weighted_leases(&self) -> bool {
+        self.slot_weighted_leases
     }
 
     /// Whether this pool spreads its leases and keeps its servers distinct: the rule is on
@@ -315,6 +342,7 @@ impl PoolPolicy {
             || self.slow_penalty.is_some()
             || self.random_tie_break
             || self.spreads()
+            || self.slot_weighted_leases
     }
 
     pub(crate) fn validate(&self) -> Result<(), PoolError> {
@@ -345,6 +373,7 @@ mod tests {
         assert_eq!(improved.slow_penalty, Some(SlowPenalty::default()));
         assert_eq!(improved.max_age, MaxAge::Auto);
         assert!(improved.spread_small_pools && !PoolPolicy::original().spread_small_pools);
+        assert!(improved.slot_weighted_leases && !PoolPolicy::original().slot_weighted_leases);
         assert_eq!(
             PoolPolicy::original().max_age_for(ASSUMED_ROVING_INTERVAL),
             None

@@ -129,6 +129,10 @@ pub struct PoolRules {
     /// whatever its slot, instead of the lowest slot, and once full keep their connections
     /// on distinct servers.
     pub spread_small_pools: bool,
+    /// A pool that holds some server more than once leases among the idle connections of
+    /// the lowest cost at random, each with weight 1 / (slot + 1), instead of the lowest
+    /// slot.
+    pub slot_weighted_leases: bool,
 }
 
 impl PoolRules {
@@ -141,6 +145,7 @@ impl PoolRules {
         latency_alpha: None,
         slow_threshold: f32::INFINITY,
         spread_small_pools: false,
+        slot_weighted_leases: false,
     };
 
     /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
@@ -157,6 +162,7 @@ impl PoolRules {
             latency_alpha: penalty.map(|p| p.get_alpha()),
             slow_threshold: penalty.map_or(f32::INFINITY, |p| p.get_threshold()),
             spread_small_pools: policy.get_spread_small_pools(),
+            slot_weighted_leases: policy.get_slot_weighted_leases(),
         }
     }
 
@@ -175,5 +181,6 @@ impl PoolRules {
             }))
             .max_age(self.max_age_ns.map(Duration::from_nanos))
             .spread_small_pools(self.spread_small_pools)
+            .slot_weighted_leases(self.slot_weighted_leases)
     }
 }

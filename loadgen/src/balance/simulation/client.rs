@@ -173,12 +173,14 @@ mod tests {
 
     #[test]
     fn improved_lease_avoids_own_requests_and_slow_connections() {
-        // Four places would spread their leases at random: off, to see the costs' order.
+        // Four places would spread their leases at random, and with server 0 held twice
+        // weight them by slot: both off, to see the costs' order.
         let policy = PoolPolicy::improved()
             .max_slots(4)
             .max_age(None)
             .slow_penalty(Some(SlowPenalty::default()))
-            .spread_small_pools(false);
+            .spread_small_pools(false)
+            .slot_weighted_leases(false);
         let mut clients = Clients::new(1, &policy, 0);
         let mut rng = SmallRng::seed_from_u64(1);
         // Two connections to server 0 (slots 0, 1), one to server 1 (slot 2), one to 2 (slot 3).

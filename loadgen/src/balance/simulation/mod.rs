@@ -100,6 +100,11 @@ pub struct SimulateArgs {
     /// servers.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub spread_small_pools: bool,
+    /// Improved policy: a pool that holds some server more than once leases among the idle
+    /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead
+    /// of the lowest slot.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub slot_weighted_leases: bool,
     /// Network round trip added to every request (all of it on the response) and to every
     /// connect.
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -159,6 +164,7 @@ impl SimulateArgs {
             .random_tie_break(self.random_ties)
             .least_outstanding(self.least_outstanding)
             .spread_small_pools(self.spread_small_pools)
+            .slot_weighted_leases(self.slot_weighted_leases)
             .slow_penalty((self.latency_alpha > 0.0).then(|| {
                 SlowPenalty::default()
                     .alpha(self.latency_alpha)
