@@ -38,18 +38,19 @@
 //!   to 59.1 ms, since the maximum age already rotates their lowest slots, and preferring
 //!   the lowest slot keeps each server's load steadier than picking at random
 //!   (`docs/balance.md`, "Small pools spread").
-//! - weighted: under `slot_weighted_leases`, a pool that does not spread and holds some
-//!   server more than once leases among the idle entries of the lowest cost at random,
-//!   each with weight 1 / (slot + 1), instead of the lowest slot. Holding a server twice
-//!   means few servers for the pool's places; there each client's lowest slot carries a
-//!   large share of one server's requests, and every rotation of the lowest slots (the
-//!   maximum age, below) moves that share at once: over 4 servers with 8 places a joining
-//!   server's per-second share had a standard deviation of 0.130 of fair, against random
-//!   routing's 0.056. Weighted, the lowest slot still carries the most, and the share's
-//!   deviation is 0.084. Pools on distinct servers keep the lowest slot: weighting every
-//!   pool raised the p99 at 100 servers and 80 % load from 52.5 to 56.2 ms, since there
-//!   the lowest slot is what makes every server some client's first choice
-//!   (`docs/balance.md`, "Slot-weighted leases").
+//! - weighted: under `slot_weighted_leases`, a pool that does not spread and holds at
+//!   least two entries per server on average leases among the idle entries of the lowest
+//!   cost at random, each with weight 1 / (slot + 1), instead of the lowest slot. Two
+//!   entries per server means few servers for the pool's places; there each client's
+//!   lowest slot carries a large share of one server's requests, and every rotation of the
+//!   lowest slots (the maximum age, below) moves that share at once: over 4 servers with
+//!   8 places a joining server's per-second share had a standard deviation of 0.130 of
+//!   fair, against random routing's 0.056. Weighted, the lowest slot still carries the
+//!   most, and the deviation falls to about 0.09. Pools spread over more servers keep the
+//!   lowest slot: weighting every pool raised the p99 at 100 servers and 80 % load from
+//!   52.5 to 56.2 ms, and weighting every pool that holds some server twice raised it by
+//!   16 % at 100 servers with 64 places, since there the lowest slot is what makes every
+//!   server some client's first choice (`docs/balance.md`, "Slot-weighted leases").
 //! - offer: under `max_slots` the newcomer fills a free place; at `max_slots` it replaces
 //!   the held connection whose lifetime ended longest ago, whatever the two slots (soft
 //!   expiry, below); failing one, the highest slot (equal ones: the latest arrival, or at
@@ -224,7 +225,7 @@ pub struct Book {
     /// Held entries per server, under slot-weighted leases.
     held_at: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
     /// Held entries whose server holds an earlier one too (the sum over servers of their
-    /// count less one), under slot-weighted leases: above 0, some server is held twice.
+    /// count less one), under slot-weighted leases.
     repeats: u32,
     /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
     /// only swap the order of two connections with the same slot once.
@@ -609,8 +610,8 @@ impl Book {
 
     /// The idle entry with the lowest cost, then slot, then arrival or at random; in a
     /// small pool that spreads its leases, any of the lowest cost at random; under
-    /// slot-weighted leases while a server is held twice, one of the lowest cost at random
-    /// by slot weight.
+    /// slot-weighted leases while the pool holds few servers for its places, one of the
+    /// lowest cost at random by slot weight.
     fn pick_idle<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
         // An average reaching `threshold` × the mean of the pool's non-zero averages counts
         // as one more lease (two at twice that, ...); none while no entry has a sample.
@@ -632,7 +633,7 @@ impl Book {
         });
         let ties = if self.policy.spreads() {
             Ties::Spread
-        } else if self.policy.slot_weighted_leases && self.repeats > 0 {
+        } else if self.policy.slot_weighted_leases && self.few_servers() {
             Ties::Weighted
         } else if self.policy.random_tie_break {
             Ties::Random
@@ -706,6 +707,13 @@ impl Book {
         }
         self.expiring.remove(id);
         self.uncount(id);
+    }
+
+    /// Whether the pool holds at least two entries per server on average (as many entries
+    /// beyond each server's first as servers), counting the entries offered with a server:
+    /// few servers for its places, where slot-weighted leases apply. O(1).
+    fn few_servers(&self) -> bool {
+        self.repeats > 0 && self.repeats as usize >= self.held_at.len()
     }
 
     /// Counts one held entry less at `server` (slot-weighted leases).
@@ -921,17 +929,23 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_holding_a_server_twice_leases_by_slot_weight_and_on_distinct_servers_the_lowest() {
+    fn a_pool_with_two_places_per_server_leases_by_slot_weight_and_others_the_lowest() {
         let weighted = PoolPolicy::improved().max_slots(8);
-        // Distinct servers: always the lowest slot.
-        let distinct = [(0, 4), (1, 0), (2, 9)];
-        assert_eq!(
-            lease_counts(&weighted, &distinct, 500),
-            [(4, 0), (0, 500), (9, 0)]
-        );
-        // Server 0 twice: slots 0, 1, 3, 4 by weights 1, 1/2, 1/4, 1/5 (shares 20/39, 10/39,
-        // 5/39, 4/39 of 3,900 leases: 2,000, 1,000, 500, 400; ±6 σ).
-        let twice = [(0, 4), (1, 0), (2, 3), (0, 1)];
+        // Distinct servers, or one server twice among three: always the lowest slot.
+        for held in [
+            &[(0, 4), (1, 0), (2, 9)][..],
+            &[(0, 4), (1, 0), (2, 9), (0, 1)],
+        ] {
+            let counts = lease_counts(&weighted, held, 500);
+            assert!(
+                counts
+                    .iter()
+                    .all(|&(slot, n)| n == if slot == 0 { 500 } else { 0 })
+            );
+        }
+        // Two servers, two places each: slots 0, 1, 3, 4 by weights 1, 1/2, 1/4, 1/5 (shares
+        // 20/39, 10/39, 5/39, 4/39 of 3,900 leases: 2,000, 1,000, 500, 400; ±6 σ).
+        let twice = [(0, 4), (1, 0), (1, 3), (0, 1)];
         let counts = lease_counts(&weighted, &twice, 3900);
         let expected = [(4, 400, 111), (0, 2000, 188), (3, 500, 122), (1, 1000, 159)];
         for (&(slot, n), (want_slot, mean, band)) in counts.iter().zip(expected) {
@@ -947,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn the_repeat_count_follows_servers_held_twice_through_replacements_and_evictions() {
+    fn the_repeat_count_follows_servers_held_twice_and_tells_few_servers() {
         let policy = PoolPolicy::improved().max_slots(5).max_age(None);
         let mut book = Book::new(&policy);
         let mut rng = SmallRng::seed_from_u64(3);
@@ -975,6 +989,17 @@ mod tests {
         assert!(!book.give_back(id, None));
         let expected = if slot == 2 || slot == 3 { 0 } else { 1 };
         assert_eq!(book.repeats, expected);
+        // Few servers: at least two entries per server held, on average.
+        let mut book = Book::new(&policy);
+        for (server, slot, few) in [(0, 1, false), (0, 2, true), (1, 3, false), (1, 4, true)] {
+            book.offer(Some(server), slot, 0, &mut rng);
+            assert_eq!(book.few_servers(), few, "after ({server}, {slot})");
+        }
+        // Entries offered without a server count for nothing.
+        let mut book = Book::new(&policy);
+        book.offer(None, 1, 0, &mut rng);
+        book.offer(None, 2, 0, &mut rng);
+        assert!(!book.few_servers());
     }
 
     /// Offers `(server, slot)` in turn to a small improved pool of `max_slots` (no maximum

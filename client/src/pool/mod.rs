@@ -229,7 +229,7 @@ impl<C: Liveness> Pool<C> {
     /// [`PoolPolicy::least_outstanding`], leases prefer servers with fewer of this pool's
     /// leases, under [`PoolPolicy::spread_small_pools`] a small pool keeps its
     /// connections on distinct servers, and under [`PoolPolicy::slot_weighted_leases`] a
-    /// pool holding a server twice leases by slot weight.
+    /// pool holding at least two connections per server leases by slot weight.
     pub fn offer_from(&self, server: ServerKey, slot: u32, conn: C) -> Offer<C> {
         self.offer_inner(Some(server), slot, conn)
     }

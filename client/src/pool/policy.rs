@@ -226,16 +226,17 @@ impl PoolPolicy {
         self
     }
 
-    /// While the pool holds some server more than once (known from
-    /// [`Pool::offer_from`](crate::pool::Pool::offer_from)), lease among the idle
+    /// While the pool holds at least two connections per server on average (servers known
+    /// from [`Pool::offer_from`](crate::pool::Pool::offer_from)), lease among the idle
     /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead of
-    /// always the lowest slot: slot 3 is leased twice as often as slot 7. A pool holding a
-    /// server twice has few servers for its places, so each client's lowest slot carries a
-    /// large share of one server's requests, and every rotation of the lowest slots moves
-    /// that share at once: a server's per-second share wandered twice as far as under
-    /// random routing. Weighted by slot, the lowest slot still carries the most (the slot
-    /// stays the load signal) but no longer all. Pools on distinct servers keep leasing the
-    /// lowest slot, which lowers the tail there; a small pool that spreads
+    /// always the lowest slot: slot 3 is leased twice as often as slot 7. Such a pool has
+    /// few servers for its places, so each client's lowest slot carries a large share of
+    /// one server's requests, and every rotation of the lowest slots moves that share at
+    /// once: a server's per-second share wandered twice as far as under random routing.
+    /// Weighted by slot, the lowest slot still carries the most (the slot stays the load
+    /// signal) but no longer all. Pools spread over more servers keep leasing the lowest
+    /// slot, which lowers the tail there (weighting a pool of 64 over 100 servers raised its
+    /// p99 by 16 %); a small pool that spreads
     /// ([`spread_small_pools`](Self::spread_small_pools)) spreads instead
     /// (`docs/balance.md`, "Slot-weighted leases"). Costs a scan of the idle connections
     /// per lease and a map of held connections per server. Default off (the original).
@@ -273,7 +274,7 @@ impl PoolPolicy {
         self.spread_small_pools
     }
 
-    /// Whether a pool holding a server more than once leases by slot weight.
+    /// Whether a pool holding at least two connections per server leases by slot weight.
     pub fn get_slot_weighted_leases(&self) -> bool {
         self.slot_weighted_leases
     }

@@ -129,9 +129,9 @@ pub struct PoolRules {
     /// whatever its slot, instead of the lowest slot, and once full keep their connections
     /// on distinct servers.
     pub spread_small_pools: bool,
-    /// A pool that holds some server more than once leases among the idle connections of
-    /// the lowest cost at random, each with weight 1 / (slot + 1), instead of the lowest
-    /// slot.
+    /// A pool that holds at least two connections per server leases among the idle
+    /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead
+    /// of the lowest slot.
     pub slot_weighted_leases: bool,
 }
 

@@ -173,8 +173,8 @@ mod tests {
 
     #[test]
     fn improved_lease_avoids_own_requests_and_slow_connections() {
-        // Four places would spread their leases at random, and with server 0 held twice
-        // weight them by slot: both off, to see the costs' order.
+        // Four places would spread their leases at random: off, to see the costs' order
+        // (and slot weights off, though three servers for four places do not call them).
         let policy = PoolPolicy::improved()
             .max_slots(4)
             .max_age(None)

@@ -100,9 +100,9 @@ pub struct SimulateArgs {
     /// servers.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub spread_small_pools: bool,
-    /// Improved policy: a pool that holds some server more than once leases among the idle
-    /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead
-    /// of the lowest slot.
+    /// Improved policy: a pool that holds at least two connections per server leases among
+    /// the idle connections of the lowest cost at random, each with weight 1 / (slot + 1),
+    /// instead of the lowest slot.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub slot_weighted_leases: bool,
     /// Network round trip added to every request (all of it on the response) and to every
