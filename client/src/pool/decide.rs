@@ -90,8 +90,8 @@
 //! changes with every lease cannot sit in a heap key: the improved rules scan the idle
 //! entries per lease, and random ties scan the held ones per replacement, O(P) over a
 //! contiguous array, cheaper than an index per server at pool sizes (P ≤ 100). The per-server
-//! lease counts (and held counts, under slot-weighted leases) are kept in maps and the mean of the averages as a running sum, so the scan
-//! does O(1) per entry. Nothing allocates once the slab and heaps have grown to the pool's
+//! lease counts (and held counts, under slot-weighted leases) are kept in maps and the mean
+//! of the averages as a running sum, so the scan does O(1) per entry. Nothing allocates once the slab and heaps have grown to the pool's
 //! size.
 
 use std::cmp::Ordering;
@@ -331,7 +331,6 @@ fn lowest<R: Rng + ?Sized>(
                 }
             }
         };
-
         if better {
             best = Some(candidate);
         }
