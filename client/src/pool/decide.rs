@@ -90,9 +90,9 @@
 //! changes with every lease cannot sit in a heap key: the improved rules scan the idle
 //! entries per lease, and random ties scan the held ones per replacement, O(P) over a
 //! contiguous array, cheaper than an index per server at pool sizes (P ≤ 100). The per-server
-//! lease counts (and held counts, under slot-weighted leases) are kept in maps and the mean
-//! of the averages as a running sum, so the scan does O(1) per entry. Nothing allocates once the slab and heaps have grown to the pool's
-//! size.
+//! lease counts (and held counts, for the rules that look at servers held twice) are kept in
+//! maps and the mean of the averages as a running sum, so the scan does O(1) per entry.
+//! Nothing allocates once the slab and heaps have grown to the pool's size.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -222,10 +222,10 @@ pub struct Book {
     expiring: IndexedHeap,
     /// This pool's leases per server (held entries only), under least outstanding.
     leased_at: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
-    /// Held entries per server, under slot-weighted leases.
+    /// Held entries per server, when [`counts_servers`](Self::counts_servers).
     held_at: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
     /// Held entries whose server holds an earlier one too (the sum over servers of their
-    /// count less one), under slot-weighted leases.
+    /// count less one), when [`counts_servers`](Self::counts_servers).
     repeats: u32,
     /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
     /// only swap the order of two connections with the same slot once.
@@ -481,10 +481,7 @@ impl Book {
                 None => self
                     .held()
                     .filter(|&id| {
-                        server_of(id).is_some()
-                            && self
-                                .held()
-                                .any(|other| other != id && server_of(other) == server_of(id))
+                        server_of(id).is_some_and(|s| self.held_at.get(&s).is_some_and(|&n| n > 1))
                     })
                     .max_by_key(|&id| slot_of_entry(id))?,
             }
@@ -553,7 +550,7 @@ impl Book {
         };
         self.idle.push(key, id);
         self.held.push(key, id);
-        if let (true, Some(server)) = (self.policy.slot_weighted_leases, server) {
+        if let (true, Some(server)) = (self.counts_servers(), server) {
             let n = self.held_at.entry(server).or_insert(0);
             *n += 1;
             if *n > 1 {
@@ -700,12 +697,18 @@ impl Book {
         if self.held.remove(id) {
             let Entry { ewma, server, .. } = self.entries[id as usize];
             self.fold_mean(ewma, 0.0);
-            if let (true, Some(server)) = (self.policy.slot_weighted_leases, server) {
+            if let (true, Some(server)) = (self.counts_servers(), server) {
                 self.unhold_at(server);
             }
         }
         self.expiring.remove(id);
         self.uncount(id);
+    }
+
+    /// Whether the book counts its held entries per server: a rule looks at servers held
+    /// twice (slot-weighted leases, or a small pool keeping its servers distinct).
+    fn counts_servers(&self) -> bool {
+        self.policy.slot_weighted_leases || self.policy.spreads()
     }
 
     /// Whether the pool holds at least two entries per server on average (as many entries
@@ -715,7 +718,7 @@ impl Book {
         self.repeats > 0 && self.repeats as usize >= self.held_at.len()
     }
 
-    /// Counts one held entry less at `server` (slot-weighted leases).
+    /// Counts one held entry less at `server` (when counting servers).
     fn unhold_at(&mut self, server: u64) {
         if let Some(n) = self.held_at.get_mut(&server) {
             *n -= 1;
@@ -982,12 +985,15 @@ mod tests {
         // Leased and evicted: counted out at eviction, not again at the return.
         book.offer(Some(1), 3, 0, &mut rng);
         assert_eq!(book.repeats, 1);
-        let id = book.lease(&mut rng).expect("idle");
-        let slot = book.slot(id);
-        book.evict(id);
-        assert!(!book.give_back(id, None));
-        let expected = if slot == 2 || slot == 3 { 0 } else { 1 };
-        assert_eq!(book.repeats, expected);
+        let leased: Vec<u32> = std::iter::from_fn(|| book.lease(&mut rng)).collect();
+        let second_on_1 = leased
+            .into_iter()
+            .find(|&id| book.server(id) == Some(1) && book.slot(id) == 3)
+            .expect("leased");
+        book.evict(second_on_1);
+        assert_eq!((book.repeats, book.held_at[&1]), (0, 1));
+        assert!(!book.give_back(second_on_1, None));
+        assert_eq!((book.repeats, book.held_at[&1]), (0, 1));
         // Few servers: at least two entries per server held, on average.
         let mut book = Book::new(&policy);
         for (server, slot, few) in [(0, 1, false), (0, 2, true), (1, 3, false), (1, 4, true)] {
