@@ -90,9 +90,11 @@
 //! changes with every lease cannot sit in a heap key: the improved rules scan the idle
 //! entries per lease, and random ties scan the held ones per replacement, O(P) over a
 //! contiguous array, cheaper than an index per server at pool sizes (P ≤ 100). The per-server
-//! lease counts (and held counts, for the rules that look at servers held twice) are kept in
-//! maps and the mean of the averages as a running sum, so the scan does O(1) per entry.
-//! Nothing allocates once the slab and heaps have grown to the pool's size.
+//! lease and held counts sit in a slab each held entry points into (a map from server to
+//! slab place is consulted only when an entry arrives or leaves), and the mean of the
+//! averages is a running sum, so the scan does O(1) per entry with no hashing: with the
+//! counts in maps, hashing was a quarter of the simulator's time. Nothing allocates once
+//! the slab and heaps have grown to the pool's size.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
@@ -104,7 +106,9 @@ pub use super::age::{
     MAX_AGE_FLOOR_INTERVALS_PER_SLOT, SLOT_KEEPING_MAX_SLOTS, default_max_age,
     keeps_slots_on_expiry, max_age_floor,
 };
-use super::heap::{IndexedHeap, Order};
+use smallvec::SmallVec;
+
+use super::heap::{INLINE, IndexedHeap, Order};
 use super::policy::PoolPolicy;
 
 /// A connection's lifetime under maximum age `age_ns`: uniform in [age/2, 3·age/2)
@@ -179,66 +183,106 @@ enum State {
     Evicted,
 }
 
-/// One entry of the book.
+/// One entry of the book: 32 bytes, so a lease's scan of eight reads four cache lines
+/// (the slot is the key's high half, the server's presence a flag beside the state).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    slot: u32,
     /// Heap key: slot in the high half, arrival in the low half.
     key: u64,
-    server: Option<u64>,
+    /// The server's key, when `has_server`.
+    server_key: u64,
+    has_server: bool,
     /// Moving average of the response time in nanoseconds; 0 until the first sample.
     ewma: f32,
     state: State,
-    /// Counted in `leased_at`.
+    /// Counted in its server's leases.
     counted: bool,
+    /// Index of its server's counts in `servers` while held, when the book
+    /// [`tracks_servers`](Book::tracks_servers) and the entry has a server; else
+    /// [`NO_SERVER`].
+    at: u32,
+}
+
+/// [`Entry::at`] of an entry whose server is not counted.
+const NO_SERVER: u32 = u32::MAX;
+
+/// One server's counts, while the book holds entries of it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServerCounts {
+    /// Held entries of this server.
+    held: u32,
+    /// Leased held entries of this server, under least outstanding.
+    leased: u32,
+}
+
+impl Entry {
+    fn slot(&self) -> u32 {
+        slot_of(self.key)
+    }
+
+    fn server(&self) -> Option<u64> {
+        self.has_server.then_some(self.server_key)
+    }
 }
 
 const FREE: Entry = Entry {
-    slot: 0,
     key: 0,
-    server: None,
+    server_key: 0,
+    has_server: false,
     ewma: 0.0,
     state: State::Free,
     counted: false,
+    at: NO_SERVER,
 };
 
 /// One pool's connections as its decisions see them, by entry id (small integers the book
 /// hands out and reuses). Invariants: an entry is in `held` while it counts toward
 /// `max_slots`, in `idle` exactly while held and not leased, in `expiring` while held under
 /// a maximum age; an evicted leased entry is in none of them until it is given back or
-/// released. An entry is `counted` in `leased_at` exactly while leased and held, with a
-/// server, under least outstanding.
+/// released. When the book [`tracks_servers`](Self::tracks_servers), a held entry with a
+/// server points (`at`) at its server's counts, which live exactly while the server has a
+/// held entry; an entry is `counted` in its server's leases exactly while leased and held,
+/// with a server, under least outstanding.
 #[derive(Debug)]
+// Fields in the order a lease touches them (the policy, the idle heap, the entries, their
+// servers' counts, the mean average), so a lease reads a few adjacent cache lines of one
+// pool; the rest is read only by offers and departures.
+#[repr(C)]
 pub struct Book {
     policy: PoolPolicy,
-    /// The policy's maximum age, nanoseconds.
-    max_age_ns: Option<u64>,
-    entries: Vec<Entry>,
-    /// Ids of free entries.
-    free: Vec<u32>,
-    idle: IndexedHeap,
-    held: IndexedHeap,
-    /// Keys: expiry times, the caller's nanoseconds.
-    expiring: IndexedHeap,
-    /// This pool's leases per server (held entries only), under least outstanding.
-    leased_at: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
-    /// Held entries per server, when [`counts_servers`](Self::counts_servers).
-    held_at: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
-    /// Held entries whose server holds an earlier one too (the sum over servers of their
-    /// count less one), when [`counts_servers`](Self::counts_servers).
-    repeats: u32,
-    /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
-    /// only swap the order of two connections with the same slot once.
-    arrivals: u32,
     /// Sum and count of the held entries' non-zero averages (the slow penalty's mean).
     ewma_sum: f64,
     ewma_n: u32,
+    /// Held entries whose server holds an earlier one too (the sum over servers of their
+    /// count less one), when [`tracks_servers`](Self::tracks_servers).
+    repeats: u32,
+    idle: IndexedHeap,
+    entries: SmallVec<[Entry; INLINE]>,
+    /// Per-server counts (a slab indexed by [`Entry::at`]), when
+    /// [`tracks_servers`](Self::tracks_servers): the lease path reads and bumps them by
+    /// index, with no hashing.
+    servers: SmallVec<[ServerCounts; INLINE]>,
+    held: IndexedHeap,
+    /// Keys: expiry times, the caller's nanoseconds.
+    expiring: IndexedHeap,
+    /// The policy's maximum age, nanoseconds.
+    max_age_ns: Option<u64>,
+    /// Ids of free entries.
+    free: SmallVec<[u32; INLINE]>,
+    /// Unused places in `servers`.
+    servers_free: SmallVec<[u32; INLINE]>,
+    /// Where each server with held entries has its counts in `servers`; looked up only when
+    /// an entry arrives or leaves.
+    server_index: HashMap<u64, u32, BuildHasherDefault<KeyHasher>>,
+    /// Arrival counter: the deterministic tie-break. It wraps after 2^32 offers, which can
+    /// only swap the order of two connections with the same slot once.
+    arrivals: u32,
     /// Expired entries replaced by newcomers since [`retired`](Self::retired) last read it.
     expired_replaced: usize,
 }
 
-/// A multiplicative hash of a server key: a lease looks one up per idle entry, and SipHash
-/// (the default, built against adversarial keys) would be most of a lease's cost. Keys come
+/// A multiplicative hash of a server key: every offer and departure looks one up, and
+/// SipHash (the default, built against adversarial keys) would be most of their cost. Keys come
 /// from the application (the roving client numbers its servers), not from peers, so there
 /// is nobody to collide them on purpose.
 #[derive(Default)]
@@ -349,13 +393,14 @@ impl Book {
             max_age_ns: policy
                 .get_max_age()
                 .map(|age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
-            entries: Vec::new(),
-            free: Vec::new(),
+            entries: SmallVec::new(),
+            free: SmallVec::new(),
             idle: IndexedHeap::new(Order::Min),
             held: IndexedHeap::new(Order::Max),
             expiring: IndexedHeap::new(Order::Min),
-            leased_at: HashMap::default(),
-            held_at: HashMap::default(),
+            servers: SmallVec::new(),
+            servers_free: SmallVec::new(),
+            server_index: HashMap::default(),
             repeats: 0,
             arrivals: 0,
             ewma_sum: 0.0,
@@ -396,12 +441,12 @@ impl Book {
 
     /// The slot of entry `id`.
     pub fn slot(&self, id: u32) -> u32 {
-        self.entries[id as usize].slot
+        self.entries[id as usize].slot()
     }
 
     /// The server of entry `id`, when it was offered with one.
     pub fn server(&self, id: u32) -> Option<u64> {
-        self.entries[id as usize].server
+        self.entries[id as usize].server()
     }
 
     /// The held entries' ids, in no particular order.
@@ -431,7 +476,7 @@ impl Book {
         let keeps_slots = keeps_slots_on_expiry(self.policy.max_slots);
         if let Some(expired) = self
             .expired(now)
-            .filter(|&id| !keeps_slots || slot <= self.entries[id as usize].slot)
+            .filter(|&id| !keeps_slots || slot <= self.entries[id as usize].slot())
         {
             // Soft expiry: the expired connection leaves now that one arrives to take its
             // place (the module doc says why whatever the slots, and why not in small
@@ -446,7 +491,7 @@ impl Book {
         let Some(worst) = self.worst(rng) else {
             return Admission::Refused;
         };
-        let worst_slot = self.entries[worst as usize].slot;
+        let worst_slot = self.entries[worst as usize].slot();
         if !replaces(slot, worst_slot, self.policy.accept_equal) {
             return Admission::Refused;
         }
@@ -469,8 +514,8 @@ impl Book {
         rng: &mut R,
     ) -> Option<Admission> {
         let victim = {
-            let server_of = |id: u32| self.entries[id as usize].server;
-            let slot_of_entry = |id: u32| self.entries[id as usize].slot;
+            let server_of = |id: u32| self.entries[id as usize].server();
+            let slot_of_entry = |id: u32| self.entries[id as usize].slot();
             match self
                 .held()
                 .filter(|&id| server_of(id) == Some(server))
@@ -480,9 +525,7 @@ impl Book {
                 Some(_) => return Some(Admission::Refused),
                 None => self
                     .held()
-                    .filter(|&id| {
-                        server_of(id).is_some_and(|s| self.held_at.get(&s).is_some_and(|&n| n > 1))
-                    })
+                    .filter(|&id| self.held_with(id) > 1)
                     .max_by_key(|&id| slot_of_entry(id))?,
             }
         };
@@ -528,12 +571,13 @@ impl Book {
         self.arrivals = self.arrivals.wrapping_add(1);
         let key = (u64::from(slot) << 32) | u64::from(self.arrivals);
         let entry = Entry {
-            slot,
             key,
-            server,
+            server_key: server.unwrap_or(0),
+            has_server: server.is_some(),
             ewma: 0.0,
             state: State::Idle,
             counted: false,
+            at: NO_SERVER,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -550,12 +594,8 @@ impl Book {
         };
         self.idle.push(key, id);
         self.held.push(key, id);
-        if let (true, Some(server)) = (self.counts_servers(), server) {
-            let n = self.held_at.entry(server).or_insert(0);
-            *n += 1;
-            if *n > 1 {
-                self.repeats += 1;
-            }
+        if let (true, Some(server)) = (self.tracks_servers(), server) {
+            self.hold_at(id, server);
         }
         if let Some(age) = self.max_age_ns {
             self.expiring
@@ -577,8 +617,8 @@ impl Book {
         }
         Left {
             id,
-            slot: entry.slot,
-            server: entry.server,
+            slot: entry.slot(),
+            server: entry.server(),
             was_idle,
         }
     }
@@ -593,13 +633,11 @@ impl Book {
         } else {
             self.idle.pop()?.1
         };
-        self.entries[id as usize].state = State::Leased;
-        if let (true, Some(server)) = (
-            self.policy.least_outstanding,
-            self.entries[id as usize].server,
-        ) {
-            self.entries[id as usize].counted = true;
-            *self.leased_at.entry(server).or_insert(0) += 1;
+        let entry = &mut self.entries[id as usize];
+        entry.state = State::Leased;
+        if self.policy.least_outstanding && entry.at != NO_SERVER {
+            entry.counted = true;
+            self.servers[entry.at as usize].leased += 1;
         }
         Some(id)
     }
@@ -619,8 +657,8 @@ impl Book {
         };
         let candidates = self.idle.keys().map(|(key, id)| {
             let entry = &self.entries[id as usize];
-            let busy = match (self.policy.least_outstanding, entry.server) {
-                (true, Some(server)) => self.leased_at.get(&server).copied().unwrap_or(0),
+            let busy = match (self.policy.least_outstanding, entry.at) {
+                (true, at) if at != NO_SERVER => self.servers[at as usize].leased,
                 _ => 0,
             };
             // `as` saturates; 0 / inf is 0.
@@ -683,7 +721,7 @@ impl Book {
     pub fn evict_server(&mut self, server: u64, mut left: impl FnMut(Left)) -> usize {
         let mut evicted = 0;
         for id in 0..self.entries.len() as u32 {
-            if self.held.contains(id) && self.entries[id as usize].server == Some(server) {
+            if self.held.contains(id) && self.entries[id as usize].server() == Some(server) {
                 left(self.evict(id));
                 evicted += 1;
             }
@@ -694,39 +732,75 @@ impl Book {
     /// Takes entry `id` out of what the book counts: held, expiring, its server's leases,
     /// the mean of the averages. Idempotent.
     fn unhold(&mut self, id: u32) {
+        // Leases first: a server's counts go when its last held entry does.
+        self.uncount(id);
         if self.held.remove(id) {
-            let Entry { ewma, server, .. } = self.entries[id as usize];
+            let ewma = self.entries[id as usize].ewma;
             self.fold_mean(ewma, 0.0);
-            if let (true, Some(server)) = (self.counts_servers(), server) {
-                self.unhold_at(server);
-            }
+            self.unhold_at(id);
         }
         self.expiring.remove(id);
-        self.uncount(id);
     }
 
-    /// Whether the book counts its held entries per server: a rule looks at servers held
-    /// twice (slot-weighted leases, or a small pool keeping its servers distinct).
-    fn counts_servers(&self) -> bool {
-        self.policy.slot_weighted_leases || self.policy.spreads()
+    /// Whether the book keeps counts per server: a rule prices leases by the server's
+    /// leases (least outstanding) or looks at servers held twice (slot-weighted leases, or
+    /// a small pool keeping its servers distinct). The original rules keep none.
+    fn tracks_servers(&self) -> bool {
+        self.policy.least_outstanding || self.policy.slot_weighted_leases || self.policy.spreads()
+    }
+
+    /// Counts newly held entry `id` at `server`, finding or making the server's counts.
+    fn hold_at(&mut self, id: u32, server: u64) {
+        let at = match self.server_index.get(&server) {
+            Some(&at) => at,
+            None => {
+                let at = self.servers_free.pop().unwrap_or_else(|| {
+                    // At most one place per held entry: below u32::MAX, as entry ids are.
+                    self.servers.push(ServerCounts::default());
+                    self.servers.len() as u32 - 1
+                });
+                self.server_index.insert(server, at);
+                at
+            }
+        };
+        let counts = &mut self.servers[at as usize];
+        counts.held += 1;
+        if counts.held > 1 {
+            self.repeats += 1;
+        }
+        self.entries[id as usize].at = at;
+    }
+
+    /// How many held entries share held entry `id`'s server (0: its server is not counted).
+    fn held_with(&self, id: u32) -> u32 {
+        match self.entries[id as usize].at {
+            NO_SERVER => 0,
+            at => self.servers[at as usize].held,
+        }
     }
 
     /// Whether the pool holds at least two entries per server on average (as many entries
     /// beyond each server's first as servers), counting the entries offered with a server:
     /// few servers for its places, where slot-weighted leases apply. O(1).
     fn few_servers(&self) -> bool {
-        self.repeats > 0 && self.repeats as usize >= self.held_at.len()
+        self.repeats > 0 && self.repeats as usize >= self.server_index.len()
     }
 
-    /// Counts one held entry less at `server` (when counting servers).
-    fn unhold_at(&mut self, server: u64) {
-        if let Some(n) = self.held_at.get_mut(&server) {
-            *n -= 1;
-            if *n == 0 {
-                self.held_at.remove(&server);
-            } else {
-                self.repeats -= 1;
-            }
+    /// Counts entry `id`, leaving the held ones, out of its server's counts (if counted
+    /// there), dropping them with the server's last held entry.
+    fn unhold_at(&mut self, id: u32) {
+        let entry = &mut self.entries[id as usize];
+        let at = std::mem::replace(&mut entry.at, NO_SERVER);
+        if at == NO_SERVER {
+            return;
+        }
+        let counts = &mut self.servers[at as usize];
+        counts.held -= 1;
+        if counts.held > 0 {
+            self.repeats -= 1;
+        } else if let Some(server) = entry.server() {
+            self.server_index.remove(&server);
+            self.servers_free.push(at);
         }
     }
 
@@ -749,16 +823,9 @@ impl Book {
     /// Stops counting entry `id` toward its server's leases.
     fn uncount(&mut self, id: u32) {
         let entry = &mut self.entries[id as usize];
-        if !std::mem::take(&mut entry.counted) {
-            return;
-        }
-        if let Some(server) = entry.server {
-            if let Some(n) = self.leased_at.get_mut(&server) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.leased_at.remove(&server);
-                }
-            }
+        if std::mem::take(&mut entry.counted) {
+            // Counted entries are held with a server (the struct's invariant).
+            self.servers[entry.at as usize].leased -= 1;
         }
     }
 
@@ -769,7 +836,17 @@ impl Book {
 
     /// This pool's leases counted at `server` (under least outstanding).
     pub fn leases_at(&self, server: u64) -> u32 {
-        self.leased_at.get(&server).copied().unwrap_or(0)
+        self.server_index
+            .get(&server)
+            .map_or(0, |&at| self.servers[at as usize].leased)
+    }
+
+    /// Held entries counted at `server` (tests).
+    #[cfg(test)]
+    pub(super) fn held_of(&self, server: u64) -> u32 {
+        self.server_index
+            .get(&server)
+            .map_or(0, |&at| self.servers[at as usize].held)
     }
 
     /// The kept mean of the averages against one summed now (tests).
@@ -963,6 +1040,35 @@ mod tests {
     }
 
     #[test]
+    fn a_departed_servers_counts_are_reused_fresh_by_the_next_server() {
+        let policy = PoolPolicy::improved().max_slots(8).max_age(None);
+        let mut book = Book::new(&policy);
+        let mut rng = SmallRng::seed_from_u64(5);
+        let Admission::Kept { id: first } = book.offer(Some(10), 4, 0, &mut rng) else {
+            panic!("kept");
+        };
+        assert_eq!(book.lease(&mut rng), Some(first));
+        assert_eq!((book.leases_at(10), book.held_of(10)), (1, 1));
+        // Leased and evicted: server 10 holds nothing, its counts' place is free.
+        book.evict(first);
+        assert_eq!((book.leases_at(10), book.held_of(10)), (0, 0));
+        assert!(book.server_index.is_empty());
+        // Server 11 takes the freed place, starting from zero.
+        let Admission::Kept { id: second } = book.offer(Some(11), 2, 0, &mut rng) else {
+            panic!("kept");
+        };
+        assert_eq!(book.servers.len(), 1);
+        assert_eq!((book.leases_at(11), book.held_of(11)), (0, 1));
+        // The evicted lease's return counts nothing anywhere.
+        assert!(!book.give_back(first, None));
+        assert_eq!((book.leases_at(11), book.held_of(11)), (0, 1));
+        assert_eq!(book.lease(&mut rng), Some(second));
+        assert_eq!(book.leases_at(11), 1);
+        assert!(book.give_back(second, None));
+        assert_eq!(book.leases_at(11), 0);
+    }
+
+    #[test]
     fn the_repeat_count_follows_servers_held_twice_and_tells_few_servers() {
         let policy = PoolPolicy::improved().max_slots(5).max_age(None);
         let mut book = Book::new(&policy);
@@ -981,7 +1087,7 @@ mod tests {
         ));
         assert_eq!(book.repeats, 1);
         let gone = book.evict_server(0, |_| {});
-        assert_eq!((gone, book.repeats, book.held_at.len()), (2, 0, 3));
+        assert_eq!((gone, book.repeats, book.server_index.len()), (2, 0, 3));
         // Leased and evicted: counted out at eviction, not again at the return.
         book.offer(Some(1), 3, 0, &mut rng);
         assert_eq!(book.repeats, 1);
@@ -991,9 +1097,9 @@ mod tests {
             .find(|&id| book.server(id) == Some(1) && book.slot(id) == 3)
             .expect("leased");
         book.evict(second_on_1);
-        assert_eq!((book.repeats, book.held_at[&1]), (0, 1));
+        assert_eq!((book.repeats, book.held_of(1)), (0, 1));
         assert!(!book.give_back(second_on_1, None));
-        assert_eq!((book.repeats, book.held_at[&1]), (0, 1));
+        assert_eq!((book.repeats, book.held_of(1)), (0, 1));
         // Few servers: at least two entries per server held, on average.
         let mut book = Book::new(&policy);
         for (server, slot, few) in [(0, 1, false), (0, 2, true), (1, 3, false), (1, 4, true)] {
@@ -1025,7 +1131,7 @@ mod tests {
             .held()
             .map(|id| {
                 let entry = &book.entries[id as usize];
-                (entry.server.unwrap_or(u64::MAX), entry.slot)
+                (entry.server().unwrap_or(u64::MAX), entry.slot())
             })
             .collect();
         held.sort_unstable();

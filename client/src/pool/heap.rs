@@ -9,6 +9,11 @@
 //! time under a maximum age. Keys are `u64`s (slot in the high half, a
 //! tie-break in the low half) so comparisons are single integer compares.
 
+use smallvec::SmallVec;
+
+/// Places kept inline.
+pub(crate) const INLINE: usize = 8;
+
 /// Children per node: a 4-ary heap is half as tall as a binary one, and its four children
 /// share a cache line, so sifting touches fewer lines.
 const ARITY: usize = 4;
@@ -29,17 +34,17 @@ pub(crate) enum Order {
 #[derive(Debug)]
 pub(crate) struct IndexedHeap {
     order: Order,
-    items: Vec<(u64, u32)>,
+    items: SmallVec<[(u64, u32); INLINE]>,
     /// `pos[id]`: index of `id` in `items`, or `ABSENT`.
-    pos: Vec<u32>,
+    pos: SmallVec<[u32; INLINE]>,
 }
 
 impl IndexedHeap {
     pub(crate) fn new(order: Order) -> Self {
         Self {
             order,
-            items: Vec::new(),
-            pos: Vec::new(),
+            items: SmallVec::new(),
+            pos: SmallVec::new(),
         }
     }
 
