@@ -327,32 +327,50 @@ enum Ties {
     Weighted,
 }
 
-/// A candidate's weight under [`Ties::Weighted`].
-fn slot_weight(key: u64) -> f64 {
-    1.0 / (f64::from(slot_of(key)) + 1.0)
+/// Exponent of [`latency_damped_weights`](PoolPolicy::latency_damped_weights): a weight is
+/// multiplied by (pool mean / average)^12 when the average is above the mean. Measured
+/// over 4 servers, one 3 × slow: at 8 the p99 only ties P2C over peak EWMA's, at 12 it is
+/// below; larger exponents move leases on the averages' noise (`docs/balance.md`).
+const LATENCY_DAMPING: i32 = 12;
+
+/// A candidate's weight under [`Ties::Weighted`]: 1 / (slot + 1), times its damping.
+fn slot_weight(key: u64, damping: f32) -> f64 {
+    f64::from(damping) / (f64::from(slot_of(key)) + 1.0)
 }
 
-/// The id with the lowest cost among `candidates` of `(cost, key, id)`, equal costs ranked
-/// by `ties`. Random picks are uniform over the equal candidates (reservoir sampling: the
-/// k-th equal one replaces the pick with probability 1/k), or weighted (the k-th replaces
-/// it with probability its weight over the sum of the weights so far).
+/// How much latency damping leaves of the weight of an entry with response-time average
+/// `ewma` in a pool whose mean average is `mean`: (mean / ewma)^12 above the mean, else
+/// (and with no sample, or no mean) 1.
+fn damping(ewma: f32, mean: f32) -> f32 {
+    if mean > 0.0 && ewma > mean {
+        (mean / ewma).powi(LATENCY_DAMPING)
+    } else {
+        1.0
+    }
+}
+
+/// The id with the lowest cost among `candidates` of `(cost, key, id, damping)`, equal
+/// costs ranked by `ties`. Random picks are uniform over the equal candidates (reservoir
+/// sampling: the k-th equal one replaces the pick with probability 1/k), or weighted (the
+/// k-th replaces it with probability its weight over the sum of the weights so far; the
+/// damping multiplies the weight and counts under weighted ties only).
 fn lowest<R: Rng + ?Sized>(
-    candidates: impl Iterator<Item = (u32, u64, u32)>,
+    candidates: impl Iterator<Item = (u32, u64, u32, f32)>,
     ties: Ties,
     rng: &mut R,
 ) -> Option<u32> {
-    let mut best: Option<(u32, u64, u32)> = None;
+    let mut best: Option<(u32, u64, u32, f32)> = None;
     let mut equal = 1u32;
     // Sum of the weights of the equal candidates so far (used by weighted ties).
     let mut weights = 0.0f64;
     for candidate in candidates {
-        let (cost, key, _) = candidate;
+        let (cost, key, _, damp) = candidate;
         let better = match best {
             None => {
-                weights = slot_weight(key);
+                weights = slot_weight(key, damp);
                 true
             }
-            Some((best_cost, best_key, _)) => {
+            Some((best_cost, best_key, _, _)) => {
                 let by_slot = match ties {
                     Ties::Spread | Ties::Weighted => Ordering::Equal,
                     Ties::Arrival | Ties::Random => slot_of(key).cmp(&slot_of(best_key)),
@@ -360,13 +378,13 @@ fn lowest<R: Rng + ?Sized>(
                 match cost.cmp(&best_cost).then(by_slot) {
                     Ordering::Less => {
                         equal = 1;
-                        weights = slot_weight(key);
+                        weights = slot_weight(key, damp);
                         true
                     }
                     Ordering::Greater => false,
                     Ordering::Equal if ties == Ties::Arrival => key < best_key,
                     Ordering::Equal if ties == Ties::Weighted => {
-                        let weight = slot_weight(key);
+                        let weight = slot_weight(key, damp);
                         weights += weight;
                         rng.random::<f64>() * weights < weight
                     }
@@ -381,7 +399,7 @@ fn lowest<R: Rng + ?Sized>(
             best = Some(candidate);
         }
     }
-    best.map(|(_, _, id)| id)
+    best.map(|(_, _, id, _)| id)
 }
 
 impl Book {
@@ -559,7 +577,7 @@ impl Book {
             return self.held.peek().map(|(_, id)| id);
         }
         // Inverted keys: the highest slot becomes the lowest.
-        let candidates = self.held.keys().map(|(key, id)| (0, !key, id));
+        let candidates = self.held.keys().map(|(key, id)| (0, !key, id, 1.0));
         lowest(candidates, Ties::Random, rng)
     }
 
@@ -657,16 +675,6 @@ impl Book {
             }
             _ => f32::INFINITY,
         };
-        let candidates = self.idle.keys().map(|(key, id)| {
-            let entry = &self.entries[id as usize];
-            let busy = match (self.policy.least_outstanding, entry.at) {
-                (true, at) if at != NO_SERVER => self.servers[at as usize].leased,
-                _ => 0,
-            };
-            // `as` saturates; 0 / inf is 0.
-            let slow = (entry.ewma / slow_over) as u32;
-            (busy.saturating_add(slow), key, id)
-        });
         let ties = if self.policy.spreads() {
             Ties::Spread
         } else if self.policy.slot_weighted_leases && self.few_servers() {
@@ -676,6 +684,26 @@ impl Book {
         } else {
             Ties::Arrival
         };
+        // Latency damping's mean average (0: no damping).
+        let damp_mean = match (ties, self.policy.latency_damped_weights, self.ewma_n) {
+            (Ties::Weighted, true, n) if n > 0 => (self.ewma_sum / f64::from(n)) as f32,
+            _ => 0.0,
+        };
+        let candidates = self.idle.keys().map(|(key, id)| {
+            let entry = &self.entries[id as usize];
+            let busy = match (self.policy.least_outstanding, entry.at) {
+                (true, at) if at != NO_SERVER => self.servers[at as usize].leased,
+                _ => 0,
+            };
+            // `as` saturates; 0 / inf is 0.
+            let slow = (entry.ewma / slow_over) as u32;
+            (
+                busy.saturating_add(slow),
+                key,
+                id,
+                damping(entry.ewma, damp_mean),
+            )
+        });
         lowest(candidates, ties, rng)
     }
 
@@ -896,23 +924,23 @@ mod tests {
             ],
             seed in any::<u64>(),
         ) {
-            let items: Vec<(u32, u64, u32)> = candidates
+            let items: Vec<(u32, u64, u32, f32)> = candidates
                 .iter()
                 .enumerate()
-                .map(|(id, &(cost, slot, tie))| (cost, u64::from(slot) << 32 | u64::from(tie), id as u32))
+                .map(|(id, &(cost, slot, tie))| (cost, u64::from(slot) << 32 | u64::from(tie), id as u32, 1.0))
                 .collect();
             let mut rng = SmallRng::seed_from_u64(seed);
             let picked = lowest(items.iter().copied(), ties, &mut rng);
             // Spread and weighted rank by cost alone: every slot counts as 0.
             let by_cost = matches!(ties, Ties::Spread | Ties::Weighted);
             let slot = |k: u64| if by_cost { 0 } else { slot_of(k) };
-            let min = items.iter().map(|&(c, k, _)| (c, slot(k))).min();
+            let min = items.iter().map(|&(c, k, _, _)| (c, slot(k))).min();
             prop_assert_eq!(picked.is_some(), min.is_some());
             if let Some(id) = picked {
-                let (cost, key, _) = items[id as usize];
+                let (cost, key, _, _) = items[id as usize];
                 prop_assert_eq!(Some((cost, slot(key))), min);
                 if ties == Ties::Arrival {
-                    let lowest_key = items.iter().map(|&(c, k, _)| (c, slot_of(k), k)).min();
+                    let lowest_key = items.iter().map(|&(c, k, _, _)| (c, slot_of(k), k)).min();
                     prop_assert_eq!(Some((cost, slot_of(key), key)), lowest_key);
                 }
             }
@@ -930,8 +958,14 @@ mod tests {
         }
     }
 
-    /// How often each of `items` (ids 0, 1, …) is picked in `n` picks by `ties`.
+    /// How often each of `items` (ids 0, 1, …) is picked in `n` picks by `ties`, undamped.
     fn picks(items: &[(u32, u64, u32)], ties: Ties, n: u32, seed: u64) -> Vec<u32> {
+        let items: Vec<_> = items.iter().map(|&(c, k, id)| (c, k, id, 1.0)).collect();
+        damped_picks(&items, ties, n, seed)
+    }
+
+    /// How often each of `items` (ids 0, 1, …) is picked in `n` picks by `ties`.
+    fn damped_picks(items: &[(u32, u64, u32, f32)], ties: Ties, n: u32, seed: u64) -> Vec<u32> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut counts = vec![0u32; items.len()];
         for _ in 0..n {
@@ -940,6 +974,30 @@ mod tests {
             }
         }
         counts
+    }
+
+    #[test]
+    fn damping_keeps_weights_up_to_the_mean_and_cuts_them_by_the_twelfth_power_above() {
+        assert_eq!(damping(0.0, 10.0), 1.0);
+        assert_eq!(damping(8.0, 10.0), 1.0);
+        assert_eq!(damping(10.0, 10.0), 1.0);
+        assert_eq!(damping(20.0, 10.0), 1.0 / 4096.0);
+        assert!((damping(11.0, 10.0) - (10.0f32 / 11.0).powi(12)).abs() < 1e-6);
+        // No mean (no sample in the pool, or the rule off): no damping.
+        assert_eq!(damping(20.0, 0.0), 1.0);
+    }
+
+    #[test]
+    fn damped_weights_multiply_the_slot_weights_and_random_ties_ignore_them() {
+        // Slots 0 and 1 (weights 1 and 1/2); slot 0 damped to 1/4: shares 1/3 and 2/3 of
+        // 3,000 picks (±6 σ = ±155); under random ties slot 0 always.
+        let items = [(0, 0, 0, 0.25), (0, 1 << 32, 1, 1.0)];
+        let counts = damped_picks(&items, Ties::Weighted, 3000, 19);
+        assert!(
+            counts[0].abs_diff(1000) <= 155 && counts[1].abs_diff(2000) <= 155,
+            "{counts:?}"
+        );
+        assert_eq!(damped_picks(&items, Ties::Random, 100, 19), [100, 0]);
     }
 
     #[test]
@@ -1039,6 +1097,58 @@ mod tests {
             lease_counts(&off, &twice, 500),
             [(4, 0), (0, 500), (3, 0), (1, 0)]
         );
+    }
+
+    #[test]
+    fn latency_damping_moves_weighted_leases_off_a_slower_server() {
+        // Two servers, two places each (slot-weighted); server 0 answers in 20 ms, server 1
+        // in 10 ms: mean 15 ms, below the slow penalty's 1.5 ×, so only damping acts:
+        // server 0's weights × (15/20)^12 ≈ 0.0317.
+        let shares = |policy: &PoolPolicy| {
+            let mut book = Book::new(&policy.clone().max_age(None));
+            let mut rng = SmallRng::seed_from_u64(23);
+            for (server, slot) in [(0, 4), (1, 0), (1, 3), (0, 1)] {
+                book.offer(Some(server), slot, 0, &mut rng);
+            }
+            let all: Vec<u32> = std::iter::from_fn(|| book.lease(&mut rng)).collect();
+            for id in all {
+                let ms = if book.server(id) == Some(0) { 20 } else { 10 };
+                assert!(book.give_back(id, Some(ms * 1_000_000)));
+            }
+            let mut by_slot = [0u32; 5];
+            for _ in 0..10_000 {
+                let id = book.lease(&mut rng).expect("idle");
+                by_slot[book.slot(id) as usize] += 1;
+                assert!(book.give_back(id, None));
+            }
+            by_slot
+        };
+        let damped = shares(&PoolPolicy::improved().max_slots(8));
+        // Weights 1 (slot 0), 0.0158 (slot 1), 0.25 (slot 3), 0.0063 (slot 4): of 10,000
+        // leases 7,861, 125, 1,965 and 50 (±6 σ).
+        let expected = [(0, 7861, 246), (1, 125, 67), (3, 1965, 238), (4, 50, 42)];
+        for (slot, mean, band) in expected {
+            assert!(by_slot_within(damped[slot], mean, band), "{damped:?}");
+        }
+        // Undamped: weights 1, 1/2, 1/4, 1/5 (shares 20/39, 10/39, 5/39, 4/39).
+        let plain = shares(
+            &PoolPolicy::improved()
+                .max_slots(8)
+                .latency_damped_weights(false),
+        );
+        let expected = [
+            (0, 5128, 300),
+            (1, 2564, 262),
+            (3, 1282, 200),
+            (4, 1026, 182),
+        ];
+        for (slot, mean, band) in expected {
+            assert!(by_slot_within(plain[slot], mean, band), "{plain:?}");
+        }
+    }
+
+    fn by_slot_within(n: u32, mean: u32, band: u32) -> bool {
+        n.abs_diff(mean) <= band
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct PoolRules {
     /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead
     /// of the lowest slot.
     pub slot_weighted_leases: bool,
+    /// Under slot weights, each weight is multiplied by min(1, pool mean / the
+    /// connection's average)^12 (the averages of `latency_alpha`).
+    pub latency_damped_weights: bool,
 }
 
 impl PoolRules {
@@ -146,6 +149,7 @@ impl PoolRules {
         slow_threshold: f32::INFINITY,
         spread_small_pools: false,
         slot_weighted_leases: false,
+        latency_damped_weights: false,
     };
 
     /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
@@ -163,6 +167,7 @@ impl PoolRules {
             slow_threshold: penalty.map_or(f32::INFINITY, |p| p.get_threshold()),
             spread_small_pools: policy.get_spread_small_pools(),
             slot_weighted_leases: policy.get_slot_weighted_leases(),
+            latency_damped_weights: policy.get_latency_damped_weights(),
         }
     }
 
@@ -182,5 +187,6 @@ impl PoolRules {
             .max_age(self.max_age_ns.map(Duration::from_nanos))
             .spread_small_pools(self.spread_small_pools)
             .slot_weighted_leases(self.slot_weighted_leases)
+            .latency_damped_weights(self.latency_damped_weights)
     }
 }

@@ -105,6 +105,10 @@ pub struct SimulateArgs {
     /// instead of the lowest slot.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub slot_weighted_leases: bool,
+    /// Improved policy: under slot weights, each connection's weight is multiplied by
+    /// min(1, pool mean / its response-time average)^12 (needs --latency-alpha > 0).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub latency_damped_weights: bool,
     /// Network round trip added to every request (all of it on the response) and to every
     /// connect.
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -165,6 +169,7 @@ impl SimulateArgs {
             .least_outstanding(self.least_outstanding)
             .spread_small_pools(self.spread_small_pools)
             .slot_weighted_leases(self.slot_weighted_leases)
+            .latency_damped_weights(self.latency_damped_weights)
             .slow_penalty((self.latency_alpha > 0.0).then(|| {
                 SlowPenalty::default()
                     .alpha(self.latency_alpha)
