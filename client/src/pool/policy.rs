@@ -251,11 +251,12 @@ impl PoolPolicy {
 
     /// Under [`slot_weighted_leases`](Self::slot_weighted_leases), damp each idle
     /// connection's weight by its response-time average: the weight 1 / (slot + 1) is
-    /// multiplied by min(1, m / a)^12, where a is the connection's average and m the mean of
-    /// the pool's averages (those of the [`slow_penalty`](Self::slow_penalty), which must be
-    /// on for this to act; a connection without a sample yet is not damped). A connection
-    /// answering 10 % slower than the pool's mean keeps a third of its weight, one
-    /// answering twice as slowly 1/4096. Slot-weighted pools have few servers for their places, so a
+    /// multiplied by min(1, m / a)^8, where a is the connection's average and m the median
+    /// of the pool's averages (those of the [`slow_penalty`](Self::slow_penalty), which must
+    /// be on for this to act; a connection without a sample yet is not damped). A
+    /// connection answering 10 % slower than the pool's median keeps half its weight, one
+    /// answering twice as slowly 1/256. The median, not the mean: a fail-fast server's
+    /// quick errors would drag a mean down until every healthy connection looked slow. Slot-weighted pools have few servers for their places, so a
     /// slow server holds a large share of each pool; the slow penalty steps in only at 1.5 ×
     /// the mean (a lower threshold moves leases on noise in every pool), while damping
     /// moves the weighted share off a slow connection gradually and only where weights

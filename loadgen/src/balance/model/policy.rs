@@ -133,8 +133,8 @@ pub struct PoolRules {
     /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead
     /// of the lowest slot.
     pub slot_weighted_leases: bool,
-    /// Under slot weights, each weight is multiplied by min(1, pool mean / the
-    /// connection's average)^12 (the averages of `latency_alpha`).
+    /// Under slot weights, each weight is multiplied by min(1, pool median / the
+    /// connection's average)^8 (the averages of `latency_alpha`).
     pub latency_damped_weights: bool,
 }
 

@@ -106,7 +106,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub slot_weighted_leases: bool,
     /// Improved policy: under slot weights, each connection's weight is multiplied by
-    /// min(1, pool mean / its response-time average)^12 (needs --latency-alpha > 0).
+    /// min(1, pool median / its response-time average)^8 (needs --latency-alpha > 0).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub latency_damped_weights: bool,
     /// Network round trip added to every request (all of it on the response) and to every
