@@ -281,6 +281,9 @@ pub struct Book {
     arrivals: u32,
     /// Expired entries replaced by newcomers since [`retired`](Self::retired) last read it.
     expired_replaced: usize,
+    /// Scratch space for [`median_average`](Self::median_average), kept so that a lease
+    /// allocates nothing once it has grown to the pool's size.
+    averages: SmallVec<[f32; 2 * INLINE]>,
 }
 
 /// A multiplicative hash of a server key: every offer and departure looks one up, and
@@ -429,6 +432,7 @@ impl Book {
             ewma_sum: 0.0,
             ewma_n: 0,
             expired_replaced: 0,
+            averages: SmallVec::new(),
         }
     }
 
@@ -650,7 +654,13 @@ impl Book {
     /// `rng` breaks ties under random ties.
     pub fn lease<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Option<u32> {
         let id = if self.policy.scans_on_lease() {
-            let id = self.pick_idle(rng)?;
+            let ties = self.lease_ties();
+            // Latency damping's reference, the median average (0: no damping).
+            let damp_median = match (ties, self.policy.latency_damped_weights, self.ewma_n) {
+                (Ties::Weighted, true, n) if n > 0 => self.median_average(),
+                _ => 0.0,
+            };
+            let id = self.pick_idle(ties, damp_median, rng)?;
             self.idle.remove(id);
             id
         } else {
@@ -665,20 +675,11 @@ impl Book {
         Some(id)
     }
 
-    /// The idle entry with the lowest cost, then slot, then arrival or at random; in a
-    /// small pool that spreads its leases, any of the lowest cost at random; under
-    /// slot-weighted leases while the pool holds few servers for its places, one of the
-    /// lowest cost at random by slot weight.
-    fn pick_idle<R: Rng + ?Sized>(&self, rng: &mut R) -> Option<u32> {
-        // An average reaching `threshold` × the mean of the pool's non-zero averages counts
-        // as one more lease (two at twice that, ...); none while no entry has a sample.
-        let slow_over = match (self.policy.slow_penalty, self.ewma_n) {
-            (Some(penalty), n) if n > 0 => {
-                (f64::from(penalty.get_threshold()) * self.ewma_sum / f64::from(n)) as f32
-            }
-            _ => f32::INFINITY,
-        };
-        let ties = if self.policy.spreads() {
+    /// How a lease ranks idle entries of equal cost: at random in a small pool that spreads
+    /// its leases; by slot weight under slot-weighted leases while the pool holds few
+    /// servers for its places; else by slot, then at random or by arrival.
+    fn lease_ties(&self) -> Ties {
+        if self.policy.spreads() {
             Ties::Spread
         } else if self.policy.slot_weighted_leases && self.few_servers() {
             Ties::Weighted
@@ -686,11 +687,19 @@ impl Book {
             Ties::Random
         } else {
             Ties::Arrival
-        };
-        // Latency damping's reference, the median average (0: no damping).
-        let damp_median = match (ties, self.policy.latency_damped_weights, self.ewma_n) {
-            (Ties::Weighted, true, n) if n > 0 => self.median_average(),
-            _ => 0.0,
+        }
+    }
+
+    /// The idle entry with the lowest cost, equal costs ranked by `ties`, weights damped
+    /// against `damp_median` (0: undamped).
+    fn pick_idle<R: Rng + ?Sized>(&self, ties: Ties, damp_median: f32, rng: &mut R) -> Option<u32> {
+        // An average reaching `threshold` × the mean of the pool's non-zero averages counts
+        // as one more lease (two at twice that, ...); none while no entry has a sample.
+        let slow_over = match (self.policy.slow_penalty, self.ewma_n) {
+            (Some(penalty), n) if n > 0 => {
+                (f64::from(penalty.get_threshold()) * self.ewma_sum / f64::from(n)) as f32
+            }
+            _ => f32::INFINITY,
         };
         let candidates = self.idle.keys().map(|(key, id)| {
             let entry = &self.entries[id as usize];
@@ -715,21 +724,26 @@ impl Book {
     /// server's near-zero averages drag a mean down until every healthy connection looks
     /// slow and is damped. Over 4 servers, one failing fast, that server drew 57 % of the
     /// requests when damping against the mean (exponent 12), 50 % against the median, 48 %
-    /// undamped. O(held) with a selection, no allocation for pools of up to 16 places.
-    fn median_average(&self) -> f32 {
-        let mut averages: SmallVec<[f32; 2 * INLINE]> = self
-            .held
-            .keys()
-            .map(|(_, id)| self.entries[id as usize].ewma)
-            .filter(|&ewma| ewma > 0.0)
-            .collect();
-        if averages.is_empty() {
-            return 0.0;
-        }
-        let middle = averages.len() / 2;
-        *averages
-            .select_nth_unstable_by(middle, |a, b| a.total_cmp(b))
-            .1
+    /// undamped. O(held) with a selection, in the book's scratch space.
+    fn median_average(&mut self) -> f32 {
+        let mut averages = std::mem::take(&mut self.averages);
+        averages.clear();
+        averages.extend(
+            self.held
+                .keys()
+                .map(|(_, id)| self.entries[id as usize].ewma)
+                .filter(|&ewma| ewma > 0.0),
+        );
+        let median = if averages.is_empty() {
+            0.0
+        } else {
+            let middle = averages.len() / 2;
+            *averages
+                .select_nth_unstable_by(middle, |a, b| a.total_cmp(b))
+                .1
+        };
+        self.averages = averages;
+        median
     }
 
     /// Takes back leased entry `id` after a response of `response_ns` (`None`: no sample),
