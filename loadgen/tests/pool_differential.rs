@@ -63,8 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// A policy with each rule on or off, and a maximum age or none.
 fn policy() -> impl Strategy<Value = PoolPolicy> {
-    (1usize..6, any::<[bool; 7]>(), prop::option::of(1u64..20)).prop_map(
-        |(max_slots, [random, equal, least, slow, spread, weighted, damped], age_s)| {
+    (1usize..6, any::<[bool; 8]>(), prop::option::of(1u64..20)).prop_map(
+        |(max_slots, [random, equal, least, slow, spread, weighted, damped, decay], age_s)| {
             PoolPolicy::original()
                 .max_slots(max_slots)
                 .random_tie_break(random)
@@ -74,6 +74,7 @@ fn policy() -> impl Strategy<Value = PoolPolicy> {
                 .spread_small_pools(spread)
                 .slot_weighted_leases(weighted)
                 .latency_damped_weights(damped)
+                .outlier_decay(decay)
                 .max_age(age_s.map(Duration::from_secs))
         },
     )

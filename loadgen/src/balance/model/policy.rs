@@ -136,6 +136,9 @@ pub struct PoolRules {
     /// Under slot weights, each weight is multiplied by min(1, pool median / the
     /// connection's average)^8 (the averages of `latency_alpha`).
     pub latency_damped_weights: bool,
+    /// A connection's average above its server's other connections' in the pool decays
+    /// toward their mean while it goes unused (half-life 16 leases per pool place).
+    pub outlier_decay: bool,
 }
 
 impl PoolRules {
@@ -150,6 +153,7 @@ impl PoolRules {
         spread_small_pools: false,
         slot_weighted_leases: false,
         latency_damped_weights: false,
+        outlier_decay: false,
     };
 
     /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
@@ -168,6 +172,7 @@ impl PoolRules {
             spread_small_pools: policy.get_spread_small_pools(),
             slot_weighted_leases: policy.get_slot_weighted_leases(),
             latency_damped_weights: policy.get_latency_damped_weights(),
+            outlier_decay: policy.get_outlier_decay(),
         }
     }
 
@@ -188,5 +193,6 @@ impl PoolRules {
             .spread_small_pools(self.spread_small_pools)
             .slot_weighted_leases(self.slot_weighted_leases)
             .latency_damped_weights(self.latency_damped_weights)
+            .outlier_decay(self.outlier_decay)
     }
 }

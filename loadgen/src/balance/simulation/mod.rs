@@ -109,6 +109,11 @@ pub struct SimulateArgs {
     /// min(1, pool median / its response-time average)^8 (needs --latency-alpha > 0).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub latency_damped_weights: bool,
+    /// Improved policy: a connection's response-time average above the mean of its
+    /// server's other connections in the pool decays toward that mean while it goes
+    /// unused, with a half-life of 16 leases per pool place (needs --latency-alpha > 0).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub outlier_decay: bool,
     /// Network round trip added to every request (all of it on the response) and to every
     /// connect.
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -170,6 +175,7 @@ impl SimulateArgs {
             .spread_small_pools(self.spread_small_pools)
             .slot_weighted_leases(self.slot_weighted_leases)
             .latency_damped_weights(self.latency_damped_weights)
+            .outlier_decay(self.outlier_decay)
             .slow_penalty((self.latency_alpha > 0.0).then(|| {
                 SlowPenalty::default()
                     .alpha(self.latency_alpha)
