@@ -154,7 +154,7 @@ fn get_return_tcp(c: &mut Criterion) {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let pool = Pool::new(held).expect("held > 0");
+        let pool = Pool::with_policy(PoolPolicy::original().max_slots(held)).expect("held > 0");
         let mut peers = Vec::new();
         for slot in 0..held as u32 {
             let (client, accepted) =

@@ -9,7 +9,7 @@
 //!
 //! Arguments: server ids (`host:port`, default `127.0.0.1:7000`). Environment:
 //! `MAX_SLOTS` (default 4), `RUN_SECONDS` (how long to run, default 10), `POLICY`
-//! (`original`, the default, or `improved`: the improved Callosum policy).
+//! (`improved`, the default: the improved Callosum policy, or `original`: the original rules).
 
 use std::error::Error;
 use std::time::Duration;
@@ -35,8 +35,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let max_slots: usize = env_or("MAX_SLOTS", 4)?;
     let seconds: u64 = env_or("RUN_SECONDS", 10)?;
     let policy = match std::env::var("POLICY").as_deref() {
-        Err(_) | Ok("original") => PoolPolicy::original(),
-        Ok("improved") => PoolPolicy::improved(),
+        Err(_) | Ok("improved") => PoolPolicy::improved(),
+        Ok("original") => PoolPolicy::original(),
         Ok(other) => return Err(format!("POLICY={other:?}: original or improved").into()),
     };
 

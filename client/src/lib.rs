@@ -57,17 +57,18 @@
 //! `tower`, line requests against the server's `Echo`).
 //!
 //! # Pool policy
-//! The default is the original `callosum-client-tcp` rules ([`PoolPolicy::original`]), for
-//! compatibility: lease the lowest slot, replace the highest slot only with a strictly
-//! lower one, keep connections until replaced. [`PoolPolicy::improved`] is the improved
-//! Callosum policy measured in `docs/balance.md`: connections are replaced after a random
-//! lifetime around a maximum age (10 roving intervals, at least one per pool place; an
-//! expired connection serves until the next rover connection takes its place), a newcomer with an equal slot also
-//! replaces the worst, and a lease goes to the idle connection whose server has the fewest
-//! of this client's leases (a connection answering ≥ 1.5 × slower than the pool's mean
-//! counting as one more), then the lowest slot, equal slots at random. Long-run request
-//! rates even out across servers, a joining server gets its share within seconds, and a
-//! slow server is avoided. One line turns it on:
+//! The default is the improved Callosum policy ([`PoolPolicy::improved`]), measured in
+//! `docs/balance.md`: connections are replaced after a random lifetime around a maximum age
+//! (10 roving intervals, at least one per pool place; an expired connection serves until
+//! the next rover connection takes its place), a newcomer with an equal slot also replaces
+//! the worst, and a lease goes to the idle connection whose server has the fewest of this
+//! client's leases (a connection answering ≥ 1.5 × slower than the pool's mean counting as
+//! one more), then the lowest slot, equal slots at random. Long-run request rates even out
+//! across servers, a joining server gets its share within seconds, and a slow server is
+//! avoided. [`PoolPolicy::original`] is the original `callosum-client-tcp` rules: lease the
+//! lowest slot, replace the highest slot only with a strictly lower one, keep connections
+//! until replaced; every pool operation O(log n), where the improved lease scans the idle
+//! connections (about 1 µs at 100). One line switches:
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,7 +76,7 @@
 //!
 //! let client = RovingClient::builder()
 //!     .servers(["10.0.0.1:7000", "10.0.0.2:7000"])
-//!     .pool_policy(PoolPolicy::improved().max_slots(8))
+//!     .pool_policy(PoolPolicy::original().max_slots(8))
 //!     .build()?;
 //! let lease = client.acquire().await?;
 //! # drop(lease);

@@ -106,10 +106,13 @@ async fn the_builder_configures_the_servers_and_the_pool() {
     let got: Vec<String> = client.servers().iter().map(ToString::to_string).collect();
     assert_eq!(got, expected);
     assert_eq!(client.pool().max_slots(), 5000);
-    // The original rules by default, for compatibility with the original library.
+    // The improved policy by default, its maximum age settled at one roving interval
+    // (1 s) per place.
     assert_eq!(
         client.pool().policy(),
-        &PoolPolicy::original().max_slots(5000)
+        &PoolPolicy::improved()
+            .max_slots(5000)
+            .max_age(Some(Duration::from_secs(5000)))
     );
     assert!(client.drop_server(&a.to_string()));
     assert_eq!(client.servers().len(), 1);

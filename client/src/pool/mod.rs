@@ -1,10 +1,11 @@
-//! The dual-heap pool (the original `callosum-client-tcp`): keeps at most `max_slots`
-//! connections, leases the idle one with the lowest slot, and lets a lower-slot newcomer
-//! replace the highest-slot one. Under [`PoolPolicy::improved`] it follows the improved
-//! Callosum policy instead (`docs/balance.md`): connections expire by age (an expired one stays
+//! The dual-heap pool (the original `callosum-client-tcp`'s design): keeps at most
+//! `max_slots` connections, leases a low-slot idle one, and lets a lower-slot newcomer
+//! replace the highest-slot one. By default ([`PoolPolicy::improved`]) it follows the
+//! improved Callosum policy (`docs/balance.md`): connections expire by age (an expired one stays
 //! until the next newcomer replaces it, whatever the slots), a newcomer with an equal slot also replaces the worst, and a lease goes to the idle connection whose
 //! server has the fewest of this pool's leases (a slow connection counting as more), then
-//! the lowest slot, equal slots at random.
+//! the lowest slot, equal slots at random. Under [`PoolPolicy::original`] it is the original
+//! exactly: lease the lowest slot, replace only with a strictly lower one.
 //!
 //! One `Mutex` guards the state: the [`decide::Book`], which makes every decision (a slab
 //! of entries and indexed heaps: idle by lowest slot to lease, held by highest slot to find
@@ -23,7 +24,7 @@
 //! [`Pool::evict_server`] takes all its connections out at once (the leased ones close on
 //! return, as evicted ones do).
 //!
-//! - [`policy`]: the options (`max_slots`, the improved rules), default = the original.
+//! - [`policy`]: the options (`max_slots`, the improved rules), default = the improved policy.
 //! - [`decide`]: every decision (lease, offer, lifetime, slow penalty, retirement), free of
 //!   I/O; the simulator's clients call it too, so the published figures measure these rules.
 //! - [`liveness`]: the "still open?" check of idle connections.
@@ -167,7 +168,8 @@ struct Shared<C> {
 }
 
 impl<C: Liveness> Pool<C> {
-    /// A pool holding at most `max_slots` connections, with the original rules otherwise.
+    /// A pool holding at most `max_slots` connections, with the default policy (the improved
+    /// one, [`PoolPolicy::improved`]) otherwise.
     pub fn new(max_slots: usize) -> Result<Self, PoolError> {
         Self::with_policy(PoolPolicy::default().max_slots(max_slots))
     }
@@ -242,9 +244,10 @@ impl<C: Liveness> Pool<C> {
         outcome
     }
 
-    /// Leases the idle connection with the lowest slot (the original `getConnection`), or
-    /// `None` when nothing is idle. Under the improved rules: the lowest cost, then the
-    /// lowest slot, then at random (see [`PoolPolicy`]). Idle connections found closed or broken on the way are
+    /// Leases the best idle connection (the original `getConnection`), or `None` when
+    /// nothing is idle: under the improved rules (the default) the lowest cost, then the
+    /// lowest slot, then at random (see [`PoolPolicy`]); under the original rules the lowest
+    /// slot. Idle connections found closed or broken on the way are
     /// dropped and stop counting toward `max_slots`. The lease gives the connection back on
     /// drop.
     pub fn get(&self) -> Option<Lease<C>> {

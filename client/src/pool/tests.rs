@@ -46,6 +46,11 @@ impl Drop for Fake {
     }
 }
 
+/// A pool of at most `max_slots` under the original rules, which this suite ports.
+fn original<C: Liveness>(max_slots: usize) -> Result<Pool<C>, PoolError> {
+    Pool::with_policy(PoolPolicy::original().max_slots(max_slots))
+}
+
 fn keep(pool: &Pool<Fake>, slot: u32, conn: Fake) {
     assert!(matches!(pool.offer(slot, conn), Offer::Kept));
 }
@@ -57,6 +62,12 @@ fn new_configures_max_slots() {
     assert_eq!(Pool::<Fake>::new(5000).expect("valid").max_slots(), 5000);
     let default = Pool::<Fake>::with_policy(PoolPolicy::default()).expect("valid");
     assert_eq!(default.max_slots(), 100);
+    // The improved policy by default; the cases below port the original's suite.
+    assert_eq!(default.policy(), &PoolPolicy::improved());
+    assert_eq!(
+        Pool::<Fake>::new(8).expect("valid").policy(),
+        &PoolPolicy::improved().max_slots(8)
+    );
     assert_eq!(Pool::<Fake>::new(0).err(), Some(PoolError::ZeroMaxSlots));
 }
 
@@ -64,13 +75,13 @@ fn new_configures_max_slots() {
 
 #[test]
 fn get_returns_none_if_no_connections_available() {
-    let pool = Pool::<Fake>::new(100).expect("valid");
+    let pool = original::<Fake>(100).expect("valid");
     assert!(pool.get().is_none());
 }
 
 #[test]
 fn get_returns_the_unclaimed_connection_with_the_lowest_slot() {
-    let pool = Pool::new(100).expect("valid");
+    let pool = original(100).expect("valid");
     keep(&pool, 1, Fake::new(1));
     keep(&pool, 2, Fake::new(2));
     assert_eq!(pool.get().expect("idle").id, 1);
@@ -80,14 +91,14 @@ fn get_returns_the_unclaimed_connection_with_the_lowest_slot() {
 
 #[test]
 fn offer_keeps_the_connection_if_max_slots_not_yet_reached() {
-    let pool = Pool::new(100).expect("valid");
+    let pool = original(100).expect("valid");
     keep(&pool, 0, Fake::new(7));
     assert_eq!(pool.get().expect("idle").id, 7);
 }
 
 #[test]
 fn offer_replaces_the_highest_slot_when_max_slots_is_reached() {
-    let pool = Pool::new(2).expect("valid");
+    let pool = original(2).expect("valid");
     keep(&pool, 1, Fake::new(1));
     let three = Fake::new(3);
     let (_, three_closed) = three.probes();
@@ -111,7 +122,7 @@ fn offer_replaces_the_highest_slot_when_max_slots_is_reached() {
 
 #[test]
 fn offer_rejects_a_slot_not_lower_than_the_highest_at_max_slots() {
-    let pool = Pool::new(2).expect("valid");
+    let pool = original(2).expect("valid");
     keep(&pool, 1, Fake::new(1));
     keep(&pool, 3, Fake::new(3));
     for slot in [3, 4] {
@@ -127,7 +138,7 @@ fn offer_rejects_a_slot_not_lower_than_the_highest_at_max_slots() {
 
 #[test]
 fn returning_puts_the_connection_back() {
-    let pool = Pool::new(100).expect("valid");
+    let pool = original(100).expect("valid");
     keep(&pool, 1, Fake::new(1));
     let lease = pool.get().expect("idle");
     assert_eq!((lease.id, lease.slot()), (1, 1));
@@ -141,7 +152,7 @@ fn returning_puts_the_connection_back() {
 
 #[test]
 fn returning_a_replaced_leased_connection_closes_it() {
-    let pool = Pool::new(1).expect("valid");
+    let pool = original(1).expect("valid");
     let three = Fake::new(3);
     let (_, three_closed) = three.probes();
     keep(&pool, 3, three);
@@ -170,7 +181,7 @@ fn returning_a_replaced_leased_connection_closes_it() {
 /// The original's `end`, `error` and `close` cases: all mean "no longer alive" here.
 #[test]
 fn a_connection_that_ended_while_leased_is_not_restored_and_stops_counting() {
-    let pool = Pool::new(1).expect("valid");
+    let pool = original(1).expect("valid");
     let conn = Fake::new(1);
     let (alive, closed) = conn.probes();
     keep(&pool, 1, conn);
@@ -185,7 +196,7 @@ fn a_connection_that_ended_while_leased_is_not_restored_and_stops_counting() {
 
 #[test]
 fn a_connection_that_ended_while_idle_is_never_handed_out() {
-    let pool = Pool::new(2).expect("valid");
+    let pool = original(2).expect("valid");
     let one = Fake::new(1);
     let (alive, closed) = one.probes();
     keep(&pool, 1, one);
@@ -199,7 +210,7 @@ fn a_connection_that_ended_while_idle_is_never_handed_out() {
 
 #[test]
 fn prune_drops_dead_idle_connections() {
-    let pool = Pool::new(3).expect("valid");
+    let pool = original(3).expect("valid");
     let one = Fake::new(1);
     let (alive, _) = one.probes();
     keep(&pool, 1, one);
@@ -211,7 +222,7 @@ fn prune_drops_dead_idle_connections() {
 
 #[test]
 fn discarding_a_lease_closes_it_and_frees_its_place() {
-    let pool = Pool::new(1).expect("valid");
+    let pool = original(1).expect("valid");
     let conn = Fake::new(4);
     let (_, closed) = conn.probes();
     keep(&pool, 4, conn);
@@ -231,7 +242,7 @@ fn discarding_a_lease_closes_it_and_frees_its_place() {
 fn equal_slots_go_by_arrival_by_default_and_at_random_on_request() {
     let first_leased = |random: bool| {
         let pool =
-            Pool::with_policy(PoolPolicy::default().random_tie_break(random)).expect("valid");
+            Pool::with_policy(PoolPolicy::original().random_tie_break(random)).expect("valid");
         keep(&pool, 5, Fake::new(1));
         keep(&pool, 5, Fake::new(2));
         pool.get().expect("idle").id
@@ -245,7 +256,7 @@ fn equal_slots_go_by_arrival_by_default_and_at_random_on_request() {
 #[test]
 fn pools_with_the_same_seed_break_ties_alike() {
     let leases = |seed: u64| {
-        let policy = PoolPolicy::default()
+        let policy = PoolPolicy::original()
             .random_tie_break(true)
             .seed(Some(seed));
         let pool = Pool::with_policy(policy).expect("valid");
@@ -348,7 +359,7 @@ fn least_outstanding_prefers_the_server_with_fewer_leases() {
     drop(second);
     assert_eq!(pool.shared.lock().leases_at(ServerKey(0)), 0);
     // The original rules stack both on server 0.
-    let original = Pool::new(3).expect("valid");
+    let original = original(3).expect("valid");
     keep_from(&original, 0, 0, Fake::new(1));
     keep_from(&original, 0, 1, Fake::new(2));
     keep_from(&original, 1, 2, Fake::new(3));
@@ -440,7 +451,7 @@ async fn an_expired_connection_stays_until_a_newcomer_replaces_it() {
     // The newcomers have not expired: slots decide again.
     assert!(matches!(pool.offer(9, Fake::new(10)), Offer::Rejected(_)));
     // Without a maximum age nothing ever expires.
-    let forever = Pool::new(1).expect("valid");
+    let forever = original(1).expect("valid");
     keep(&forever, 1, Fake::new(1));
     tokio::time::advance(Duration::from_secs(1 << 40)).await;
     assert!(matches!(forever.offer(9, Fake::new(2)), Offer::Rejected(_)));
@@ -470,7 +481,7 @@ fn improved_policy_builds_and_leases() {
 
 #[test]
 fn evicting_a_server_closes_its_idle_connections_now_and_its_leased_ones_on_return() {
-    let pool = Pool::new(4).expect("valid");
+    let pool = original(4).expect("valid");
     let (gone, stays) = (ServerKey(1), ServerKey(2));
     let idle = Fake::new(1);
     let (_, idle_closed) = idle.probes();
@@ -507,7 +518,7 @@ fn evicting_a_server_closes_its_idle_connections_now_and_its_leased_ones_on_retu
 
 #[tokio::test(start_paused = true)]
 async fn acquire_waits_for_an_offer_or_a_return_then_times_out() {
-    let pool = Pool::new(4).expect("valid");
+    let pool = original(4).expect("valid");
     let timeout = Duration::from_secs(1);
     assert!(matches!(
         pool.acquire(timeout).await.err(),
@@ -558,7 +569,7 @@ struct Model {
 proptest! {
     #[test]
     fn behaves_like_the_obvious_model(max in 1usize..6, ops in prop::collection::vec(op(), 0..150)) {
-        let pool = Pool::new(max).expect("valid");
+        let pool = original(max).expect("valid");
         let mut model = Model::default();
         // Leases held by the test, with their model arrival (None: evicted in the model).
         let mut leases: Vec<(Lease<Fake>, u32)> = Vec::new();

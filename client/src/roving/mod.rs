@@ -10,10 +10,9 @@
 //! the client stops the rover and both tasks; connections still leased are closed when their
 //! leases end.
 //!
-//! The pool policy defaults to the original rules, for compatibility with the original
-//! library; `.pool_policy(PoolPolicy::improved())` switches to the improved Callosum policy,
-//! whose maximum age the builder settles from the roving interval (10 intervals, at least
-//! one per pool place, `max_slots` intervals). The transport defaults to TCP ([`TcpConnector`]);
+//! The pool policy defaults to the improved Callosum policy, whose maximum age the builder
+//! settles from the roving interval (10 intervals, at least one per pool place, `max_slots`
+//! intervals); `.pool_policy(PoolPolicy::original())` keeps the original library's rules. The transport defaults to TCP ([`TcpConnector`]);
 //! `.connector(…)` takes any [`Connector`] whose stream the pool can check for liveness.
 //!
 //! - `connection`: [`Connection`], a pooled stream with its server and slot.
@@ -149,9 +148,9 @@ where
         self
     }
 
-    /// The whole pool policy (replaces `max_slots` set before). Default: the original rules
-    /// ([`PoolPolicy::original`]), for compatibility; [`PoolPolicy::improved`] is the
-    /// improved Callosum policy (`docs/balance.md`). Its maximum age is settled at `build`
+    /// The whole pool policy (replaces `max_slots` set before). Default: the improved
+    /// Callosum policy ([`PoolPolicy::improved`], `docs/balance.md`);
+    /// [`PoolPolicy::original`] keeps the original library's rules. Its maximum age is settled at `build`
     /// from the roving interval: 10 intervals by default, never below `max_slots` intervals.
     pub fn pool_policy(mut self, policy: PoolPolicy) -> Self {
         self.pool = policy;

@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use callosum_client::{RovingClient, RovingClientBuilder};
+use callosum_client::{PoolPolicy, RovingClient, RovingClientBuilder};
 use callosum_server::{Connection, Handler, Hold, RunningServer, Server, Slots};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -38,11 +38,12 @@ pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
     assert!(waited.is_ok(), "{what} within {BOUND:?}");
 }
 
-/// Builds `builder` with `max_slots = 4` and a 5 ms roving interval over two servers, and
-/// waits until it holds the two lowest slots on each: `[0, 0, 1, 1]`.
+/// Builds `builder` with the original rules, `max_slots = 4` and a 5 ms roving interval
+/// over two servers, and waits until it holds the two lowest slots on each: `[0, 0, 1, 1]`
+/// (the original's steady state; the improved policy keeps rotating by age).
 pub async fn two_on_each(builder: RovingClientBuilder) -> RovingClient {
     let client = builder
-        .max_slots(4)
+        .pool_policy(PoolPolicy::original().max_slots(4))
         .roving_interval(Duration::from_millis(5))
         .build()
         .expect("valid settings");

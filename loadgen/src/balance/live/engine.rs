@@ -86,7 +86,7 @@ pub struct LiveReport {
 fn pool_policy(cfg: &SimConfig) -> Result<Option<PoolPolicy>, LiveError> {
     let p = cfg.max_slots;
     match cfg.policy {
-        Policy::Original => Ok(Some(PoolPolicy::default().max_slots(p))),
+        Policy::Original => Ok(Some(PoolPolicy::original().max_slots(p))),
         Policy::Improved => Ok(Some(PoolPolicy::improved().max_slots(p))),
         Policy::Random
         | Policy::RoundRobin
