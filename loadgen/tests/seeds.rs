@@ -225,10 +225,13 @@ fn the_default_grid_is_bounded_and_every_axis_can_be_narrowed() {
     assert!(cells.iter().all(|c| c.clients == 8 && c.warmup_s == 1.0));
     for bad in [
         &["sweep", "--seeds", "0"][..],
-        &["sweep", "--pool-sizes", "65"],
+        &["sweep", "--pool-sizes", "1025"],
         &["sweep", "--roving-intervals", "0s"],
     ] {
         assert!(Sweep::try_parse_from(bad).is_err(), "{bad:?}");
     }
     assert!(Simulate::try_parse_from(["simulate", "--seeds", "0"]).is_err());
+    // The client's default pool of 100 places runs; beyond 1,024 is refused.
+    assert!(Simulate::try_parse_from(["simulate", "--pool-size", "100"]).is_ok());
+    assert!(Simulate::try_parse_from(["simulate", "--pool-size", "1025"]).is_err());
 }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::balance::model::{Policy, SimConfig, SimError, write_json};
+use crate::balance::model::{MAX_POOL_SIZE, Policy, SimConfig, SimError, write_json};
 use crate::balance::report::SimReport;
 use crate::balance::report::summary::Summary;
 use crate::balance::simulation::{SimulateArgs, jobs, simulate};
@@ -65,9 +65,9 @@ pub enum SweepError {
 /// Options of `callosum-loadgen sweep`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SweepArgs {
-    /// Pool sizes (P), comma-separated, each at most 64.
+    /// Pool sizes (P), comma-separated, each at most 1,024.
     #[arg(long, value_delimiter = ',', default_values_t = [2u64, 3, 4, 8, 16, 32, 64],
-          value_parser = clap::value_parser!(u64).range(1..=64))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_POOL_SIZE))]
     pub pool_sizes: Vec<u64>,
     /// Roving intervals (R), comma-separated.
     #[arg(long, value_delimiter = ',', default_values = ["100ms", "1s", "10s"],

@@ -8,5 +8,5 @@ pub mod scenario;
 
 pub use policy::{Policy, PoolRules};
 pub use scenario::{
-    ClusterArgs, ModelOptions, ServiceDist, SimConfig, SimError, Timing, write_json,
+    ClusterArgs, MAX_POOL_SIZE, ModelOptions, ServiceDist, SimConfig, SimError, Timing, write_json,
 };
