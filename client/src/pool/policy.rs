@@ -6,12 +6,12 @@
 //! ("The improved Callosum policy"): maximum connection age, slow-connection penalty, least
 //! outstanding first, random ties, accept equal, small pools spread, slot-weighted leases,
 //! latency-damped weights, outlier decay. It evens request rates, brings a joining server to
-//! its share and avoids a slow one where the original does not, for a lease that scans the
-//! idle connections. [`PoolPolicy::original`] is the original `callosum-client-tcp`
-//! exactly: 100 slots, lease the lowest slot, replace the highest only with a strictly lower
-//! one, ties between equal slots broken by arrival order, every operation O(log n). The rules themselves are written once, in [`decide`](super::decide), which
-//! the pool and the simulator (`callosum-loadgen simulate`, whose `PoolRules` converts to
-//! this type) both call.
+//! its share and avoids a slow one where the original does not, for a lease that scans the idle
+//! connections. [`PoolPolicy::original`] is the original `callosum-client-tcp` exactly: 100
+//! slots, lease the lowest slot, replace the highest only with a strictly lower one, ties
+//! between equal slots broken by arrival order, every operation O(log n). The rules themselves
+//! are written once, in [`decide`](super::decide), which the pool and the simulator
+//! (`callosum-loadgen simulate`, whose `PoolRules` converts to this type) both call.
 
 use std::time::Duration;
 
@@ -170,10 +170,11 @@ impl PoolPolicy {
         self
     }
 
-    /// Between connections with the same slot (from different servers), lease and replace
-    /// one picked uniformly at random at each decision instead of the earliest-offered one,
-    /// so equal servers share the load. Costs a scan of the idle connections per lease and
-    /// of the held ones per replacement. Off in the original (arrival order), on in the improved policy.
+    /// Between connections with the same slot (from different servers), lease and replace one
+    /// picked uniformly at random at each decision instead of the earliest-offered one, so
+    /// equal servers share the load. Costs a scan of the idle connections per lease and of the
+    /// held ones per replacement. Off in the original (arrival order), on in the improved
+    /// policy.
     pub fn random_tie_break(mut self, on: bool) -> Self {
         self.random_tie_break = on;
         self
@@ -209,12 +210,12 @@ impl PoolPolicy {
     /// Replace connections by age: each kept connection gets a lifetime drawn uniformly in
     /// [A/2, 3A/2) so expiries do not synchronise. An expired connection stays in the pool
     /// (soft expiry) and the next offer replaces it whatever the two slots (an idle one is
-    /// closed then, a leased one when its lease ends), so the pool never shrinks by age.
-    /// Pools of at most 4 places ([`age::SLOT_KEEPING_MAX_SLOTS`]) keep slots: there
-    /// an offer replaces an expired connection only if its slot is no higher.
-    /// Under a roving client, A is raised to at least `max_slots` roving intervals: the
-    /// rover brings one newcomer per interval, so a shorter age could not be honoured. `None`: never (the original); the improved
-    /// policy's is 10 roving intervals, at least `max_slots` of them.
+    /// closed then, a leased one when its lease ends), so the pool never shrinks by age. Pools
+    /// of at most 4 places ([`age::SLOT_KEEPING_MAX_SLOTS`]) keep slots: there an offer
+    /// replaces an expired connection only if its slot is no higher. Under a roving client, A
+    /// is raised to at least `max_slots` roving intervals: the rover brings one newcomer per
+    /// interval, so a shorter age could not be honoured. `None`: never (the original); the
+    /// improved policy's is 10 roving intervals, at least `max_slots` of them.
     pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
         self.max_age = max_age.map_or(MaxAge::Off, MaxAge::Fixed);
         self
@@ -240,40 +241,39 @@ impl PoolPolicy {
         self
     }
 
-    /// While the pool holds at least two connections per server on average (servers known
-    /// from [`Pool::offer_from`](crate::pool::Pool::offer_from)), lease among the idle
-    /// connections of the lowest cost at random, each with weight 1 / (slot + 1), instead of
-    /// always the lowest slot: slot 3 is leased twice as often as slot 7. Such a pool has
-    /// few servers for its places, so each client's lowest slot carries a large share of
-    /// one server's requests, and every rotation of the lowest slots moves that share at
-    /// once: a server's per-second share wandered twice as far as under random routing.
-    /// Weighted by slot, the lowest slot still carries the most (the slot stays the load
-    /// signal) but no longer all. Pools spread over more servers keep leasing the lowest
-    /// slot, which lowers the tail there (weighting a pool of 64 over 100 servers raised its
-    /// p99 by 16 %); a small pool that spreads
-    /// ([`spread_small_pools`](Self::spread_small_pools)) spreads instead
-    /// (`docs/balance.md`, "Slot-weighted leases"). Costs a scan of the idle connections
-    /// per lease and a map of held connections per server. Off in the original, on in the improved policy.
+    /// While the pool holds at least two connections per server on average (servers known from
+    /// [`Pool::offer_from`](crate::pool::Pool::offer_from)), lease among the idle connections
+    /// of the lowest cost at random, each with weight 1 / (slot + 1), instead of always the
+    /// lowest slot: slot 3 is leased twice as often as slot 7. Such a pool has few servers for
+    /// its places, so each client's lowest slot carries a large share of one server's requests,
+    /// and every rotation of the lowest slots moves that share at once: a server's per-second
+    /// share wandered twice as far as under random routing. Weighted by slot, the lowest slot
+    /// still carries the most (the slot stays the load signal) but no longer all. Pools spread
+    /// over more servers keep leasing the lowest slot, which lowers the tail there (weighting a
+    /// pool of 64 over 100 servers raised its p99 by 16 %); a small pool that spreads
+    /// ([`spread_small_pools`](Self::spread_small_pools)) spreads instead (`docs/balance.md`,
+    /// "Slot-weighted leases"). Costs a scan of the idle connections per lease and a map of
+    /// held connections per server. Off in the original, on in the improved policy.
     pub fn slot_weighted_leases(mut self, on: bool) -> Self {
         self.slot_weighted_leases = on;
         self
     }
 
-    /// Under [`slot_weighted_leases`](Self::slot_weighted_leases), damp each idle
-    /// connection's weight by its response-time average: the weight 1 / (slot + 1) is
-    /// multiplied by min(1, m / a)^8, where a is the connection's average and m the median
-    /// of the pool's averages (those of the [`slow_penalty`](Self::slow_penalty), which must
-    /// be on for this to act; a connection without a sample yet is not damped). A
-    /// connection answering 10 % slower than the pool's median keeps half its weight, one
-    /// answering twice as slowly 1/256. The median, not the mean: a fail-fast server's
-    /// quick errors would drag a mean down until every healthy connection looked slow. Slot-weighted pools have few servers for their places, so a
-    /// slow server holds a large share of each pool; the slow penalty steps in only at 1.5 ×
-    /// the mean (a lower threshold moves leases on noise in every pool), while damping
-    /// moves the weighted share off a slow connection gradually and only where weights
+    /// Under [`slot_weighted_leases`](Self::slot_weighted_leases), damp each idle connection's
+    /// weight by its response-time average: the weight 1 / (slot + 1) is multiplied by
+    /// min(1, m / a)^8, where a is the connection's average and m the median of the pool's averages
+    /// (those of the [`slow_penalty`](Self::slow_penalty), which must be on for this to act; a
+    /// connection without a sample yet is not damped). A connection answering 10 % slower than
+    /// the pool's median keeps half its weight, one answering twice as slowly 1/256. The
+    /// median, not the mean: a fail-fast server's quick errors would drag a mean down until
+    /// every healthy connection looked slow. Slot-weighted pools have few servers for their
+    /// places, so a slow server holds a large share of each pool; the slow penalty steps in
+    /// only at 1.5 × the mean (a lower threshold moves leases on noise in every pool), while
+    /// damping moves the weighted share off a slow connection gradually and only where weights
     /// apply: with one 3 × slow server among 4 the p99 matches P2C over a peak-sensitive
-    /// latency average, and pools that lease the lowest slot are unchanged
-    /// (`docs/balance.md`, "Latency-damped weights"). Costs a division and a few
-    /// multiplications per idle connection per weighted lease. Off in the original, on in the improved policy.
+    /// latency average, and pools that lease the lowest slot are unchanged (`docs/balance.md`,
+    /// "Latency-damped weights"). Costs a division and a few multiplications per idle
+    /// connection per weighted lease. Off in the original, on in the improved policy.
     pub fn latency_damped_weights(mut self, on: bool) -> Self {
         self.latency_damped_weights = on;
         self

@@ -239,7 +239,7 @@ fn discarding_a_lease_closes_it_and_frees_its_place() {
 // --- policy ---
 
 #[test]
-fn equal_slots_go_by_arrival_by_default_and_at_random_on_request() {
+fn equal_slots_go_by_arrival_under_the_original_rules_and_at_random_on_request() {
     let first_leased = |random: bool| {
         let pool =
             Pool::with_policy(PoolPolicy::original().random_tie_break(random)).expect("valid");

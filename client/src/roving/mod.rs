@@ -12,8 +12,9 @@
 //!
 //! The pool policy defaults to the improved Callosum policy, whose maximum age the builder
 //! settles from the roving interval (10 intervals, at least one per pool place, `max_slots`
-//! intervals); `.pool_policy(PoolPolicy::original())` keeps the original library's rules. The transport defaults to TCP ([`TcpConnector`]);
-//! `.connector(…)` takes any [`Connector`] whose stream the pool can check for liveness.
+//! intervals); `.pool_policy(PoolPolicy::original())` keeps the original library's rules. The
+//! transport defaults to TCP ([`TcpConnector`]); `.connector(…)` takes any [`Connector`] whose
+//! stream the pool can check for liveness.
 //!
 //! - `connection`: [`Connection`], a pooled stream with its server and slot.
 //! - `counters`: [`Counters`] and the atomics behind them.
@@ -148,10 +149,10 @@ where
         self
     }
 
-    /// The whole pool policy (replaces `max_slots` set before). Default: the improved
-    /// Callosum policy ([`PoolPolicy::improved`], `docs/balance.md`);
-    /// [`PoolPolicy::original`] keeps the original library's rules. Its maximum age is settled at `build`
-    /// from the roving interval: 10 intervals by default, never below `max_slots` intervals.
+    /// The whole pool policy (replaces `max_slots` set before). Default: the improved Callosum
+    /// policy ([`PoolPolicy::improved`], `docs/balance.md`); [`PoolPolicy::original`] keeps the
+    /// original library's rules. Its maximum age is settled at `build` from the roving
+    /// interval: 10 intervals by default, never below `max_slots` intervals.
     pub fn pool_policy(mut self, policy: PoolPolicy) -> Self {
         self.pool = policy;
         self
