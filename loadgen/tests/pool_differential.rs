@@ -63,22 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// A policy with each rule on or off, and a maximum age or none.
 fn policy() -> impl Strategy<Value = PoolPolicy> {
-    (1usize..6, any::<[bool; 9]>(), prop::option::of(1u64..20)).prop_map(
-        |(
-            max_slots,
-            [
-                random,
-                equal,
-                least,
-                slow,
-                spread,
-                weighted,
-                damped,
-                decay,
-                preferred,
-            ],
-            age_s,
-        )| {
+    (1usize..6, any::<[bool; 8]>(), prop::option::of(1u64..20)).prop_map(
+        |(max_slots, [random, equal, least, slow, spread, weighted, damped, decay], age_s)| {
             PoolPolicy::original()
                 .max_slots(max_slots)
                 .random_tie_break(random)
@@ -89,7 +75,6 @@ fn policy() -> impl Strategy<Value = PoolPolicy> {
                 .slot_weighted_leases(weighted)
                 .latency_damped_weights(damped)
                 .outlier_decay(decay)
-                .preferred_connection(preferred)
                 .max_age(age_s.map(Duration::from_secs))
         },
     )

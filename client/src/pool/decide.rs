@@ -51,23 +51,6 @@
 //!   52.5 to 56.2 ms, and weighting every pool that holds some server twice raised it by
 //!   16 % at 100 servers with 64 places, since there the lowest slot is what makes every
 //!   server some client's first choice (`docs/balance.md`, "Slot-weighted leases").
-//! - preferred: under `preferred_connection`, a full pool that neither spreads nor weights
-//!   (one that would lease the lowest slot) draws a preferred connection among its
-//!   [`PREFERRED_AMONG`] (5) lowest slots that the slow penalty does not mark, by weight
-//!   1 / √(slot + 1), and keeps it for the pool's next [`PREFERRED_LEASES`] (2) leases; a
-//!   lease takes it when it is idle and no other lease of the pool is outstanding at its
-//!   server, and otherwise goes by the lowest cost, then the lowest slot. Leasing the
-//!   lowest slot sends nearly all of a lightly loaded client's requests over one
-//!   connection, so a server's rate follows how many clients hold their lowest slot there,
-//!   which only the maximum age changes: over 100 servers and 1,000 clients at 50 % load
-//!   the busiest server took 1.087 × the mean rate over two minutes (up to 1.099 on a
-//!   seed), and 1.041 (up to 1.054) with a preferred connection. A busy client's preferred
-//!   is more often out, so more of its leases fall back to the lowest slot, which is what
-//!   holds the tail at 80 % load: the p99 stays within 2 % of the original rules' where
-//!   drawing among the whole pool (6.5 % above at 64 places) or afresh for every lease
-//!   (5.5 %) did not. Full pools only: while a pool fills, every newcomer is kept whatever
-//!   its slot, so its lowest slots say little yet (`docs/balance.md`, "A preferred
-//!   connection").
 //! - offer: under `max_slots` the newcomer fills a free place; at `max_slots` it replaces
 //!   the held connection whose lifetime ended longest ago, whatever the two slots (soft
 //!   expiry, below); failing one, the highest slot (equal ones: the latest arrival, or at
@@ -348,35 +331,7 @@ pub struct Book {
     averages: SmallVec<[f32; 2 * INLINE]>,
     /// Leases made (wrapping): outlier decay's clock.
     leases: u32,
-    /// The preferred connection's entry ([`NO_ENTRY`]: none drawn), under
-    /// `preferred_connection`.
-    preferred: u32,
-    /// Leases the preferred connection is kept for yet.
-    preferred_left: u32,
 }
-
-/// [`Book::preferred`] when no preferred connection is drawn.
-const NO_ENTRY: u32 = u32::MAX;
-
-/// Leases a preferred connection is kept for ([`preferred_connection`]
-/// (PoolPolicy::preferred_connection)). Measured over 100 servers and 1,000 clients with
-/// pools of 8, drawn among the whole pool (`docs/balance.md`, "A preferred connection"):
-/// redrawn for every lease the p99 at 80 % load was 57.9 ms against 55.4 ms kept for 2
-/// (each client's consecutive requests scatter over more servers); kept for 5 or 10 leases
-/// the long-run rates at 50 % evened less (worst seed 1.054 and 1.062 against 1.033).
-pub const PREFERRED_LEASES: u32 = 2;
-
-/// The lowest slots a preferred connection is drawn among. Measured over 100 servers with
-/// the lease kept for 2 (`docs/balance.md`, "A preferred connection"): drawn among the
-/// whole pool of 64, the p99 at 80 % load was 1.044 × the original rules' with 1,000
-/// clients and 1.065 × with 400; among the 8 lowest 1.023 × with 400; among the 6 lowest of
-/// pools of 8, 1.016 × with 400; among 4, the busiest server's long-run rate at 50 % load
-/// stayed 1.039 × the mean on average over 1,000 clients, where 5 gave 1.036.
-pub const PREFERRED_AMONG: usize = 5;
-
-/// The exponent of a preferred draw's weights, 1 / (slot + 1)^0.5: a gentle lean to the
-/// lowest slot among the candidates (slot 0 is drawn twice as often as slot 3).
-const PREFERRED_EXPONENT: f64 = 0.5;
 
 /// A multiplicative hash of a server key: every offer and departure looks one up, and
 /// SipHash (the default, built against adversarial keys) would be most of their cost. Keys come
@@ -534,8 +489,6 @@ impl Book {
             expired_replaced: 0,
             averages: SmallVec::new(),
             leases: 0,
-            preferred: NO_ENTRY,
-            preferred_left: 0,
         }
     }
 
@@ -757,10 +710,7 @@ impl Book {
     /// Leases the best idle entry (see the module doc), or `None` when nothing is idle.
     /// `rng` breaks ties under random ties.
     pub fn lease<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Option<u32> {
-        let id = if let Some(id) = self.lease_preferred(rng) {
-            self.idle.remove(id);
-            id
-        } else if self.policy.scans_on_lease() {
+        let id = if self.policy.scans_on_lease() {
             let ties = self.lease_ties();
             // Latency damping's reference, the median average (0: no damping).
             let damp_median = match (ties, self.policy.latency_damped_weights, self.ewma_n) {
@@ -798,102 +748,28 @@ impl Book {
         }
     }
 
-    /// Under `preferred_connection`, in a full pool that leases the lowest slot: counts one
-    /// of the preferred connection's leases (drawing a new one when it has served its
-    /// leases or left the pool) and returns it when it is idle and no other lease of the
-    /// pool is outstanding at its server; `None` when the rule does not apply, nothing is
-    /// idle, or the preferred is out or its server busy (the lease then goes by the
-    /// policy's other rules).
-    fn lease_preferred<R: Rng + ?Sized>(&mut self, rng: &mut R) -> Option<u32> {
-        if !self.policy.preferred_connection
-            || self.idle.len() == 0
-            || self.held.len() < self.policy.max_slots
-            || !matches!(self.lease_ties(), Ties::Random | Ties::Arrival)
-        {
-            return None;
-        }
-        if self.preferred_left == 0 || self.preferred == NO_ENTRY {
-            self.preferred = self.draw_preferred(rng);
-            self.preferred_left = PREFERRED_LEASES;
-        }
-        self.preferred_left -= 1;
-        let id = self.preferred;
-        if id == NO_ENTRY || !self.idle.contains(id) {
-            return None;
-        }
-        // The slow penalty was weighed when it was drawn: the lease looks at the pool's
-        // own outstanding requests only.
-        let entry = &self.entries[id as usize];
-        (self.cost(entry, 0.0, f32::INFINITY) == 0).then_some(id)
-    }
-
-    /// A held entry drawn among the [`PREFERRED_AMONG`] lowest keys of those the slow
-    /// penalty does not mark, by weight 1 / (slot + 1)^[`PREFERRED_EXPONENT`];
-    /// [`NO_ENTRY`] when every held entry is marked.
-    fn draw_preferred<R: Rng + ?Sized>(&self, rng: &mut R) -> u32 {
-        let slow_over = self.slow_over();
-        // The lowest keys, kept sorted by insertion: a handful, in a pool of at most a few
-        // hundred.
-        let mut low: SmallVec<[(u64, u32); PREFERRED_AMONG]> = SmallVec::new();
-        for (key, id) in self.held.keys() {
-            if self.decayed_average(&self.entries[id as usize]) >= slow_over {
-                continue;
-            }
-            let at = low.partition_point(|&(k, _)| k < key);
-            if at < PREFERRED_AMONG {
-                if low.len() == PREFERRED_AMONG {
-                    low.pop();
-                }
-                low.insert(at, (key, id));
-            }
-        }
-        let mut total = 0.0f64;
-        let mut pick = NO_ENTRY;
-        for (key, id) in low {
-            let weight = (f64::from(slot_of(key)) + 1.0).powf(-PREFERRED_EXPONENT);
-            total += weight;
-            // Weighted reservoir sampling, as in `lowest`.
-            if rng.random::<f64>() * total < weight {
-                pick = id;
-            }
-        }
-        pick
-    }
-
-    /// The response-time average from which the slow penalty counts one more lease:
-    /// `threshold` × the mean of the pool's non-zero averages (two leases at twice that,
-    /// ...); infinite while no entry has a sample or with no penalty.
-    fn slow_over(&self) -> f32 {
-        match (self.policy.slow_penalty, self.ewma_n) {
+    /// The idle entry with the lowest cost, equal costs ranked by `ties`, weights damped
+    /// against `damp_median` (0: undamped).
+    fn pick_idle<R: Rng + ?Sized>(&self, ties: Ties, damp_median: f32, rng: &mut R) -> Option<u32> {
+        // An average reaching `threshold` × the mean of the pool's non-zero averages counts
+        // as one more lease (two at twice that, ...); none while no entry has a sample.
+        let slow_over = match (self.policy.slow_penalty, self.ewma_n) {
             (Some(penalty), n) if n > 0 => {
                 (f64::from(penalty.get_threshold()) * self.ewma_sum / f64::from(n)) as f32
             }
             _ => f32::INFINITY,
-        }
-    }
-
-    /// A lease's cost of `entry`, whose average reads `ewma`: the pool's leases at its
-    /// server under least outstanding, plus its slow penalty against `slow_over`
-    /// ([`slow_over`](Self::slow_over)).
-    fn cost(&self, entry: &Entry, ewma: f32, slow_over: f32) -> u32 {
-        let busy = match (self.policy.least_outstanding, entry.at) {
-            (true, at) if at != NO_SERVER => self.servers[at as usize].leased,
-            _ => 0,
         };
-        // `as` saturates; 0 / inf is 0.
-        let slow = (ewma / slow_over) as u32;
-        busy.saturating_add(slow)
-    }
-
-    /// The idle entry with the lowest cost, equal costs ranked by `ties`, weights damped
-    /// against `damp_median` (0: undamped).
-    fn pick_idle<R: Rng + ?Sized>(&self, ties: Ties, damp_median: f32, rng: &mut R) -> Option<u32> {
-        let slow_over = self.slow_over();
         let candidates = self.idle.keys().map(|(key, id)| {
             let entry = &self.entries[id as usize];
+            let busy = match (self.policy.least_outstanding, entry.at) {
+                (true, at) if at != NO_SERVER => self.servers[at as usize].leased,
+                _ => 0,
+            };
             let ewma = self.decayed_average(entry);
+            // `as` saturates; 0 / inf is 0.
+            let slow = (ewma / slow_over) as u32;
             (
-                self.cost(entry, ewma, slow_over),
+                busy.saturating_add(slow),
                 key,
                 id,
                 damping(ewma, damp_median),
@@ -1013,10 +889,6 @@ impl Book {
     /// Takes entry `id` out of what the book counts: held, expiring, its server's leases,
     /// the mean of the averages. Idempotent.
     fn unhold(&mut self, id: u32) {
-        if self.preferred == id {
-            // Its id may come back with a newcomer, which was not drawn.
-            self.preferred = NO_ENTRY;
-        }
         // Leases first: a server's counts go when its last held entry does.
         self.uncount(id);
         if self.held.remove(id) {
@@ -1309,121 +1181,6 @@ mod tests {
         );
     }
 
-    /// Leases every idle entry, then gives each back after a response of `ms(book, id)`
-    /// milliseconds.
-    fn answer_each_once(book: &mut Book, rng: &mut SmallRng, ms: impl Fn(&Book, u32) -> u64) {
-        let all: Vec<u32> = std::iter::from_fn(|| book.lease(rng)).collect();
-        for id in all {
-            let ms = ms(book, id);
-            assert!(book.give_back(id, Some(ms * 1_000_000)));
-        }
-    }
-
-    /// How many of `n` leases, each given straight back, go to each slot below `N`.
-    fn leases_by_slot<const N: usize>(book: &mut Book, rng: &mut SmallRng, n: u32) -> [u32; N] {
-        let mut by_slot = [0u32; N];
-        for _ in 0..n {
-            let id = book.lease(rng).expect("an idle entry");
-            by_slot[book.slot(id) as usize] += 1;
-            assert!(book.give_back(id, None));
-        }
-        by_slot
-    }
-
-    /// A pool of 8 with the improved policy holding slots 0 to 7, each on its own server.
-    fn eight_on_distinct_servers() -> (Book, SmallRng) {
-        let mut book = Book::new(&PoolPolicy::improved().max_slots(8).max_age(None));
-        let mut rng = SmallRng::seed_from_u64(23);
-        for slot in 0..8 {
-            book.offer(Some(u64::from(slot)), slot, 0, &mut rng);
-        }
-        (book, rng)
-    }
-
-    #[test]
-    fn a_preferred_connection_is_drawn_among_the_lowest_slots_by_weight_and_kept_for_two_leases() {
-        let (mut book, mut rng) = eight_on_distinct_servers();
-        let draws = 3000u32;
-        let mut leased = Vec::new();
-        for _ in 0..draws * PREFERRED_LEASES {
-            let id = book.lease(&mut rng).expect("an idle entry");
-            leased.push(book.slot(id));
-            assert!(book.give_back(id, None));
-        }
-        // Kept for two leases: every pair of leases is one draw.
-        assert!(
-            leased.chunks(2).all(|pair| pair[0] == pair[1]),
-            "{leased:?}"
-        );
-        let mut counts = [0u32; 8];
-        for pair in leased.chunks(2) {
-            counts[pair[0] as usize] += 1;
-        }
-        // Never beyond the 5 lowest slots; among them by 1 / √(slot + 1), ±6 σ.
-        assert_eq!(counts[PREFERRED_AMONG..], [0, 0, 0]);
-        let weights: Vec<f64> = (0..PREFERRED_AMONG)
-            .map(|slot| 1.0 / (slot as f64 + 1.0).sqrt())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        for (slot, weight) in weights.iter().enumerate() {
-            let p = weight / total;
-            let mean = p * f64::from(draws);
-            let band = 6.0 * (mean * (1.0 - p)).sqrt();
-            assert!(
-                (f64::from(counts[slot]) - mean).abs() <= band,
-                "slot {slot}: {counts:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_connection_the_slow_penalty_marks_is_not_drawn() {
-        let (mut book, mut rng) = eight_on_distinct_servers();
-        // Every connection answers once: slot 0 in 100 ms, the others in 1 ms. Its average
-        // stands above 1.5 × the pool's mean (13.4 ms), and alone on its server it keeps it.
-        answer_each_once(&mut book, &mut rng, |book, id| {
-            if book.slot(id) == 0 { 100 } else { 1 }
-        });
-        let counts = leases_by_slot::<8>(&mut book, &mut rng, 2000);
-        // Drawn among the 5 lowest it does not mark: slots 1 to 5.
-        assert_eq!([counts[0], counts[6], counts[7]], [0, 0, 0], "{counts:?}");
-        assert!(counts[1..6].iter().all(|&n| n > 0), "{counts:?}");
-    }
-
-    #[test]
-    fn while_the_preferred_is_out_a_lease_takes_the_lowest_slot_of_the_lowest_cost() {
-        let (mut book, mut rng) = eight_on_distinct_servers();
-        for _ in 0..200 {
-            let preferred = book.lease(&mut rng).expect("an idle entry");
-            // Its second lease: it is out, so the lowest idle slot on another server.
-            let other = book.lease(&mut rng).expect("an idle entry");
-            let expected = if book.slot(preferred) == 0 { 1 } else { 0 };
-            assert_eq!(book.slot(other), expected);
-            assert!(book.give_back(other, None) && book.give_back(preferred, None));
-        }
-    }
-
-    #[test]
-    fn a_preferred_connection_that_leaves_is_drawn_again_among_those_held() {
-        for seed in 0..50 {
-            let (mut book, _) = eight_on_distinct_servers();
-            let mut rng = SmallRng::seed_from_u64(seed);
-            // Drawn, with one lease left.
-            let preferred = book.lease(&mut rng).expect("an idle entry");
-            let server = book.server(preferred).expect("a server");
-            assert!(book.give_back(preferred, None));
-            // Its server goes, and a newcomer of slot 9 takes its entry id: it was not
-            // drawn, and is not among the 5 lowest slots.
-            assert_eq!(book.evict_server(server, |_| {}), 1);
-            let Admission::Kept { id } = book.offer(Some(99), 9, 0, &mut rng) else {
-                panic!("a free place");
-            };
-            assert_eq!(id, preferred);
-            let next = book.lease(&mut rng).expect("an idle entry");
-            assert!(book.slot(next) < 9, "seed {seed}: slot {}", book.slot(next));
-        }
-    }
-
     /// How often a pool of `max_slots` holding `(server, slot)` (no maximum age) leases
     /// each slot, in `n` leases each given straight back.
     fn lease_counts(policy: &PoolPolicy, held: &[(u64, u32)], n: u32) -> Vec<(u32, u32)> {
@@ -1446,9 +1203,7 @@ mod tests {
 
     #[test]
     fn a_pool_with_two_places_per_server_leases_by_slot_weight_and_others_the_lowest() {
-        let weighted = PoolPolicy::improved()
-            .max_slots(8)
-            .preferred_connection(false);
+        let weighted = PoolPolicy::improved().max_slots(8);
         // Distinct servers, or one server twice among three: always the lowest slot.
         for held in [
             &[(0, 4), (1, 0), (2, 9)][..],
@@ -1488,10 +1243,18 @@ mod tests {
             for &(server, slot) in held {
                 book.offer(Some(server), slot, 0, &mut rng);
             }
-            answer_each_once(&mut book, &mut rng, |book, id| {
-                if book.server(id) == Some(0) { 20 } else { 10 }
-            });
-            leases_by_slot::<5>(&mut book, &mut rng, 10_000)
+            let all: Vec<u32> = std::iter::from_fn(|| book.lease(&mut rng)).collect();
+            for id in all {
+                let ms = if book.server(id) == Some(0) { 20 } else { 10 };
+                assert!(book.give_back(id, Some(ms * 1_000_000)));
+            }
+            let mut by_slot = [0u32; 5];
+            for _ in 0..10_000 {
+                let id = book.lease(&mut rng).expect("idle");
+                by_slot[book.slot(id) as usize] += 1;
+                assert!(book.give_back(id, None));
+            }
+            by_slot
         };
         let damped = PoolPolicy::improved().max_slots(8);
         let plain = damped.clone().latency_damped_weights(false);
