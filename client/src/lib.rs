@@ -86,7 +86,8 @@
 //!
 //! Each rule is also a toggle on [`PoolPolicy`] (`max_age`, `accept_equal`,
 //! `random_tie_break`, `least_outstanding`, `slow_penalty`, `spread_small_pools`,
-//! `slot_weighted_leases`, `latency_damped_weights`, `outlier_decay`), to switch one off.
+//! `slot_weighted_leases`, `latency_damped_weights`, `outlier_decay`,
+//! `preferred_connection`), to switch one off.
 #![deny(missing_docs)]
 
 pub mod discovery;

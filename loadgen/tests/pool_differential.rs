@@ -53,6 +53,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u32..3, 0u32..6).prop_map(|(server, slot)| Op::Offer(server, slot)),
+        // Busy servers' slots: they raise the mean offered slot past the preferred
+        // connection's threshold in the smaller pools, so the rule acts in some runs.
+        2 => (0u32..3, 20u32..60).prop_map(|(server, slot)| Op::Offer(server, slot)),
         4 => Just(Op::Lease),
         3 => any::<usize>().prop_map(Op::Return),
         3 => (0u64..4_000).prop_map(Op::Advance),
@@ -63,8 +66,22 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// A policy with each rule on or off, and a maximum age or none.
 fn policy() -> impl Strategy<Value = PoolPolicy> {
-    (1usize..6, any::<[bool; 8]>(), prop::option::of(1u64..20)).prop_map(
-        |(max_slots, [random, equal, least, slow, spread, weighted, damped, decay], age_s)| {
+    (1usize..6, any::<[bool; 9]>(), prop::option::of(1u64..20)).prop_map(
+        |(
+            max_slots,
+            [
+                random,
+                equal,
+                least,
+                slow,
+                spread,
+                weighted,
+                damped,
+                decay,
+                preferred,
+            ],
+            age_s,
+        )| {
             PoolPolicy::original()
                 .max_slots(max_slots)
                 .random_tie_break(random)
@@ -75,6 +92,7 @@ fn policy() -> impl Strategy<Value = PoolPolicy> {
                 .slot_weighted_leases(weighted)
                 .latency_damped_weights(damped)
                 .outlier_decay(decay)
+                .preferred_connection(preferred)
                 .max_age(age_s.map(Duration::from_secs))
         },
     )

@@ -139,6 +139,12 @@ pub struct PoolRules {
     /// A connection's average above its server's other connections' in the pool decays
     /// toward their mean while it goes unused (half-life 16 leases per pool place).
     pub outlier_decay: bool,
+    /// A full pool that leases the lowest slot, offered slots averaging at least 4 per
+    /// place, draws a preferred connection among its 8 lowest slots by weight
+    /// 1 / √(slot + 1), damped against the slow penalty's threshold, and keeps it for 2
+    /// leases, leasing it when it is idle and no other request of the pool is at its
+    /// server.
+    pub preferred_connection: bool,
 }
 
 impl PoolRules {
@@ -154,6 +160,7 @@ impl PoolRules {
         slot_weighted_leases: false,
         latency_damped_weights: false,
         outlier_decay: false,
+        preferred_connection: false,
     };
 
     /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
@@ -173,6 +180,7 @@ impl PoolRules {
             slot_weighted_leases: policy.get_slot_weighted_leases(),
             latency_damped_weights: policy.get_latency_damped_weights(),
             outlier_decay: policy.get_outlier_decay(),
+            preferred_connection: policy.get_preferred_connection(),
         }
     }
 
@@ -194,5 +202,6 @@ impl PoolRules {
             .slot_weighted_leases(self.slot_weighted_leases)
             .latency_damped_weights(self.latency_damped_weights)
             .outlier_decay(self.outlier_decay)
+            .preferred_connection(self.preferred_connection)
     }
 }

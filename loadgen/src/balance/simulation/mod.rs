@@ -114,6 +114,13 @@ pub struct SimulateArgs {
     /// unused, with a half-life of 16 leases per pool place (needs --latency-alpha > 0).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub outlier_decay: bool,
+    /// Improved policy: a full pool that leases the lowest slot, offered slots averaging
+    /// at least 4 per place, draws a preferred connection among its 8 lowest slots by
+    /// weight 1 / √(slot + 1), damped against the slow penalty's threshold, keeps it for 2
+    /// leases and leases it when it is idle and no other request of the pool is at its
+    /// server.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub preferred_connection: bool,
     /// Network round trip added to every request (all of it on the response) and to every
     /// connect.
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -176,6 +183,7 @@ impl SimulateArgs {
             .slot_weighted_leases(self.slot_weighted_leases)
             .latency_damped_weights(self.latency_damped_weights)
             .outlier_decay(self.outlier_decay)
+            .preferred_connection(self.preferred_connection)
             .slow_penalty((self.latency_alpha > 0.0).then(|| {
                 SlowPenalty::default()
                     .alpha(self.latency_alpha)
