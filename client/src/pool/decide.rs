@@ -58,17 +58,15 @@
 //!   `latency_damped_weights` but against the average from which the slow penalty counts,
 //!   and keeps it for the pool's next [`PREFERRED_LEASES`] (2) leases; a lease takes it
 //!   when it is idle and no other lease of the pool is outstanding at its server, and
-//!   otherwise goes by the lowest cost, then the lowest slot. Leasing the
-//!   lowest slot sends nearly all of a lightly loaded client's requests over one
-//!   connection, so a server's rate follows how many clients hold their lowest slot there,
-//!   which only the maximum age changes: over 100 servers and 1,000 clients at 50 % load
-//!   the busiest server took 1.087 × the mean rate over two minutes (up to 1.099 on a
-//!   seed), and 1.034 (up to 1.044 over seeds 1–30) with a preferred connection. A busy
-//!   client's preferred is more often out, so more of its leases fall back to the lowest
-//!   slot, which is what holds the tail at 80 % load: the p99 stays within 2 % of the
-//!   original rules' where
-//!   drawing among the whole of a pool of 64 (4.4 % above) or afresh for every lease
-//!   (5.5 %) did not. Full pools only: while a pool fills, every newcomer is kept whatever
+//!   otherwise goes by the lowest cost, then the lowest slot. Leasing the lowest slot sends
+//!   nearly all of a lightly loaded client's requests over one connection, so a server's
+//!   rate follows how many clients hold their lowest slot there, which only the maximum
+//!   age changes: over 100 servers and 1,000 clients at 50 % load the busiest server took
+//!   1.087 × the mean rate over two minutes (up to 1.099 on a seed), and 1.034 (up to
+//!   1.044 over seeds 1–30) with a preferred connection. A busy client's preferred is more
+//!   often out, so more of its leases fall back to the lowest slot, which is what holds
+//!   the tail: the p99 stays within 2 % of the original rules' where drawing among the
+//!   whole of a pool of 64 (4.4 % above) or afresh for every lease (5.5 %) did not. Full pools only: while a pool fills, every newcomer is kept whatever
 //!   its slot, so its lowest slots say little yet. And only with many clients per server:
 //!   a server offers its lowest free slot, so the mean offered slot over `max_slots` grows
 //!   with the pools each server serves; with 400 clients over 100 servers (about 2.5 per
@@ -374,8 +372,8 @@ const OFFERED_WINDOW: u32 = 16;
 /// [`Book::preferred`] when no preferred connection is drawn.
 const NO_ENTRY: u32 = u32::MAX;
 
-/// Leases a preferred connection is kept for ([`preferred_connection`]
-/// (PoolPolicy::preferred_connection)). Measured over 100 servers and 1,000 clients with
+/// Leases a preferred connection is kept for
+/// ([`PoolPolicy::preferred_connection`]). Measured over 100 servers and 1,000 clients with
 /// pools of 8, drawn among the whole pool (`docs/balance.md`, "A preferred connection"):
 /// redrawn for every lease the p99 at 80 % load was 57.9 ms against 55.4 ms kept for 2
 /// (each client's consecutive requests scatter over more servers); kept for 5 or 10 leases
@@ -386,8 +384,8 @@ pub const PREFERRED_LEASES: u32 = 2;
 /// Measured over 100 servers and 1,000 clients with pools of 8, the lease kept for 2
 /// (`docs/balance.md`, "A preferred connection"): among 8 the busiest server's long-run
 /// rate at 50 % load was 1.034 × the mean on average over seeds 1–30, up to 1.044; among
-/// the 5 lowest 1.040, with 2 of the 30 seeds above 1.05, for a p99 at 80 % load of 0.99 ×
-/// the original rules' against 1.007 among 8. Drawing among the whole of a pool of 64
+/// the 5 lowest (damped against the pool's mean) 1.040, with 2 of the 30 seeds above 1.05,
+/// for a p99 at 80 % load of 0.99 × the original rules' against 1.007 among 8. Drawing among the whole of a pool of 64
 /// raised that p99 to 1.044 × the original's: the higher slots are busy servers'.
 pub const PREFERRED_AMONG: usize = 8;
 
@@ -402,7 +400,8 @@ const PREFERRED_EXPONENT: f64 = 0.5;
 /// 400 clients and about 6 with 1,000. With few pools per server each client's lowest
 /// slots already spread over the servers, and the draw only costs tail: with 400 clients
 /// it raised the p99 at 95 % load to 1.026 × the original rules', while with 1,000 it
-/// stayed below them (`docs/balance.md`, "A preferred connection").
+/// kept within 1.02 × of theirs and evened the rates (`docs/balance.md`, "A preferred
+/// connection").
 pub const PREFERRED_MIN_OFFERED_PER_PLACE: f64 = 4.0;
 
 /// A multiplicative hash of a server key: every offer and departure looks one up, and

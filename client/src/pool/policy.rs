@@ -310,12 +310,11 @@ impl PoolPolicy {
     /// [`spread_small_pools`](Self::spread_small_pools) nor
     /// [`slot_weighted_leases`](Self::slot_weighted_leases) applies) and that is offered
     /// slots averaging at least 4 per place (each server serving several times the pool's
-    /// size in connections: many clients per server), draw a preferred
-    /// connection among the pool's 8 lowest slots, each with weight 1 / √(slot + 1) damped
-    /// (as under [`latency_damped_weights`](Self::latency_damped_weights)) against the
-    /// average from which the [`slow_penalty`](Self::slow_penalty) counts, and keep it for
-    /// the pool's next 2
-    /// leases: a lease takes it when it is idle and no other lease of the pool is
+    /// size in connections: many clients per server), draw a preferred connection among
+    /// the pool's 8 lowest slots, each with weight 1 / √(slot + 1) damped (as under
+    /// [`latency_damped_weights`](Self::latency_damped_weights)) against the average from
+    /// which the [`slow_penalty`](Self::slow_penalty) counts, and keep it for the pool's
+    /// next 2 leases: a lease takes it when it is idle and no other lease of the pool is
     /// outstanding at its server, and otherwise leases the lowest slot of the lowest cost
     /// as before.
     ///
@@ -326,8 +325,9 @@ impl PoolPolicy {
     /// rate over two minutes. With a preferred connection the share moves between a few low
     /// slots every other lease, and that falls to 1.034. A busy client's preferred is more
     /// often still out, so more of its leases fall back to the lowest slot, which holds the
-    /// tail at 80 % load; drawing among the whole pool, or afresh for every lease, raised
-    /// the p99 above the original rules' (`docs/balance.md`, "A preferred connection").
+    /// tail: the p99 at 80 % load is 1.007 × the original rules'; drawing among the whole
+    /// of a pool of 64, or afresh for every lease, raised it further (`docs/balance.md`, "A
+    /// preferred connection").
     /// With fewer clients per server (400 clients over 100 servers) it evened rates less
     /// and cost tail (the p99 at 95 % load rose to 1.026 × the original rules'), so such
     /// pools keep the lowest slot. Costs a scan of the held connections every other lease.
