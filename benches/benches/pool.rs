@@ -8,7 +8,9 @@
 //! - `get+return/<held>`: lease the lowest idle connection and drop the lease, with `held`
 //!   idle connections in the pool. `improved` is the same under `PoolPolicy::improved()`
 //!   (connections spread over 10 servers): the lease scans the idle connections, so it
-//!   grows with `held`.
+//!   grows with `held`. `improved-preferred` holds each connection on its own server and
+//!   was offered busy servers' slots first, so the pool sees many clients per server and
+//!   draws a preferred connection every other lease (a scan of the held connections).
 //! - `offer-replace/<held>`: offer a connection to a full pool (`max_slots = held`) with a
 //!   slot lower than every held one, so each offer evicts the highest (idle) connection
 //!   and keeps the new one: the worst case for the min-heap (the newcomer sifts to the top).
@@ -50,6 +52,20 @@ fn full_pool_with(policy: PoolPolicy, held: usize, first_slot: u32) -> Pool<Stub
         let server = ServerKey(u64::from(i % 10));
         assert!(matches!(
             pool.offer_from(server, slot, Stub(u64::from(slot))),
+            Offer::Kept
+        ));
+    }
+    pool
+}
+
+/// A full pool under the improved policy, one server per connection, whose offered slots
+/// average far above 4 per place: it draws a preferred connection.
+fn preferred_pool(held: usize) -> Pool<Stub> {
+    let pool = Pool::with_policy(PoolPolicy::improved().max_slots(held)).expect("held > 0");
+    let busy = 8 * held as u32;
+    for i in 0..held as u32 {
+        assert!(matches!(
+            pool.offer_from(ServerKey(u64::from(i)), busy + i, Stub(u64::from(i))),
             Offer::Kept
         ));
     }
@@ -132,6 +148,12 @@ fn get_return(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("improved", held), &improved, |b, pool| {
             b.iter(|| drop(black_box(pool.get().expect("an idle stub"))))
         });
+        let preferred = preferred_pool(held);
+        group.bench_with_input(
+            BenchmarkId::new("improved-preferred", held),
+            &preferred,
+            |b, pool| b.iter(|| drop(black_box(pool.get().expect("an idle stub")))),
+        );
         let naive = NaivePool::full(held, 0);
         group.bench_with_input(
             BenchmarkId::new("mutex-btreeset", held),
