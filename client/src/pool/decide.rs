@@ -66,8 +66,9 @@
 //!   1.044 over seeds 1–30) with a preferred connection. A busy client's preferred is more
 //!   often out, so more of its leases fall back to the lowest slot, which is what holds
 //!   the tail: the p99 stays within 2 % of the original rules' where drawing among the
-//!   whole of a pool of 64 (4.4 % above) or afresh for every lease (5.5 %) did not. Full pools only: while a pool fills, every newcomer is kept whatever
-//!   its slot, so its lowest slots say little yet. And only with many clients per server:
+//!   whole of a pool of 64 (4.4 % above) or afresh for every lease (5.5 %) did not. Full
+//!   pools only: while a pool fills, every newcomer is kept whatever its slot, so its
+//!   lowest slots say little yet. And only with many clients per server:
 //!   a server offers its lowest free slot, so the mean offered slot over `max_slots` grows
 //!   with the pools each server serves; with 400 clients over 100 servers (about 2.5 per
 //!   place) the draws cost tail and evened less (`docs/balance.md`, "A preferred
@@ -385,8 +386,9 @@ pub const PREFERRED_LEASES: u32 = 2;
 /// (`docs/balance.md`, "A preferred connection"): among 8 the busiest server's long-run
 /// rate at 50 % load was 1.034 × the mean on average over seeds 1–30, up to 1.044; among
 /// the 5 lowest (damped against the pool's mean) 1.040, with 2 of the 30 seeds above 1.05,
-/// for a p99 at 80 % load of 0.99 × the original rules' against 1.007 among 8. Drawing among the whole of a pool of 64
-/// raised that p99 to 1.044 × the original's: the higher slots are busy servers'.
+/// for a p99 at 80 % load of 0.99 × the original rules' against 1.007 among 8. Drawing
+/// among the whole of a pool of 64 raised that p99 to 1.044 × the original's: the higher
+/// slots are busy servers'.
 pub const PREFERRED_AMONG: usize = 8;
 
 /// The exponent of a preferred draw's weights, 1 / (slot + 1)^0.5: a gentle lean to the
@@ -471,11 +473,12 @@ fn slot_weight(key: u64, damping: f32) -> f64 {
 }
 
 /// How much latency damping leaves of the weight of an entry with response-time average
-/// `ewma` in a pool whose median average is `median`: (median / ewma)^8 above the median,
-/// else (and with no sample, or no median) 1.
-fn damping(ewma: f32, median: f32) -> f32 {
-    if median > 0.0 && ewma > median {
-        (median / ewma).powi(LATENCY_DAMPING)
+/// `ewma` against `reference` (the pool's median average for slot-weighted leases, the slow
+/// penalty's threshold for a preferred draw): (reference / ewma)^8 above it, else (and
+/// with no sample, or no reference) 1.
+fn damping(ewma: f32, reference: f32) -> f32 {
+    if reference > 0.0 && ewma > reference {
+        (reference / ewma).powi(LATENCY_DAMPING)
     } else {
         1.0
     }
@@ -838,7 +841,9 @@ impl Book {
         if !self.policy.preferred_connection
             || self.idle.len() == 0
             || self.held.len() < self.policy.max_slots
-            || self.offered_per_place() < PREFERRED_MIN_OFFERED_PER_PLACE
+            // `offered_per_place() < PREFERRED_MIN_OFFERED_PER_PLACE`, without a division
+            // on the lease path.
+            || self.offered_mean < PREFERRED_MIN_OFFERED_PER_PLACE * self.policy.max_slots as f64
             || !matches!(self.lease_ties(), Ties::Random | Ties::Arrival)
         {
             return None;
