@@ -136,12 +136,10 @@ fn sift_up(items: &mut [(u64, u32)], pos: &mut [u32], mut at: usize) -> usize {
         if item.0 >= above.0 {
             break;
         }
-        items[at] = above;
-        pos[above.1 as usize] = at as u32;
+        place(items, pos, at, above);
         at = parent;
     }
-    items[at] = item;
-    pos[item.1 as usize] = at as u32;
+    place(items, pos, at, item);
     at
 }
 
@@ -165,10 +163,15 @@ fn sift_down(items: &mut [(u64, u32)], pos: &mut [u32], mut at: usize) {
         if below.0 >= item.0 {
             break;
         }
-        items[at] = below;
-        pos[below.1 as usize] = at as u32;
+        place(items, pos, at, below);
         at = child;
     }
+    place(items, pos, at, item);
+}
+
+/// Puts `item` at index `at` and records where its id now sits.
+#[inline]
+fn place(items: &mut [(u64, u32)], pos: &mut [u32], at: usize, item: (u64, u32)) {
     items[at] = item;
     pos[item.1 as usize] = at as u32;
 }
