@@ -15,6 +15,12 @@
 //! - `rate_max_over_mean`: requests per server over the whole measured window, max/mean;
 //! - `window_max_over_mean`: requests per server in each window, max/mean, averaged over
 //!   windows;
+//! - `rate_memory_s`: how long a server's share of the requests stays off the mean: the
+//!   integrated autocorrelation time of each server's per-window deviation from the mean,
+//!   window × (1 + 2 Σ ρ(k)) over lags k ≥ 1 up to the first ρ(k) ≤ 0 (at most a quarter of
+//!   the windows). The long-run rates' spread over T seconds is about the per-window spread
+//!   × √(memory / T), so it says whether uneven long-run rates come from a lasting
+//!   assignment (long memory) or from fast swings (short);
 //! - latency: from the request's arrival at its client (including any wait for an idle
 //!   connection) to the end of its service, plus the round trip under `--rtt` (when its
 //!   response reaches the client); requests answered with an error are counted apart.
@@ -41,6 +47,9 @@ pub struct Metrics {
     sum_mean: f64,
     windows: u64,
     sum_window_max_over_mean: f64,
+    /// Per window with requests, each server's requests over the window's mean minus one
+    /// (`NaN` for a server outside the cluster then), servers in a row.
+    deviations: Vec<f32>,
     /// Per window: (requests to the watched server, all requests, servers in the cluster).
     pub watched: Vec<(u32, u64, u32)>,
     /// Per window, the plotted lines' values (per server if few, else min/mean/max).
@@ -66,6 +75,7 @@ impl Metrics {
             sum_mean: 0.0,
             windows: 0,
             sum_window_max_over_mean: 0.0,
+            deviations: Vec::new(),
             watched: Vec::new(),
             series: Vec::new(),
         }
@@ -127,6 +137,13 @@ impl Metrics {
                 .unwrap_or(0);
             self.windows += 1;
             self.sum_window_max_over_mean += max as f64 * members.len() as f64 / total as f64;
+            let mean = total as f64 / members.len() as f64;
+            let row = self.deviations.len();
+            self.deviations.resize(row + self.window.len(), f32::NAN);
+            for &s in members {
+                self.deviations[row + s as usize] =
+                    (f64::from(self.window[s as usize]) / mean - 1.0) as f32;
+            }
         }
         if let Some(w) = watch {
             self.watched
@@ -164,7 +181,44 @@ impl Metrics {
     pub fn window_max_over_mean(&self) -> f64 {
         self.sum_window_max_over_mean / self.windows.max(1) as f64
     }
+
+    /// The rate memory in windows (see the module doc), `None` with fewer than
+    /// [`MEMORY_MIN_WINDOWS`] windows with requests or no deviation at all.
+    pub fn rate_memory_windows(&self) -> Option<f64> {
+        let servers = self.window.len().max(1);
+        let windows = self.deviations.len() / servers;
+        if windows < MEMORY_MIN_WINDOWS {
+            return None;
+        }
+        let row = |t: usize| &self.deviations[t * servers..(t + 1) * servers];
+        let mut memory = 1.0;
+        for lag in 1..=windows / 4 {
+            // ρ over the pairs of one server `lag` windows apart, both in the cluster.
+            let (mut product, mut square) = (0.0f64, 0.0f64);
+            for t in 0..windows - lag {
+                for (&a, &b) in row(t).iter().zip(row(t + lag)) {
+                    if a.is_finite() && b.is_finite() {
+                        let (a, b) = (f64::from(a), f64::from(b));
+                        product += a * b;
+                        square += (a * a + b * b) / 2.0;
+                    }
+                }
+            }
+            if square == 0.0 {
+                return None;
+            }
+            let rho = product / square;
+            if rho <= 0.0 {
+                break;
+            }
+            memory += 2.0 * rho;
+        }
+        Some(memory)
+    }
 }
+
+/// Windows with requests below which the rate memory is not estimated.
+pub const MEMORY_MIN_WINDOWS: usize = 8;
 
 /// `(max/mean, min/mean)` of `values`, 0 if empty or all zero.
 pub fn spread(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
@@ -194,6 +248,51 @@ mod tests {
         assert_eq!(mean, 2.0);
         m.sample(&[0, 1], |s| [0, 1][s]);
         assert_eq!(m.inflight().2, (1.0 + 2.0) / 2.0);
+    }
+
+    /// Closes one window with `counts` requests at servers 0, 1, ...
+    fn window(m: &mut Metrics, counts: &[u32]) {
+        m.window.copy_from_slice(counts);
+        let members: Vec<u32> = (0..counts.len() as u32).collect();
+        m.close_window(&members, None, false);
+    }
+
+    #[test]
+    fn rate_memory_of_swings_and_of_a_lasting_assignment() {
+        // Servers swap their surplus every window: no positive correlation, memory 1.
+        let mut swings = Metrics::new(2);
+        for t in 0..40 {
+            window(&mut swings, if t % 2 == 0 { &[3, 1] } else { &[1, 3] });
+        }
+        assert_eq!(swings.rate_memory_windows(), Some(1.0));
+        // Server 0 ahead every window: ρ = 1 at every lag up to 40 / 4.
+        let mut lasting = Metrics::new(2);
+        for _ in 0..40 {
+            window(&mut lasting, &[3, 1]);
+        }
+        assert_eq!(lasting.rate_memory_windows(), Some(1.0 + 2.0 * 10.0));
+        // The surplus swaps every 4 windows: ρ(1) = 1/2 (a quarter of the neighbouring
+        // pairs straddle a swap), ρ(2) = 0, so 1 + 2 × 1/2 (within the edge effects).
+        let mut blocks = Metrics::new(2);
+        for t in 0..400 {
+            window(
+                &mut blocks,
+                if (t / 4) % 2 == 0 { &[3, 1] } else { &[1, 3] },
+            );
+        }
+        let memory = blocks.rate_memory_windows().expect("enough windows");
+        assert!((memory - 2.0).abs() < 0.05, "{memory}");
+        // Even rates, or too few windows: no estimate.
+        let mut even = Metrics::new(2);
+        for _ in 0..40 {
+            window(&mut even, &[2, 2]);
+        }
+        assert_eq!(even.rate_memory_windows(), None);
+        let mut short = Metrics::new(2);
+        for _ in 0..MEMORY_MIN_WINDOWS - 1 {
+            window(&mut short, &[3, 1]);
+        }
+        assert_eq!(short.rate_memory_windows(), None);
     }
 
     #[test]

@@ -143,6 +143,10 @@ pub struct SimReport {
     pub rate_min_over_mean: f64,
     /// Requests per server per window, max/mean, averaged over windows.
     pub window_max_over_mean: f64,
+    /// How long a server's share stays off the mean, seconds: the integrated autocorrelation
+    /// time of the per-window shares (see `metrics`); `None` with too few windows or even
+    /// rates.
+    pub rate_memory_s: Option<f64>,
     /// Request latency, arrival at the client to its response there (successes only).
     pub latency_ms: Latency,
     /// Connections per server at the end.
@@ -260,6 +264,7 @@ impl SimReport {
             rate_max_over_mean,
             rate_min_over_mean,
             window_max_over_mean: m.window_max_over_mean(),
+            rate_memory_s: m.rate_memory_windows().map(|w| w * cfg.window_s),
             latency_ms: Latency {
                 mean: h.mean() / 1e6,
                 p50: ms(h.value_at_quantile(0.5)),

@@ -160,13 +160,14 @@ const fn figure(
 
 /// The figures summarised over seeds, in table order.
 #[rustfmt::skip]
-pub const FIGURES: [Figure; 19] = [
+pub const FIGURES: [Figure; 20] = [
     figure("requests", "requests", 0, |r| Some(r.requests as f64)),
     figure("inflight_max_over_mean", "in-flight max/mean", 3, |r| Some(r.inflight_max_over_mean)),
     figure("inflight_cv", "in-flight CV", 3, |r| Some(r.inflight_cv)),
     figure("inflight_floor", "floor", 3, |r| Some(r.inflight_floor)),
     figure("rate_max_over_mean", "rate max/mean", 3, |r| Some(r.rate_max_over_mean)),
     figure("window_max_over_mean", "window max/mean", 3, |r| Some(r.window_max_over_mean)),
+    figure("rate_memory_s", "rate memory s", 1, |r| r.rate_memory_s),
     figure("latency_ms.p50", "p50 ms", 2, |r| Some(r.latency_ms.p50)),
     figure("latency_ms.p99", "p99 ms", 2, |r| Some(r.latency_ms.p99)),
     figure("latency_ms.p999", "p99.9 ms", 2, |r| Some(r.latency_ms.p999)),
