@@ -180,6 +180,7 @@ fn a_tiny_sweep_reports_one_row_per_cell_with_every_field() {
         "improved_p99_ms",
         "improved_rate_max_over_mean",
         "rate_ok",
+        "improved_rate_memory_s",
         "original_fill",
         "improved_fill",
         "per_seed",
@@ -189,8 +190,24 @@ fn a_tiny_sweep_reports_one_row_per_cell_with_every_field() {
     let table = String::from_utf8(table).expect("utf-8");
     let rows: Vec<&str> = table.lines().filter(|l| l.contains(" 1s ")).collect();
     assert_eq!(rows.len(), 1, "{table}");
+    // 10 windows of 1 s: enough to estimate how long a server's share stays off the mean,
+    // at least one window.
+    for seed in &r.per_seed {
+        let memory = seed
+            .improved
+            .rate_memory_s
+            .expect("estimated over 10 windows");
+        assert!((1.0..=10.0).contains(&memory), "{memory}");
+    }
     let md = std::fs::read_to_string(&md).expect("Markdown file");
     assert_eq!(md.lines().count(), 3, "header, rule, one row: {md}");
+    let header: Vec<&str> = md.lines().next().expect("header").split('|').collect();
+    let row: Vec<&str> = md.lines().nth(2).expect("row").split('|').collect();
+    let memory = header
+        .iter()
+        .position(|h| h.trim() == "memory")
+        .expect("a memory column");
+    assert!(row[memory].trim().parse::<f64>().is_ok(), "{md}");
     assert!(
         md.lines()
             .nth(2)

@@ -133,6 +133,8 @@ pub struct RunFigures {
     pub p99_ms: f64,
     /// Long-run requests per server, max/mean.
     pub rate_max_over_mean: f64,
+    /// How long a server's share stays off the mean, s (`None`: not estimated).
+    pub rate_memory_s: Option<f64>,
     /// Connections held at the end over C·P.
     pub fill: f64,
 }
@@ -144,6 +146,7 @@ impl RunFigures {
         RunFigures {
             p99_ms: report.latency_ms.p99,
             rate_max_over_mean: report.rate_max_over_mean,
+            rate_memory_s: report.rate_memory_s,
             fill: report.conns_per_server.mean * cfg.servers as f64 / slots,
         }
     }
@@ -178,6 +181,8 @@ pub struct CellReport {
     pub improved_rate_max_over_mean: Summary,
     /// Whether it is at most [`RATE_TARGET`] on every seed.
     pub rate_ok: bool,
+    /// The improved policy's rate memory, s, over the seeds that estimate it.
+    pub improved_rate_memory_s: Option<Summary>,
     /// The original policy's long-run rate max/mean.
     pub original_rate_max_over_mean: Summary,
     /// The original policy's pools: connections held over C·P.
@@ -203,6 +208,12 @@ impl CellReport {
             improved_p99_ms: over(|s| s.improved.p99_ms)?,
             rate_ok: improved_rate_max_over_mean.max <= RATE_TARGET,
             improved_rate_max_over_mean,
+            improved_rate_memory_s: Summary::of(
+                &per_seed
+                    .iter()
+                    .filter_map(|s| s.improved.rate_memory_s)
+                    .collect::<Vec<_>>(),
+            ),
             original_rate_max_over_mean: over(|s| s.original.rate_max_over_mean)?,
             original_fill: over(|s| s.original.fill)?,
             improved_fill: over(|s| s.improved.fill)?,
@@ -394,7 +405,7 @@ fn yes_no(ok: bool) -> &'static str {
 }
 
 /// The columns of the table: name, width in the text table.
-const COLUMNS: [(&str, usize); 13] = [
+const COLUMNS: [(&str, usize); 14] = [
     ("S", 4),
     ("C", 5),
     ("P", 3),
@@ -406,12 +417,13 @@ const COLUMNS: [(&str, usize); 13] = [
     ("≤1.02", 5),
     ("rate.mm", 7),
     ("≤1.05", 5),
+    ("memory", 6),
     ("fill.o", 6),
     ("fill.i", 6),
 ];
 
 /// A cell's values, in the order of [`COLUMNS`].
-fn values(r: &CellReport) -> [String; 13] {
+fn values(r: &CellReport) -> [String; 14] {
     let c = &r.cell;
     [
         c.servers.to_string(),
@@ -425,6 +437,9 @@ fn values(r: &CellReport) -> [String; 13] {
         yes_no(r.p99_ok).to_owned(),
         format!("{:.3}", r.improved_rate_max_over_mean.max),
         yes_no(r.rate_ok).to_owned(),
+        r.improved_rate_memory_s
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |m| format!("{:.1}", m.mean)),
         format!("{:.2}", r.original_fill.mean),
         format!("{:.2}", r.improved_fill.mean),
     ]
@@ -448,8 +463,8 @@ pub fn table(reports: &[CellReport], out: &mut dyn Write) -> std::io::Result<()>
     writeln!(
         out,
         "(p99 in ms, mean over {seeds} seeds; impr/orig p99: mean ± 95 % interval of the per-seed \
-         ratio; rate.mm: the improved policy's long-run rate max/mean, highest seed; fill: \
-         connections held at the end over C·P, mean)"
+         ratio; rate.mm: the improved policy's long-run rate max/mean, highest seed; memory: \
+         its rate memory in s, mean; fill: connections held at the end over C·P, mean)"
     )
 }
 
