@@ -18,7 +18,7 @@
 //! - `rate_memory_s`: how long a server's share of the requests stays off the mean: the
 //!   integrated autocorrelation time of each server's per-window deviation from the mean,
 //!   window × (1 + 2 Σ ρ(k)) over lags k ≥ 1 up to the first ρ(k) ≤ 0 (at most a quarter of
-//!   the windows). The long-run rates' spread over T seconds is about the per-window spread
+//!   the windows, and [`MEMORY_MAX_LAGS`]). The long-run rates' spread over T seconds is about the per-window spread
 //!   × √(memory / T), so it says whether uneven long-run rates come from a lasting
 //!   assignment (long memory) or from fast swings (short);
 //! - latency: from the request's arrival at its client (including any wait for an idle
@@ -192,7 +192,7 @@ impl Metrics {
         }
         let row = |t: usize| &self.deviations[t * servers..(t + 1) * servers];
         let mut memory = 1.0;
-        for lag in 1..=windows / 4 {
+        for lag in 1..=(windows / 4).min(MEMORY_MAX_LAGS) {
             // ρ over the pairs of one server `lag` windows apart, both in the cluster.
             let (mut product, mut square) = (0.0f64, 0.0f64);
             for t in 0..windows - lag {
@@ -219,6 +219,11 @@ impl Metrics {
 
 /// Windows with requests below which the rate memory is not estimated.
 pub const MEMORY_MIN_WINDOWS: usize = 8;
+
+/// The most lags the rate memory sums: each lag reads every window of every server, so a
+/// share that never turns back over a long run of short windows would otherwise cost
+/// windows² × servers.
+pub const MEMORY_MAX_LAGS: usize = 256;
 
 /// `(max/mean, min/mean)` of `values`, 0 if empty or all zero.
 pub fn spread(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
