@@ -399,11 +399,12 @@ const PREFERRED_EXPONENT: f64 = 0.5;
 /// preferred connection is drawn. A server offers its lowest free slot, so the mean offered
 /// slot tracks how many connections each server holds, and over `max_slots`, how many
 /// pools like this one it serves: over 100 servers with pools of 8 it is about 2.5 with
-/// 400 clients and about 6 with 1,000. With few pools per server each client's lowest
-/// slots already spread over the servers, and the draw only costs tail: with 400 clients
-/// it raised the p99 at 95 % load to 1.026 × the original rules', while with 1,000 it
-/// kept within 1.02 × of theirs and evened the rates (`docs/balance.md`, "A preferred
-/// connection").
+/// 400 clients and about 6 with 1,000. With few pools per server each client is a large
+/// part of a server's share wherever its preferred connections go, so the draw costs more
+/// tail than the rates it evens: with 400 clients it raised the p99 at 95 % load to 1.026 ×
+/// the original rules' and left 26 of the sweep's 63 cells above 1.05 (28 without it),
+/// while with 1,000 it kept within 1.02 × of theirs and evened the rates
+/// (`docs/balance.md`, "A preferred connection").
 pub const PREFERRED_MIN_OFFERED_PER_PLACE: f64 = 4.0;
 
 /// A multiplicative hash of a server key: every offer and departure looks one up, and
