@@ -308,7 +308,7 @@ const FREE: Entry = Entry {
 /// hands out and reuses). Invariants: an entry is in `held` while it counts toward
 /// `max_slots`, in `idle` exactly while held and not leased, in `expiring` while held under
 /// a maximum age; an evicted leased entry is in none of them until it is given back or
-/// released. When the book [`tracks_servers`](Self::tracks_servers), a held entry with a
+/// released. When the book `tracks_servers`, a held entry with a
 /// server points (`at`) at its server's counts, which live exactly while the server has a
 /// held entry; an entry is `counted` in its server's leases exactly while leased and held,
 /// with a server, under least outstanding.
