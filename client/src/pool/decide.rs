@@ -308,10 +308,10 @@ const FREE: Entry = Entry {
 /// hands out and reuses). Invariants: an entry is in `held` while it counts toward
 /// `max_slots`, in `idle` exactly while held and not leased, in `expiring` while held under
 /// a maximum age; an evicted leased entry is in none of them until it is given back or
-/// released. When the book `tracks_servers`, a held entry with a
-/// server points (`at`) at its server's counts, which live exactly while the server has a
-/// held entry; an entry is `counted` in its server's leases exactly while leased and held,
-/// with a server, under least outstanding.
+/// released. When the book `tracks_servers`, a held entry with a server points (`at`) at
+/// its server's counts, which live exactly while the server has a held entry; an entry is
+/// `counted` in its server's leases exactly while leased and held, with a server, under
+/// least outstanding.
 #[derive(Debug)]
 // Fields in the order a lease touches them (the policy, the idle heap, the entries, their
 // servers' counts, the mean average), so a lease reads a few adjacent cache lines of one

@@ -18,9 +18,9 @@
 //! - `rate_memory_s`: how long a server's share of the requests stays off the mean: the
 //!   integrated autocorrelation time of each server's per-window deviation from the mean,
 //!   window × (1 + 2 Σ ρ(k)) over lags k ≥ 1 up to the first ρ(k) ≤ 0 (at most a quarter of
-//!   the windows, and [`MEMORY_MAX_LAGS`]). The long-run rates' spread over T seconds is about the per-window spread
-//!   × √(memory / T), so it says whether uneven long-run rates come from a lasting
-//!   assignment (long memory) or from fast swings (short);
+//!   the windows, and [`MEMORY_MAX_LAGS`]). The long-run rates' spread over T seconds is
+//!   about the per-window spread × √(memory / T), so it says whether uneven long-run rates
+//!   come from a lasting assignment (long memory) or from fast swings (short);
 //! - latency: from the request's arrival at its client (including any wait for an idle
 //!   connection) to the end of its service, plus the round trip under `--rtt` (when its
 //!   response reaches the client); requests answered with an error are counted apart.
