@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use callosum_loadgen::Shutdown;
-use callosum_loadgen::cli::{Cli, Command, LoadRun, MergeArgs, is_stdout, write_to};
+use callosum_loadgen::cli::{
+    Cli, Command, LoadArgs, LoadRun, MergeArgs, check_outputs, is_stdout, write_to,
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args() {
@@ -51,13 +53,65 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line: the context chain, no backtrace (even with RUST_BACKTRACE set).
-            eprintln!("callosum-loadgen: {e:#}");
+            eprintln!("callosum-loadgen: {}", one_line(&e));
             ExitCode::from(1)
         }
     }
 }
 
+/// The error and its causes in one line, each said once: a library error whose message
+/// already ends with its source's is not followed by that source again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// The files a load run writes.
+fn load_outputs(o: &LoadArgs) -> Vec<Option<&std::path::Path>> {
+    vec![
+        o.json.as_deref(),
+        o.hgrm.as_deref(),
+        o.svg.as_deref(),
+        o.hlog.as_deref(),
+    ]
+}
+
+/// Every file the command will write, and the files it reads.
+fn files(cli: &Cli) -> (Vec<Option<&std::path::Path>>, &[std::path::PathBuf]) {
+    match &cli.command {
+        None => (load_outputs(&cli.load), &[]),
+        Some(Command::Churn(a)) => (load_outputs(&a.load), &[]),
+        Some(Command::Hold(a)) => (load_outputs(&a.load), &[]),
+        Some(Command::Simulate(a)) => (
+            vec![
+                a.cluster.json.as_deref(),
+                a.cluster.svg.as_deref(),
+                a.markdown.as_deref(),
+            ],
+            &[],
+        ),
+        Some(Command::Sweep(a)) => (vec![a.json.as_deref(), a.markdown.as_deref()], &[]),
+        Some(Command::Balance(a)) => (
+            vec![a.cluster.json.as_deref(), a.cluster.svg.as_deref()],
+            &[],
+        ),
+        Some(Command::Merge(a)) => (vec![a.json.as_deref(), a.hlog.as_deref()], &a.files),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (outputs, inputs) = files(&cli);
+    check_outputs(&outputs, inputs).map_err(anyhow::Error::msg)?;
     let load = match cli.command {
         None => cli.load.default_job(),
         Some(Command::Churn(a)) => a.run(),

@@ -170,6 +170,93 @@ fn zero_values_are_refused_in_one_line_without_a_backtrace() {
 }
 
 #[test]
+fn runs_too_large_or_contradictory_are_refused_before_starting_in_one_line() {
+    for (args, says) in [
+        (&["simulate", "--service-time", "1ns"][..], "events"),
+        (&["simulate", "--load", "1000000"], "events"),
+        (&["simulate", "--window", "1ns"], "windows"),
+        (&["simulate", "--sample-interval", "1ns"], "samples"),
+        (
+            &["simulate", "--clients", "10000000"],
+            "clients × pool-size",
+        ),
+        (&["simulate", "--servers", "100000000"], "servers"),
+        (&["simulate", "--duration", "1000000000y"], "at most 1e8 s"),
+        (&["simulate", "--slow-server", "9"], "below --servers"),
+        (&["simulate", "--fail-fast-server", "9"], "below --servers"),
+        (
+            &["simulate", "--leave-server", "9", "--leave-at", "1s"],
+            "below --servers",
+        ),
+        (
+            &["simulate", "--join-at", "10s", "--duration", "5s"],
+            "inside the measured window",
+        ),
+        (
+            &["simulate", "--servers", "1", "--leave-at", "1s"],
+            "at least 2 servers",
+        ),
+        (&["sweep", "--loads", "1000"], "invalid simulation"),
+        (&["balance", "--service-time", "5us"], "at least 1 ms"),
+        (&["balance", "--load", "50"], "at most 2"),
+        (&["balance", "--servers", "10000"], "live servers"),
+        (&["balance", "--clients", "100000"], "file descriptors"),
+        (
+            &["simulate", "--json", "/nonexistent/x.json"],
+            "cannot write /nonexistent/x.json",
+        ),
+        (
+            &["sweep", "--markdown", "/nonexistent/x.md"],
+            "cannot write /nonexistent/x.md",
+        ),
+        (
+            &["balance", "--json", "/nonexistent/x.json"],
+            "cannot write /nonexistent/x.json",
+        ),
+        (
+            &["churn", "--json", "/nonexistent/x.json"],
+            "cannot write /nonexistent/x.json",
+        ),
+        (
+            &["simulate", "--json", "x.json", "--svg", "x.json"],
+            "two outputs",
+        ),
+    ] {
+        let out = loadgen()
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("run the binary");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    assert!(!std::path::Path::new("x.json").exists());
+}
+
+#[test]
+fn merge_refuses_to_overwrite_its_input() {
+    let dir = std::env::temp_dir().join(format!("callosum-merge-self-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let input = dir.join("a.json");
+    std::fs::write(&input, "{}").expect("write the input");
+    let out = loadgen()
+        .arg("merge")
+        .arg(&input)
+        .arg("--json")
+        .arg(&input)
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is an input"), "{err}");
+    assert_eq!(std::fs::read_to_string(&input).expect("read it back"), "{}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn errors_above_the_threshold_exit_3_and_samples_are_counted_with_a_hint() {
     let http = misbehaving(Misbehaviour::Http);
     let run = |extra: &[&str]| {

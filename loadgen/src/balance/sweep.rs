@@ -291,15 +291,6 @@ impl SweepArgs {
     }
 }
 
-/// Roughly how many events a simulation of `cfg` processes: arrivals and completions over
-/// warm-up and window, rover ticks, load samples.
-pub fn estimated_events(cfg: &SimConfig) -> f64 {
-    let total_s = cfg.warmup_s + cfg.duration_s;
-    let rate = cfg.load * cfg.servers as f64 * cfg.workers as f64 / (cfg.service_ms / 1e3);
-    let rovers = cfg.clients as f64 / (cfg.roving_interval_ms / 1e3);
-    total_s * (2.0 * rate + rovers) + cfg.duration_s * 1e3 / cfg.sample_ms
-}
-
 /// Runs the sweep `args` describe: the count and estimate first, progress to stderr, then the
 /// table to `out` (unless the JSON goes to stdout) and the files asked for.
 pub fn run(args: &SweepArgs, out: &mut dyn Write) -> Result<Vec<CellReport>, SweepError> {
@@ -321,8 +312,8 @@ pub fn run(args: &SweepArgs, out: &mut dyn Write) -> Result<Vec<CellReport>, Swe
         }
     }
     // Longest first: the threads then finish close together.
-    jobs.sort_by(|a, b| estimated_events(&b.2).total_cmp(&estimated_events(&a.2)));
-    let total_events: f64 = jobs.iter().map(|j| estimated_events(&j.2)).sum();
+    jobs.sort_by(|a, b| b.2.estimated_events().total_cmp(&a.2.estimated_events()));
+    let total_events: f64 = jobs.iter().map(|j| j.2.estimated_events()).sum();
     let threads = args.workers.clamp(1, jobs.len());
     eprintln!(
         "sweep: {} cells × 2 policies × {} seeds = {} simulations, about {:.0} M events: \
@@ -339,7 +330,7 @@ pub fn run(args: &SweepArgs, out: &mut dyn Write) -> Result<Vec<CellReport>, Swe
     let results = jobs::run_all(
         &jobs,
         args.workers,
-        |(_, _, cfg)| (RunFigures::of(cfg, &simulate(cfg)), estimated_events(cfg)),
+        |(_, _, cfg)| (RunFigures::of(cfg, &simulate(cfg)), cfg.estimated_events()),
         |done, total, (_, events)| {
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
             p.1 += events;

@@ -386,6 +386,56 @@ pub fn write_to(
     }
 }
 
+/// Checks, before a run, that every file it will write can be written, so that minutes of
+/// work are not lost to a mistyped directory: each path (not `-`) is opened for appending
+/// (created and removed again if it did not exist), and no two outputs, nor an output and an
+/// input, name the same file. The error names the file once.
+pub fn check_outputs(
+    outputs: &[Option<&std::path::Path>],
+    inputs: &[PathBuf],
+) -> Result<(), String> {
+    let files: Vec<&std::path::Path> = outputs
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|p| !is_stdout(p))
+        .collect();
+    let stdout = outputs.iter().flatten().filter(|p| is_stdout(p)).count();
+    if stdout > 1 {
+        return Err("only one output can go to stdout (-)".into());
+    }
+    for (i, path) in files.iter().enumerate() {
+        if files[..i].contains(path) {
+            return Err(format!("{} is named for two outputs", path.display()));
+        }
+        if inputs.iter().any(|input| same_file(input, path)) {
+            return Err(format!(
+                "{} is an input; it would be overwritten",
+                path.display()
+            ));
+        }
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name one file (by path, or by what they resolve to when both exist).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 /// `out.hgrm` → `out.churn.hgrm`.
 fn with_phase(path: &std::path::Path, phase: &str) -> PathBuf {
     let stem = path

@@ -394,6 +394,9 @@ async fn arrive(clients: Arc<Vec<LiveClient>>, sink: Arc<Sink>, rate: f64, seed:
         // than the mean gap at this load, and the stream would fall behind.
         if next > Instant::now() {
             tokio::time::sleep_until(next).await;
+        } else {
+            // Behind schedule: let the requests already spawned run before the next one.
+            tokio::task::yield_now().await;
         }
         let c = rng.random_range(0..clients.len());
         let (clients, sink2) = (clients.clone(), sink.clone());

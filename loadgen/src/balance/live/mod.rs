@@ -41,6 +41,27 @@ pub use engine::{LiveError, LiveReport, run_live};
 /// The longest time any option may give, seconds (a day).
 const MAX_SECONDS: f64 = 86_400.0;
 
+/// The shortest mean service time a live server can keep: it serves by sleeping on tokio's
+/// timer, which ticks every millisecond, so shorter means are never delivered.
+const MIN_SERVICE_MS: f64 = 1.0;
+
+/// The highest offered load a live run takes: above 1 the queues grow for the whole run, and
+/// far above it the arrivals outrun what one machine can spawn.
+const MAX_LOAD: f64 = 2.0;
+
+/// The most requests per second a live run offers (load × servers × workers / service
+/// time): one process spawns a task per request and answers it over loopback.
+const MAX_RATE: f64 = 50_000.0;
+
+/// The most live servers: each is a thread with its own io_uring on this machine.
+const MAX_SERVERS: usize = 256;
+
+/// Descriptors a live server uses beside its connections (listener, io_uring, eventfds).
+const FDS_PER_SERVER: u64 = 8;
+
+/// Descriptors kept free for everything else (the client runtime, files, stdio).
+const RESERVE_FDS: u64 = 256;
+
 /// Why a live balance run could not run or its results could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum BalanceError {
@@ -144,41 +165,47 @@ impl BalanceArgs {
                 policy.name()
             )));
         }
-        if self
-            .cluster
-            .slow_server
-            .is_some_and(|s| s >= self.cluster.servers)
-            || (self.cluster.leave_at.is_some()
-                && self.cluster.leave_server >= self.cluster.servers)
-        {
-            return Err(BalanceError::Invalid(
-                "slow-server and leave-server must be server ids below --servers".into(),
-            ));
+        if cfg.servers > MAX_SERVERS {
+            return Err(BalanceError::Invalid(format!(
+                "at most {MAX_SERVERS} live servers (each is a thread with its own io_uring)"
+            )));
+        }
+        if cfg.service_ms < MIN_SERVICE_MS {
+            return Err(BalanceError::Invalid(format!(
+                "service-time must be at least {MIN_SERVICE_MS} ms live (servers sleep on a 1 ms timer)"
+            )));
+        }
+        if cfg.load > MAX_LOAD {
+            return Err(BalanceError::Invalid(format!(
+                "load must be at most {MAX_LOAD} live"
+            )));
+        }
+        let rate = cfg.load * cfg.servers as f64 * f64::from(cfg.workers) / (cfg.service_ms / 1e3);
+        if rate > MAX_RATE {
+            return Err(BalanceError::Invalid(format!(
+                "the options offer {rate:.0} requests/s, at most {MAX_RATE:.0} live: lower --load, \
+                 --servers or --server-workers, or raise --service-time"
+            )));
+        }
+        // Both ends of every pooled connection live in this process.
+        let needed = 2 * cfg.clients as u64 * cfg.max_slots as u64
+            + FDS_PER_SERVER * cfg.servers as u64
+            + RESERVE_FDS;
+        let limit = callosum_server::raise_nofile_limit()
+            .map_err(|e| BalanceError::Invalid(format!("RLIMIT_NOFILE: {e}")))?;
+        if needed > limit {
+            return Err(BalanceError::Invalid(format!(
+                "{} clients × {} pool places need about {needed} file descriptors in this \
+                 process (both ends of each connection), above its limit of {limit}: lower \
+                 --clients or --pool-size",
+                cfg.clients, cfg.max_slots
+            )));
         }
         // Every time becomes a `Duration`: finite, and at most a day.
-        let times = [
-            Some(cfg.warmup_s),
-            Some(cfg.duration_s),
-            Some(cfg.service_ms / 1e3 * cfg.slow_factor),
-            Some(cfg.roving_interval_ms / 1e3),
-            Some(cfg.sample_ms / 1e3),
-            Some(cfg.window_s),
-            cfg.join_at_s,
-            cfg.leave_at_s,
-        ];
-        if times
-            .iter()
-            .flatten()
-            .any(|t| !(t.is_finite() && (0.0..=MAX_SECONDS).contains(t)))
-        {
+        if !cfg.times_within(MAX_SECONDS) {
             return Err(BalanceError::Invalid(format!(
                 "every time must be finite, non-negative and at most {MAX_SECONDS} s"
             )));
-        }
-        if cfg.join_at_s.is_some() && cfg.leave_at_s.is_some() {
-            return Err(BalanceError::Invalid(
-                "a run either joins or leaves a server, not both".into(),
-            ));
         }
         Ok(cfg)
     }

@@ -17,6 +17,21 @@ pub enum SimError {
     /// The options describe a simulation that cannot run.
     #[error("invalid simulation: {0}")]
     Invalid(&'static str),
+    /// The options describe a simulation too large for one machine: `what` would come to
+    /// about `asked`, and the simulator takes at most `limit`.
+    #[error(
+        "invalid simulation: {what} would come to about {asked:.3e}, at most {limit:.0e}; {hint}"
+    )]
+    TooLarge {
+        /// What is counted.
+        what: &'static str,
+        /// How much the options ask for.
+        asked: f64,
+        /// The most the simulator takes.
+        limit: f64,
+        /// Which options shrink it.
+        hint: &'static str,
+    },
     /// No policy was asked for.
     #[error("no policy to simulate")]
     NoPolicy,
@@ -40,6 +55,28 @@ pub enum SimError {
 /// client's default of 100 places. Memory grows with clients × pool size (a run of
 /// 1,000 clients of 100 peaked at 48 MB on two workers).
 pub const MAX_POOL_SIZE: u64 = 1024;
+
+/// Longest simulated time any option may name, s (about three years; the simulator's clock
+/// counts nanoseconds in a `u64`, which lasts 584 years).
+pub const MAX_SIM_SECONDS: f64 = 1e8;
+
+/// Most events one simulation may process (about nine hours at the simulator's 3 M events/s):
+/// beyond it a mistyped option (a service time in ns, a load of 1,000) would run for days.
+pub const MAX_EVENTS: f64 = 1e11;
+
+/// Most pooled connections (clients × pool size) one simulation holds: about 2 GB at the
+/// measured ~480 B each.
+pub const MAX_CONNECTIONS: f64 = 4e6;
+
+/// Most servers one simulation runs.
+pub const MAX_SERVERS: usize = 1_000_000;
+
+/// Most per-server window records (windows × servers) one simulation keeps, about 1 GB.
+pub const MAX_WINDOW_RECORDS: f64 = 2e8;
+
+/// Most requests an overloaded simulation may leave waiting (arrivals beyond the servers'
+/// capacity over the whole run), each of which the simulator holds in memory.
+pub const MAX_BACKLOG: f64 = 5e7;
 
 /// The options `simulate` and `balance` share, with the same meaning and defaults: the
 /// cluster, its workload, the events (a slow server, a join, a leave) and the outputs.
@@ -316,7 +353,118 @@ impl SimConfig {
                 "warmup must be non-negative and duration positive",
             ));
         }
-        Ok(())
+        if !self.times_within(MAX_SIM_SECONDS) {
+            return Err(SimError::Invalid(
+                "every time (and warmup + duration) must be finite and at most 1e8 s",
+            ));
+        }
+        if self.join_at_s.is_some_and(|t| t >= self.duration_s)
+            || self.leave_at_s.is_some_and(|t| t >= self.duration_s)
+        {
+            return Err(SimError::Invalid(
+                "join-at and leave-at must fall inside the measured window (below --duration)",
+            ));
+        }
+        if self.join_at_s.is_some() && self.leave_at_s.is_some() {
+            return Err(SimError::Invalid(
+                "a run either joins or leaves a server, not both",
+            ));
+        }
+        if self.leave_at_s.is_some() && self.servers < 2 {
+            return Err(SimError::Invalid("a leave needs at least 2 servers"));
+        }
+        let ids = [
+            self.slow_server,
+            self.leave_at_s.map(|_| self.leave_server),
+            self.model.fail_fast_server,
+        ];
+        if ids.iter().flatten().any(|&id| id >= self.servers) {
+            return Err(SimError::Invalid(
+                "slow-server, leave-server and fail-fast-server must be server ids below --servers",
+            ));
+        }
+        self.check_size()
+    }
+
+    /// Whether every time the options give (and warm-up plus window) is finite,
+    /// non-negative and at most `limit` seconds.
+    pub fn times_within(&self, limit: f64) -> bool {
+        let times = [
+            Some(self.warmup_s),
+            Some(self.duration_s),
+            Some(self.warmup_s + self.duration_s),
+            Some(self.service_ms / 1e3 * self.slow_factor),
+            Some(self.roving_interval_ms / 1e3),
+            Some(self.sample_ms / 1e3),
+            Some(self.window_s),
+            self.join_at_s,
+            self.leave_at_s,
+        ];
+        times
+            .iter()
+            .flatten()
+            .all(|t| t.is_finite() && (0.0..=limit).contains(t))
+    }
+
+    /// Checks that the run fits one machine's memory and a working day: the bounds above.
+    fn check_size(&self) -> Result<(), SimError> {
+        let too_large = |what, asked: f64, limit: f64, hint| {
+            if asked > limit {
+                Err(SimError::TooLarge {
+                    what,
+                    asked,
+                    limit,
+                    hint,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if self.servers > MAX_SERVERS {
+            return Err(SimError::Invalid("servers must be at most 1,000,000"));
+        }
+        too_large(
+            "clients × pool-size",
+            self.clients as f64 * self.max_slots as f64,
+            MAX_CONNECTIONS,
+            "lower --clients or --pool-size",
+        )?;
+        let servers = self.servers as f64;
+        too_large(
+            "load samples × servers",
+            self.duration_s * 1e3 / self.sample_ms * servers,
+            MAX_EVENTS,
+            "raise --sample-interval or lower --duration",
+        )?;
+        too_large(
+            "windows × servers",
+            self.duration_s / self.window_s * servers,
+            MAX_WINDOW_RECORDS,
+            "raise --window or lower --duration",
+        )?;
+        too_large(
+            "events",
+            self.estimated_events(),
+            MAX_EVENTS,
+            "lower --load, --servers, --warmup or --duration, or raise --service-time or \
+             --roving-interval",
+        )?;
+        let capacity = servers * self.workers as f64 / (self.service_ms / 1e3);
+        too_large(
+            "requests waiting beyond capacity",
+            (self.load - 1.0).max(0.0) * capacity * (self.warmup_s + self.duration_s),
+            MAX_BACKLOG,
+            "lower --load (above 1 the queues grow for the whole run)",
+        )
+    }
+
+    /// Roughly how many events a simulation of this configuration processes: arrivals and
+    /// completions over warm-up and window, rover ticks, load samples.
+    pub fn estimated_events(&self) -> f64 {
+        let total_s = self.warmup_s + self.duration_s;
+        let rate = self.load * self.servers as f64 * self.workers as f64 / (self.service_ms / 1e3);
+        let rovers = self.clients as f64 / (self.roving_interval_ms / 1e3);
+        total_s * (2.0 * rate + rovers) + self.duration_s * 1e3 / self.sample_ms
     }
 }
 
