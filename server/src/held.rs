@@ -236,6 +236,14 @@ impl Drop for Held {
             unsafe { libc::shutdown(entry.fd, libc::SHUT_RDWR) };
             self.ctx.close(entry.fd);
         }
+        // Each entry's slot goes back to the user's slot source, whose panic in release must
+        // neither stop the others' release nor take the shard down as it ends.
+        for entry in self.entries.drain() {
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(entry))) {
+                let message = crate::panics::panic_message(&*panic);
+                tracing::error!(%message, "slot source panicked releasing a held connection");
+            }
+        }
     }
 }
 

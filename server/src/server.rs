@@ -169,7 +169,11 @@ impl ServerBuilder {
                     failure.get_or_insert(err);
                 }
                 Err(_) => {
-                    failure.get_or_insert(ServerError::ShardPanicked { shard: index });
+                    // Every shard not yet heard from ended without a word, so no message will
+                    // come: name one that has finished (threads are in shard order).
+                    let shard = threads.iter().position(|t| t.is_finished()).unwrap_or(index);
+                    failure.get_or_insert(ServerError::ShardPanicked { shard });
+                    break;
                 }
             }
         }

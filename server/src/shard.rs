@@ -322,7 +322,12 @@ fn admit<H: Handler>(
         Err(_) => {
             ShardCounters::bump(&ctx.counters().handshake_errors);
             // Counted as opened then closed at once: the connection frees its slot on drop.
-            drop(Connection::new(stream(socket), peer, slot));
+            // The slot source is the user's code: a panic in its release closes nothing more
+            // and must not take the shard down.
+            let conn = Connection::new(stream(socket), peer, slot);
+            if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| drop(conn))) {
+                note_panic(ctx, &panic_message(&*panic));
+            }
             return Admitted::Closed;
         }
     };

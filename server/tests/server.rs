@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use callosum_server::{
-    Connection, Handler, Keepalive, ServerError, SlotError, SlotSource, Slots,
+    Connection, Echo, Handler, Keepalive, ServerError, SlotError, SlotSource, Slots,
     discard_until_closed, handler_fn,
 };
 use futures::FutureExt;
@@ -400,6 +400,60 @@ fn a_slot_source_panicking_in_release_closes_that_connection_and_the_shard_serve
     every_shard_serves(server.local_addr(), 1);
     let stats = server.shutdown(Duration::from_secs(5)).unwrap();
     assert_eq!(stats.active, 0);
+}
+
+/// The allocator, with an acquire slow enough for a peer to reset before its slot line goes
+/// out, and a first release that panics.
+struct SlowAcquirePanickyRelease {
+    slots: Slots,
+    panicked: AtomicBool,
+}
+
+impl SlotSource for SlowAcquirePanickyRelease {
+    fn acquire(&self) -> Option<u32> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.slots.acquire()
+    }
+
+    fn release(&self, slot: u32) -> Result<(), SlotError> {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("slot source fails");
+        }
+        self.slots.release(slot)
+    }
+}
+
+#[test]
+fn a_slot_source_panicking_in_release_after_a_failed_slot_line_leaves_the_shard_serving() {
+    // The peer resets while its slot is acquired, so the slot line's send fails and the
+    // connection is dropped at once, its release panicking there: held and served alike.
+    for hold in [true, false] {
+        let source = Arc::new(SlowAcquirePanickyRelease {
+            slots: Slots::new(100),
+            panicked: AtomicBool::new(false),
+        });
+        let b = builder().shards(1).slot_source(source.clone());
+        let server = if hold {
+            b.start().unwrap()
+        } else {
+            b.start_with(Echo).unwrap()
+        };
+        let peer = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        assert!(
+            eventually(|| server.stats().handler_panics == 1),
+            "hold {hold}: {:?}",
+            server.stats()
+        );
+        let (_next, slot) = connect_slot(server.local_addr());
+        // Slot 0 stays taken: the source panicked instead of releasing it.
+        assert_eq!(slot, 1, "hold {hold}");
+        let stats = server.shutdown(Duration::from_secs(5));
+        assert!(stats.is_ok(), "hold {hold}: {stats:?}");
+    }
 }
 
 #[test]

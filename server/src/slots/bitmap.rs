@@ -144,7 +144,7 @@ impl Slots {
                 // fetch_or, not CAS: a change to *other* bits of the word (a concurrent
                 // release) does not make the claim fail; only losing this very bit does.
                 // Acquire: pairs with the Release of the `release` that freed this slot, so
-                // its previous holder's work (closing the socket) happens-before ours;
+                // its previous holder's work (shutting the socket down) happens-before ours;
                 // Release: orders this claim before our summary update in `mark_full`.
                 let prev = leaf.fetch_or(bit, Ordering::AcqRel);
                 if prev & bit != 0 {

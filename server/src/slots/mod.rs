@@ -52,7 +52,8 @@ pub trait SlotSource {
     fn acquire(&self) -> Option<u32>;
 
     /// Gives back a slot that `acquire` handed out. The server calls it exactly once per
-    /// acquired slot, after the connection's socket is closed.
+    /// acquired slot, after the connection's socket is shut down (its descriptor may close a
+    /// little later, when an operation still in flight on it completes).
     fn release(&self, slot: u32) -> Result<(), SlotError>;
 }
 
