@@ -90,6 +90,7 @@
 //! `preferred_connection`), to switch one off.
 #![deny(missing_docs)]
 
+mod deadline;
 pub mod discovery;
 pub mod failure;
 pub mod handshake;

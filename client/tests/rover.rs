@@ -95,3 +95,46 @@ async fn an_unresolvable_name_is_unreachable_without_an_address() {
         other => panic!("expected unreachable, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn durations_of_max_mean_never_not_a_panic() {
+    // A roving interval of `Duration::MAX`: one attempt at start, none after, and the rover
+    // keeps running.
+    let (addr, _server) = support::start_replying(b"7\r\n", false).await;
+    let rover = Rover::new(RoverOptions::default().roving_interval(Duration::MAX));
+    rover.add_server(&addr.to_string()).expect("valid");
+    let mut events = rover.start();
+    assert!(matches!(
+        next(&mut events).await,
+        RoverEvent::Connected { slot: 7, .. }
+    ));
+    let later = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+    assert!(
+        later.is_err(),
+        "no second attempt, and the rover still runs"
+    );
+
+    // A backoff of `Duration::MAX` after a refused connect: every server backing off, the
+    // rover tries the one whose backoff ends first on the next tick instead of dying.
+    let rover = Rover::new(
+        RoverOptions::default()
+            .roving_interval(Duration::from_millis(50))
+            .backoff(Some(
+                callosum_client::rover::Backoff::default()
+                    .initial(Duration::MAX)
+                    .max(Duration::MAX),
+            )),
+    );
+    rover
+        .add_server(&support::refusing_addr().to_string())
+        .expect("valid");
+    let mut events = rover.start();
+    assert!(matches!(
+        next(&mut events).await,
+        RoverEvent::Unreachable { .. }
+    ));
+    assert!(matches!(
+        next(&mut events).await,
+        RoverEvent::Unreachable { .. }
+    ));
+}

@@ -271,7 +271,7 @@ impl<C: Liveness> Pool<C> {
 
     /// Like [`get`](Self::get), waiting up to `timeout` for a connection to become idle.
     pub async fn acquire(&self, timeout: Duration) -> Result<Lease<C>, AcquireError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::after(Instant::now(), timeout);
         let _waiting = Waiting::register(&self.shared.waiters);
         loop {
             let notified = self.shared.available.notified();

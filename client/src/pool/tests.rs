@@ -540,6 +540,21 @@ async fn acquire_waits_for_an_offer_or_a_return_then_times_out() {
     assert_eq!(waiter.await.expect("task").ok(), Some(2));
 }
 
+#[tokio::test(start_paused = true)]
+async fn acquire_with_a_timeout_of_max_waits_as_long_as_it_takes() {
+    let pool = original(4).expect("valid");
+    let offering = pool.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        keep(&offering, 5, Fake::new(5));
+    });
+    let lease = pool
+        .acquire(Duration::MAX)
+        .await
+        .expect("offered after an hour");
+    assert_eq!(lease.id, 5);
+}
+
 // --- model check ---
 
 #[derive(Debug, Clone)]

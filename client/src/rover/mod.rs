@@ -342,12 +342,12 @@ async fn run<K: Connector>(
         }
         // Reap finished attempts so the set stays small.
         while attempts.try_join_next().is_some() {}
-        next += options.roving_interval;
+        next = crate::deadline::after(next, options.roving_interval);
         // A stall longer than an interval (a full event channel, a suspended process)
         // reschedules from now instead of firing the missed attempts in a burst.
         let now = Instant::now();
         if next < now {
-            next = now + options.roving_interval;
+            next = crate::deadline::after(now, options.roving_interval);
         }
     }
 }

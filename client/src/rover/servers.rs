@@ -173,7 +173,8 @@ impl Servers {
         };
         state.failures = state.failures.saturating_add(1);
         if let Some(backoff) = backoff {
-            state.backoff_until = Some(now + backoff.delay(state.failures, &mut self.rng));
+            let delay = backoff.delay(state.failures, &mut self.rng);
+            state.backoff_until = Some(crate::deadline::after(now, delay));
         }
     }
 

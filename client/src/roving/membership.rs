@@ -247,7 +247,7 @@ pub(super) async fn rediscover<K: Connector>(
             // A connect failure: wait out the gap, unless the names change meanwhile.
             // (`timeout_at`, not `select!`: the library leaves tokio's `macros` feature to
             // its users.)
-            let until = started + schedule.min_gap;
+            let until = crate::deadline::after(started, schedule.min_gap);
             while tokio::time::timeout_at(until, wake.notify.notified())
                 .await
                 .is_ok()
