@@ -9,8 +9,9 @@
 //!
 //! 1. spawn the workers; each builds its runtime and reports ready;
 //! 2. take the "before" readings (CPU, memory), open the start gate;
-//! 3. wait until every worker has finished opening, watching the first second for a run in
-//!    which every attempt fails the same way (stopped early, with that reason);
+//! 3. wait until every worker has finished opening, watching the first second (or, when no
+//!    attempt finishes within it, the first to finish) for a run in which every attempt fails
+//!    the same way (stopped early, with that reason);
 //! 4. let the kind keep the connections open as long as it asks, take the readings at that
 //!    moment, open the release gate;
 //! 5. join the workers, merge their records, build the phase's report.
@@ -36,7 +37,8 @@ use crate::instrument::shutdown::Shutdown;
 use crate::instrument::stats::Recorder;
 use crate::instrument::sysinfo::{self, KernelMemory};
 
-/// How long a phase runs before it is stopped if every attempt so far failed the same way.
+/// How long a phase runs before it is stopped if every attempt so far failed the same way
+/// (or, if none has finished by then, until the first finish: a timeout).
 const FIRST_SECOND: Duration = Duration::from_secs(1);
 
 /// Why a run failed (as opposed to handshakes failing, which are counted in the report).
@@ -271,7 +273,8 @@ impl Shared {
         let failed = self.failed_total();
         (self.ok.load(Ordering::Relaxed) == 0 && kinds == 1).then(|| {
             format!(
-                "every attempt of the first second failed the same way ({} attempts; {})",
+                "every attempt of the first second (or the first to finish) failed the same \
+                 way ({} attempts; {})",
                 crate::instrument::report::group(failed),
                 self.first_error.get().map_or("", String::as_str)
             )
@@ -472,7 +475,12 @@ fn drive(ctx: &PhaseContext<'_>, shared: &Arc<Shared>) -> Result<Driven, Loadgen
             if let Ok(Event::Opened) = rx.recv_timeout(Duration::from_millis(50)) {
                 opened += 1;
             }
-            if !first_second_checked && start.elapsed() >= FIRST_SECOND {
+            // Relaxed: a snapshot of counters, as in `all_failed_alike`.
+            let finished_any = shared.ok.load(Ordering::Relaxed) + shared.failed_total() > 0;
+            // After the first second, once some attempt has finished: against an address
+            // that drops packets nothing finishes before the handshake timeout, and the
+            // phase must not run on for minutes of identical timeouts.
+            if !first_second_checked && start.elapsed() >= FIRST_SECOND && finished_any {
                 first_second_checked = true;
                 stopped_early = shared.all_failed_alike();
                 if stopped_early.is_some() {
