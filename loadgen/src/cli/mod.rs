@@ -76,10 +76,11 @@ pub struct LoadArgs {
     #[arg(long = "target", value_name = "HOST:PORT", value_parser = values::target)]
     pub targets: Vec<SocketAddr>,
     /// Embedded server's shards (threads) [default: the number of cores].
-    #[arg(long, value_parser = values::at_least_one)]
+    #[arg(long, value_parser = values::at_least_one, conflicts_with = "targets")]
     pub shards: Option<usize>,
     /// Embedded server's most slots handed out.
-    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..),
+          conflicts_with = "targets")]
     pub max_slots: u32,
     /// This tool's worker threads [default: the number of cores].
     #[arg(short, long, value_parser = values::at_least_one)]
@@ -126,14 +127,15 @@ pub struct LoadArgs {
 #[derive(Debug, Args)]
 pub struct PacingArgs {
     /// Handshakes in flight at once (closed loop).
-    #[arg(short, long, default_value_t = 64, value_parser = values::at_least_one)]
+    #[arg(short, long, default_value_t = 64, value_parser = values::at_least_one,
+          conflicts_with = "rate")]
     pub concurrency: usize,
     /// Open loop: new connections per second on a fixed schedule, latency measured from each
     /// intended start (coordinated omission corrected).
     #[arg(short = 'q', long, value_name = "PER_S", value_parser = values::positive)]
     pub rate: Option<f64>,
     /// Open loop: most handshakes in flight; beyond it starts wait (and count as late).
-    #[arg(long, default_value_t = 4096, value_parser = values::at_least_one)]
+    #[arg(long, default_value_t = 4096, value_parser = values::at_least_one, requires = "rate")]
     pub max_in_flight: usize,
     /// Handshakes started during this first stretch are not recorded.
     #[arg(long, default_value = "0s", value_parser = values::duration)]

@@ -44,6 +44,18 @@ pub enum MergeError {
     /// No file was given.
     #[error("no file to merge")]
     NoInputs,
+    /// A file was given twice: its handshakes would count twice.
+    #[error("{path} is given twice")]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file holds no run or interval: nothing of it would be merged.
+    #[error("{path}: no run or interval to merge (not a load generator result, or empty)")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -65,7 +77,7 @@ pub enum MergeError {
         message: String,
     },
     /// A JSON file of another schema.
-    #[error("{path}: schema {found:?}, expected {RESULT_SCHEMA:?}")]
+    #[error("{path}: not a load generator result (schema {found:?}, expected {RESULT_SCHEMA:?})")]
     Schema {
         /// The file.
         path: PathBuf,
@@ -256,6 +268,9 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
         timeline: BTreeMap::new(),
     };
     for (file, path) in paths.iter().enumerate() {
+        if paths[..file].contains(path) {
+            return Err(MergeError::Duplicate { path: path.clone() });
+        }
         let bytes = std::fs::read(path).map_err(|source| MergeError::Read {
             path: path.clone(),
             source,
@@ -267,6 +282,9 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
             merged.hlog_files += 1;
             merged.add_hlog(file, path, &bytes)?;
         }
+        if !merged.groups.iter().any(|g| g.last_file == Some(file)) {
+            return Err(MergeError::Empty { path: path.clone() });
+        }
     }
     for g in &mut merged.groups {
         g.handshakes_per_s = g.rate();
@@ -277,7 +295,6 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
 /// The fields of a JSON result the merge reads.
 #[derive(Deserialize)]
 struct ResultDoc {
-    schema: String,
     #[serde(default)]
     runs: Vec<RunDoc>,
 }
@@ -310,18 +327,26 @@ impl Merged {
     }
 
     fn add_json(&mut self, file: usize, path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
-        let doc: ResultDoc = serde_json::from_slice(bytes).map_err(|e| MergeError::Json {
+        let json_error = |e: serde_json::Error| MergeError::Json {
             path: path.to_owned(),
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
-        })?;
-        if doc.schema != RESULT_SCHEMA {
+        };
+        // The schema first, so another tool's JSON (a simulation's, say) is named as such
+        // rather than failing on whichever field differs first.
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json_error)?;
+        let schema = value
+            .get("schema")
+            .and_then(|s| s.as_str())
+            .unwrap_or("(none)");
+        if schema != RESULT_SCHEMA {
             return Err(MergeError::Schema {
                 path: path.to_owned(),
-                found: doc.schema,
+                found: schema.to_owned(),
             });
         }
+        let doc: ResultDoc = serde_json::from_slice(bytes).map_err(json_error)?;
         let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, run) in doc.runs.iter().enumerate() {
             let text =

@@ -220,6 +220,27 @@ fn no_files_and_missing_files_are_errors() {
 }
 
 #[test]
+fn a_file_given_twice_or_with_nothing_to_merge_is_an_error_naming_it() {
+    let d = dir();
+    let log = d.join("a.hlog");
+    hlog_file(&log, T0, None, &[&[100]]);
+    assert!(matches!(
+        merge(&[log.clone(), log.clone()]),
+        Err(MergeError::Duplicate { path }) if path == log
+    ));
+    let empty = d.join("empty.hlog");
+    std::fs::write(&empty, "").expect("write");
+    let no_runs = d.join("no-runs.json");
+    json_file(&no_runs, vec![]);
+    for nothing in [empty, no_runs] {
+        assert!(matches!(
+            merge(&[log.clone(), nothing.clone()]),
+            Err(MergeError::Empty { path }) if path == nothing
+        ));
+    }
+}
+
+#[test]
 fn interval_logs_starting_one_second_apart_align_on_absolute_seconds() {
     let d = dir();
     hlog_file(&d.join("a.hlog"), T0, Some("churn"), &[&[10], &[20], &[30]]);
