@@ -133,6 +133,15 @@ impl ServerConfig {
                 "max_slots must be at least 1 (0 would refuse every connection)",
             ));
         }
+        if self.pin {
+            // An empty list (cores not listable) pins nothing, with a warning per shard.
+            let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+            if cores > 0 && self.shards > cores {
+                return Err(ServerError::Config(
+                    "pin gives each shard a core of its own: at most one shard per available core",
+                ));
+            }
+        }
         if let Some(keepalive) = self.keepalive {
             keepalive.validate()?;
         }

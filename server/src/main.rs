@@ -38,14 +38,14 @@ mod cli {
         /// Port to listen on (0: any free port).
         #[arg(long, default_value_t = 4040)]
         port: u16,
-        /// Shards (threads with one io_uring each). Default: the available cores.
-        #[arg(long)]
-        shards: Option<usize>,
+        /// Shards (threads with one io_uring each), 1 to 1024. Default: the available cores.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        shards: Option<u16>,
         /// Connections beyond this many are refused (closed without a slot line).
         #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
         max_slots: u32,
-        /// Listen backlog of each shard.
-        #[arg(long, default_value_t = 4096)]
+        /// Listen backlog of each shard (1 to 2^31-1).
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
         backlog: u32,
         /// Unpinned shards, the default (kept for scripts written when pinning was).
         #[arg(long, hide = true)]
@@ -53,9 +53,9 @@ mod cli {
         /// Pin each shard to a core of its own (only where those cores run nothing else).
         #[arg(long, conflicts_with = "no_pin")]
         pin: bool,
-        /// Seconds open connections get to finish after a shutdown signal.
-        #[arg(long, default_value_t = 10.0)]
-        drain_timeout: f64,
+        /// Seconds open connections get to finish after a shutdown signal (0 to 86400).
+        #[arg(long, default_value = "10", value_parser = drain_seconds)]
+        drain_timeout: Duration,
         /// What to do with a connection after its slot line.
         #[arg(long, value_enum, default_value_t = Mode::Hold)]
         mode: Mode,
@@ -75,6 +75,14 @@ mod cli {
         /// frees) (1 to 127).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(KEEPALIVE_RETRIES))]
         keepalive_retries: u32,
+    }
+
+    /// `--drain-timeout`: seconds, finite, from 0 to a day.
+    fn drain_seconds(s: &str) -> Result<Duration, String> {
+        match s.trim().parse::<f64>() {
+            Ok(secs) if (0.0..=86_400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
+            _ => Err(format!("{s:?} is not a number of seconds from 0 to 86400")),
+        }
     }
 
     /// The kernel's range for TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.
@@ -122,8 +130,7 @@ mod cli {
     }
 
     fn run(args: Args) -> anyhow::Result<()> {
-        let drain = Duration::try_from_secs_f64(args.drain_timeout)
-            .context("--drain-timeout must be a non-negative number of seconds")?;
+        let drain = args.drain_timeout;
         let mut builder: ServerBuilder = Server::builder()
             .host(args.host)
             .port(args.port)
@@ -131,7 +138,7 @@ mod cli {
             .backlog(args.backlog)
             .pin(args.pin);
         if let Some(shards) = args.shards {
-            builder = builder.shards(shards);
+            builder = builder.shards(usize::from(shards));
         }
         builder = builder.keepalive((!args.no_keepalive).then_some(Keepalive {
             idle: Duration::from_secs(args.keepalive_idle),
