@@ -132,7 +132,7 @@ pub struct PacingArgs {
     pub concurrency: usize,
     /// Open loop: new connections per second on a fixed schedule, latency measured from each
     /// intended start (coordinated omission corrected).
-    #[arg(short = 'q', long, value_name = "PER_S", value_parser = values::positive)]
+    #[arg(short = 'q', long, value_name = "PER_S", value_parser = values::rate)]
     pub rate: Option<f64>,
     /// Open loop: most handshakes in flight; beyond it starts wait (and count as late).
     #[arg(long, default_value_t = 4096, value_parser = values::at_least_one, requires = "rate")]

@@ -7,14 +7,42 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-/// A duration: a number of seconds, or a number with a unit (`ms`, `s`, `m`, `h`, …).
+/// The longest duration any option takes, seconds (about three years): longer is a typo,
+/// and a run or simulation that long would not stop by itself in any useful time.
+pub const MAX_DURATION_SECS: u64 = 100_000_000;
+
+/// The highest open-loop rate, per second: above what any host can connect.
+pub const MAX_RATE: f64 = 10_000_000.0;
+
+/// The lowest open-loop rate, per second (one connection every 100 s).
+pub const MIN_RATE: f64 = 0.01;
+
+/// A duration: a number of seconds, or a number with a unit (`ms`, `s`, `m`, `h`, …), of at
+/// most [`MAX_DURATION_SECS`].
 pub fn duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{s} is not a duration of zero or more seconds"));
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s} is not a duration of zero or more seconds"))?
+    } else {
+        humantime::parse_duration(s).map_err(|e| format!("{s}: {e} (examples: 500ms, 10s, 2m)"))?
+    };
+    if d > Duration::from_secs(MAX_DURATION_SECS) {
+        return Err(format!(
+            "{s} is longer than {MAX_DURATION_SECS} s (about three years)"
+        ));
     }
-    humantime::parse_duration(s).map_err(|e| format!("{s}: {e} (examples: 500ms, 10s, 2m)"))
+    Ok(d)
+}
+
+/// An open-loop rate per second, from [`MIN_RATE`] to [`MAX_RATE`].
+pub fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (MIN_RATE..=MAX_RATE).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s} is not a rate from 0.01 to 10000000 per second"
+        )),
+    }
 }
 
 /// A duration longer than zero.
@@ -65,12 +93,17 @@ pub fn count(s: &str) -> Result<u64, String> {
     }
 }
 
-/// `host:port`, resolved to its first address.
+/// `host:port`, resolved to its first address; port 0 is no server's.
 pub fn target(s: &str) -> Result<SocketAddr, String> {
-    s.to_socket_addrs()
+    let addr = s
+        .to_socket_addrs()
         .map_err(|e| format!("{s}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{s}: no address"))
+        .ok_or_else(|| format!("{s}: no address"))?;
+    if addr.port() == 0 {
+        return Err(format!("{s}: port 0 is no server's port"));
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -91,6 +124,12 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("0").is_err());
         assert_eq!(positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(duration("999999999999d").is_err());
+        assert!(duration("1e30").is_err());
+        assert_eq!(
+            duration("100000000"),
+            Ok(Duration::from_secs(MAX_DURATION_SECS))
+        );
     }
 
     #[test]
@@ -109,6 +148,10 @@ mod tests {
         assert_eq!(at_least_one("3"), Ok(3));
         assert!(count("0").is_err());
         assert!(target("nohost").is_err());
+        assert!(target("127.0.0.1:0").is_err());
+        assert!(rate("1e300").is_err());
+        assert!(rate("0.0001").is_err());
+        assert_eq!(rate("20000"), Ok(20_000.0));
         assert_eq!(target("127.0.0.1:7"), Ok("127.0.0.1:7".parse().unwrap()));
     }
 }
