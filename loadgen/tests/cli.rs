@@ -199,7 +199,10 @@ fn runs_too_large_or_contradictory_are_refused_before_starting_in_one_line() {
             "clients × pool-size",
         ),
         (&["simulate", "--servers", "100000000"], "servers"),
-        (&["simulate", "--warmup", "60000000", "--duration", "60000000"], "at most 1e8 s"),
+        (
+            &["simulate", "--warmup", "60000000", "--duration", "60000000"],
+            "at most 1e8 s",
+        ),
         (&["simulate", "--slow-server", "9"], "below --servers"),
         (&["simulate", "--fail-fast-server", "9"], "below --servers"),
         (

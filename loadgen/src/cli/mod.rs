@@ -94,7 +94,7 @@ pub struct LoadArgs {
     pub timeout: Duration,
     /// Report the CPU time and RSS of this server process (Linux /proc); with several
     /// targets, per connection to the targets it listens on.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = values::pid)]
     pub server_pid: Option<u32>,
     /// Fail (exit status 3) when more than this share of handshakes fail.
     #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = values::fraction)]

@@ -93,6 +93,15 @@ pub fn count(s: &str) -> Result<u64, String> {
     }
 }
 
+/// A running process's id (Linux: one with a `/proc/PID` entry).
+pub fn pid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(pid) if pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists() => Ok(pid),
+        Ok(pid) if pid > 0 => Err(format!("no running process {pid}")),
+        _ => Err(format!("{s} is not a process id")),
+    }
+}
+
 /// `host:port`, resolved to its first address; port 0 is no server's.
 pub fn target(s: &str) -> Result<SocketAddr, String> {
     let addr = s
@@ -149,6 +158,9 @@ mod tests {
         assert!(count("0").is_err());
         assert!(target("nohost").is_err());
         assert!(target("127.0.0.1:0").is_err());
+        assert_eq!(pid(&std::process::id().to_string()), Ok(std::process::id()));
+        assert!(pid("0").is_err());
+        assert!(pid("4294967295").is_err());
         assert!(rate("1e300").is_err());
         assert!(rate("0.0001").is_err());
         assert_eq!(rate("20000"), Ok(20_000.0));

@@ -392,7 +392,12 @@ pub fn table(reports: &[SimReport]) -> String {
             opt(r.slow.as_ref().map(|s| s.share), 3),
             opt(r.join.as_ref().and_then(|j| j.share_after_30s), 2),
             r.error_share * 100.0,
-            format!("{:.1}/{:.1}", r.connects_per_s.mean, r.connects_per_s.max),
+            // `+ 0.0` turns a negative zero (a mean of no connects) into 0.0 for printing.
+            format!(
+                "{:.1}/{:.1}",
+                r.connects_per_s.mean + 0.0,
+                r.connects_per_s.max + 0.0
+            ),
         );
         if let Some(f) = &r.fail_fast {
             let _ = writeln!(
