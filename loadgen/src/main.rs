@@ -76,42 +76,47 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
-/// The files a load run writes.
-fn load_outputs(o: &LoadArgs) -> Vec<Option<&std::path::Path>> {
-    vec![
-        o.json.as_deref(),
-        o.hgrm.as_deref(),
-        o.svg.as_deref(),
-        o.hlog.as_deref(),
-    ]
+/// What a command writes: outputs for which `-` means stdout, outputs always written to
+/// their path, and the files it reads.
+type Files<'a> = (
+    Vec<Option<&'a std::path::Path>>,
+    Vec<Option<&'a std::path::Path>>,
+    &'a [std::path::PathBuf],
+);
+
+/// The files a load run writes: `--json` may be `-`, the others are files.
+fn load_outputs(o: &LoadArgs) -> Files<'_> {
+    (
+        vec![o.json.as_deref()],
+        vec![o.hgrm.as_deref(), o.svg.as_deref(), o.hlog.as_deref()],
+        &[],
+    )
 }
 
 /// Every file the command will write, and the files it reads.
-fn files(cli: &Cli) -> (Vec<Option<&std::path::Path>>, &[std::path::PathBuf]) {
+fn files(cli: &Cli) -> Files<'_> {
     match &cli.command {
-        None => (load_outputs(&cli.load), &[]),
-        Some(Command::Churn(a)) => (load_outputs(&a.load), &[]),
-        Some(Command::Hold(a)) => (load_outputs(&a.load), &[]),
+        None => load_outputs(&cli.load),
+        Some(Command::Churn(a)) => load_outputs(&a.load),
+        Some(Command::Hold(a)) => load_outputs(&a.load),
         Some(Command::Simulate(a)) => (
-            vec![
-                a.cluster.json.as_deref(),
-                a.cluster.svg.as_deref(),
-                a.markdown.as_deref(),
-            ],
+            vec![a.cluster.json.as_deref(), a.markdown.as_deref()],
+            vec![a.cluster.svg.as_deref()],
             &[],
         ),
-        Some(Command::Sweep(a)) => (vec![a.json.as_deref(), a.markdown.as_deref()], &[]),
+        Some(Command::Sweep(a)) => (vec![a.json.as_deref(), a.markdown.as_deref()], vec![], &[]),
         Some(Command::Balance(a)) => (
-            vec![a.cluster.json.as_deref(), a.cluster.svg.as_deref()],
+            vec![a.cluster.json.as_deref()],
+            vec![a.cluster.svg.as_deref()],
             &[],
         ),
-        Some(Command::Merge(a)) => (vec![a.json.as_deref(), a.hlog.as_deref()], &a.files),
+        Some(Command::Merge(a)) => (vec![a.json.as_deref()], vec![a.hlog.as_deref()], &a.files),
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (outputs, inputs) = files(&cli);
-    check_outputs(&outputs, inputs).map_err(anyhow::Error::msg)?;
+    let (streamable, outputs, inputs) = files(&cli);
+    check_outputs(&streamable, &outputs, inputs).map_err(anyhow::Error::msg)?;
     let load = match cli.command {
         None => cli.load.default_job(),
         Some(Command::Churn(a)) => a.run(),

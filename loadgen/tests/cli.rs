@@ -198,7 +198,7 @@ fn runs_too_large_or_contradictory_are_refused_before_starting_in_one_line() {
             &["simulate", "--clients", "10000000"],
             "clients × pool-size",
         ),
-        (&["simulate", "--servers", "100000000"], "servers"),
+        (&["simulate", "--servers", "100000000"], "at most 1,000,000"),
         (
             &["simulate", "--warmup", "60000000", "--duration", "60000000"],
             "at most 1e8 s",
@@ -221,7 +221,10 @@ fn runs_too_large_or_contradictory_are_refused_before_starting_in_one_line() {
         (&["balance", "--service-time", "5us"], "at least 1 ms"),
         (&["balance", "--load", "50"], "at most 2"),
         (&["balance", "--servers", "10000"], "live servers"),
-        (&["balance", "--clients", "100000"], "file descriptors"),
+        (
+            &["balance", "--clients", "3900", "--pool-size", "1000"],
+            "file descriptors",
+        ),
         (
             &["simulate", "--json", "/nonexistent/x.json"],
             "cannot write /nonexistent/x.json",
@@ -241,6 +244,26 @@ fn runs_too_large_or_contradictory_are_refused_before_starting_in_one_line() {
         (
             &["simulate", "--json", "x.json", "--svg", "x.json"],
             "two outputs",
+        ),
+        (
+            &["simulate", "--json", "x.json", "--markdown", "./x.json"],
+            "two outputs",
+        ),
+        (
+            &[
+                "simulate",
+                "--servers",
+                "2",
+                "--load",
+                "1",
+                "--leave-at",
+                "0s",
+                "--warmup",
+                "0s",
+                "--duration",
+                "200000s",
+            ],
+            "waiting beyond capacity",
         ),
     ] {
         let out = loadgen()

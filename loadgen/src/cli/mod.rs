@@ -389,53 +389,84 @@ pub fn write_to(
 }
 
 /// Checks, before a run, that every file it will write can be written, so that minutes of
-/// work are not lost to a mistyped directory: each path (not `-`) is opened for appending
-/// (created and removed again if it did not exist), and no two outputs, nor an output and an
-/// input, name the same file. The error names the file once.
+/// work are not lost to a mistyped directory. `streamable` are outputs for which `-` means
+/// stdout (at most one may say so); `files` are outputs always written to the path given.
+/// A path that exists (a file, or a symbolic link) is opened for appending, which changes
+/// nothing; one that does not is created and removed again. No two outputs, nor an output and
+/// an input, may name the same file, however spelled. The error names the file once.
 pub fn check_outputs(
-    outputs: &[Option<&std::path::Path>],
+    streamable: &[Option<&std::path::Path>],
+    files: &[Option<&std::path::Path>],
     inputs: &[PathBuf],
 ) -> Result<(), String> {
-    let files: Vec<&std::path::Path> = outputs
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|p| !is_stdout(p))
-        .collect();
-    let stdout = outputs.iter().flatten().filter(|p| is_stdout(p)).count();
-    if stdout > 1 {
+    if streamable.iter().flatten().filter(|p| is_stdout(p)).count() > 1 {
         return Err("only one output can go to stdout (-)".into());
     }
-    for (i, path) in files.iter().enumerate() {
-        if files[..i].contains(path) {
+    let paths: Vec<&std::path::Path> = streamable
+        .iter()
+        .flatten()
+        .filter(|p| !is_stdout(p))
+        .chain(files.iter().flatten())
+        .copied()
+        .collect();
+    let resolved: Vec<PathBuf> = paths.iter().map(|p| resolve(p)).collect();
+    let inputs: Vec<PathBuf> = inputs.iter().map(|p| resolve(p)).collect();
+    for (i, path) in paths.iter().enumerate() {
+        if resolved[..i].contains(&resolved[i]) {
             return Err(format!("{} is named for two outputs", path.display()));
         }
-        if inputs.iter().any(|input| same_file(input, path)) {
+        if inputs.contains(&resolved[i]) {
             return Err(format!(
                 "{} is an input; it would be overwritten",
                 path.display()
             ));
         }
-        let existed = path.exists();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        if !existed {
-            let _ = std::fs::remove_file(path);
-        }
+        check_writable(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(())
 }
 
-/// Whether `a` and `b` name one file (by path, or by what they resolve to when both exist).
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    a == b
-        || matches!(
-            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-            (Ok(x), Ok(y)) if x == y
-        )
+/// Opens `path` as its run will, without changing what is there.
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    let mut open = std::fs::OpenOptions::new();
+    open.append(true);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() && !path.exists() => {
+            // A link to a file not there yet: its directory must be.
+            let target = std::fs::read_link(path)?;
+            let target = path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(target);
+            match target.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                    Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+                }
+                _ => Ok(()),
+            }
+        }
+        Ok(_) => open.open(path).map(drop),
+        Err(_) => {
+            open.create(true).open(path)?;
+            std::fs::remove_file(path)
+        }
+    }
+}
+
+/// `path` as one spelling: resolved when it exists, else its directory resolved and its name
+/// kept.
+pub fn resolve(path: &std::path::Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// `out.hgrm` → `out.churn.hgrm`.

@@ -468,6 +468,8 @@ fn drive(ctx: &PhaseContext<'_>, shared: &Arc<Shared>) -> Result<Driven, Loadgen
         // Every worker done opening (a worker that exited early has failed: not waited for).
         let mut opened = 0;
         let mut stopped_early = None;
+        let wave = ctx.phase.pacing.in_flight() as u64;
+        let timeout = ctx.plan.timeout;
         let mut first_second_checked = false;
         while opened + finished() < workers {
             // Relaxed: progress display only.
@@ -476,11 +478,16 @@ fn drive(ctx: &PhaseContext<'_>, shared: &Arc<Shared>) -> Result<Driven, Loadgen
                 opened += 1;
             }
             // Relaxed: a snapshot of counters, as in `all_failed_alike`.
-            let finished_any = shared.ok.load(Ordering::Relaxed) + shared.failed_total() > 0;
-            // After the first second, once some attempt has finished: against an address
-            // that drops packets nothing finishes before the handshake timeout, and the
-            // phase must not run on for minutes of identical timeouts.
-            if !first_second_checked && start.elapsed() >= FIRST_SECOND && finished_any {
+            let finished = shared.ok.load(Ordering::Relaxed) + shared.failed_total();
+            // After the first second, once a whole wave of attempts has finished (or, for a
+            // phase with fewer attempts, one has and a handshake timeout has passed too):
+            // against an address that drops packets nothing finishes before the timeout,
+            // and the phase must not run on for minutes of identical timeouts; one early
+            // failure among attempts still on their way must not stop it either.
+            let elapsed = start.elapsed();
+            let due = elapsed >= FIRST_SECOND
+                && (finished >= wave || (finished > 0 && elapsed >= FIRST_SECOND + timeout));
+            if !first_second_checked && due {
                 first_second_checked = true;
                 stopped_early = shared.all_failed_alike();
                 if stopped_early.is_some() {

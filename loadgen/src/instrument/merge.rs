@@ -50,12 +50,15 @@ pub enum MergeError {
         /// The file.
         path: PathBuf,
     },
-    /// A file holds no run or interval: nothing of it would be merged.
-    #[error("{path}: no run or interval to merge (not a load generator result, or empty)")]
+    /// A file is empty.
+    #[error("{path} is empty")]
     Empty {
         /// The file.
         path: PathBuf,
     },
+    /// No file holds a run or an interval.
+    #[error("no run or interval in any file: nothing to merge")]
+    NothingToMerge,
     /// A file could not be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -268,23 +271,33 @@ pub fn merge(paths: &[PathBuf]) -> Result<Merged, MergeError> {
         timeline: BTreeMap::new(),
     };
     for (file, path) in paths.iter().enumerate() {
-        if paths[..file].contains(path) {
+        let resolved = crate::cli::resolve(path);
+        if paths[..file]
+            .iter()
+            .any(|p| crate::cli::resolve(p) == resolved)
+        {
             return Err(MergeError::Duplicate { path: path.clone() });
         }
         let bytes = std::fs::read(path).map_err(|source| MergeError::Read {
             path: path.clone(),
             source,
         })?;
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_none() {
+            return Err(MergeError::Empty { path: path.clone() });
+        }
+        if first == Some(&b'{') {
             merged.json_files += 1;
             merged.add_json(file, path, &bytes)?;
         } else {
             merged.hlog_files += 1;
             merged.add_hlog(file, path, &bytes)?;
         }
-        if !merged.groups.iter().any(|g| g.last_file == Some(file)) {
-            return Err(MergeError::Empty { path: path.clone() });
-        }
+    }
+    // A log of a run with no successful handshake has only its header, and merges as such;
+    // files that hold nothing at all between them are no merge.
+    if merged.groups.is_empty() {
+        return Err(MergeError::NothingToMerge);
     }
     for g in &mut merged.groups {
         g.handshakes_per_s = g.rate();

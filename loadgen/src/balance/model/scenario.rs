@@ -449,10 +449,17 @@ impl SimConfig {
             "lower --load, --servers, --warmup or --duration, or raise --service-time or \
              --roving-interval",
         )?;
-        let capacity = servers * self.workers as f64 / (self.service_ms / 1e3);
+        // A join or a leave leaves one server fewer for part of the run: count it out.
+        let serving = if self.join_at_s.is_some() || self.leave_at_s.is_some() {
+            servers - 1.0
+        } else {
+            servers
+        };
+        let capacity = serving * self.workers as f64 / (self.service_ms / 1e3);
+        let arrivals = self.load * servers * self.workers as f64 / (self.service_ms / 1e3);
         too_large(
             "requests waiting beyond capacity",
-            (self.load - 1.0).max(0.0) * capacity * (self.warmup_s + self.duration_s),
+            (arrivals - capacity).max(0.0) * (self.warmup_s + self.duration_s),
             MAX_BACKLOG,
             "lower --load (above 1 the queues grow for the whole run)",
         )

@@ -228,16 +228,28 @@ fn a_file_given_twice_or_with_nothing_to_merge_is_an_error_naming_it() {
         merge(&[log.clone(), log.clone()]),
         Err(MergeError::Duplicate { path }) if path == log
     ));
+    let respelled = d.join(".").join("a.hlog");
+    assert!(matches!(
+        merge(&[log.clone(), respelled.clone()]),
+        Err(MergeError::Duplicate { path }) if path == respelled
+    ));
     let empty = d.join("empty.hlog");
     std::fs::write(&empty, "").expect("write");
+    assert!(matches!(
+        merge(&[log.clone(), empty.clone()]),
+        Err(MergeError::Empty { path }) if path == empty
+    ));
+    // A run with no successful handshake: a header and no interval. It merges beside others,
+    // but alone there is nothing to merge.
+    let header_only = d.join("header-only.hlog");
+    hlog_file(&header_only, T0, None, &[]);
     let no_runs = d.join("no-runs.json");
     json_file(&no_runs, vec![]);
-    for nothing in [empty, no_runs] {
-        assert!(matches!(
-            merge(&[log.clone(), nothing.clone()]),
-            Err(MergeError::Empty { path }) if path == nothing
-        ));
-    }
+    assert!(merge(&[log.clone(), header_only.clone()]).is_ok());
+    assert!(matches!(
+        merge(&[header_only, no_runs]),
+        Err(MergeError::NothingToMerge)
+    ));
 }
 
 #[test]
