@@ -170,8 +170,19 @@ impl ServerBuilder {
                 }
                 Err(_) => {
                     // Every shard not yet heard from ended without a word, so no message will
-                    // come: name one that has finished (threads are in shard order).
-                    let shard = threads.iter().position(|t| t.is_finished()).unwrap_or(index);
+                    // come: name one that has finished (threads are in shard order). Its
+                    // thread drops its sender while unwinding, a moment before it counts as
+                    // finished, so wait for that moment (briefly).
+                    let waited = std::time::Instant::now();
+                    let shard = loop {
+                        if let Some(i) = threads.iter().position(|t| t.is_finished()) {
+                            break i;
+                        }
+                        if waited.elapsed() > Duration::from_secs(1) {
+                            break index;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    };
                     failure.get_or_insert(ServerError::ShardPanicked { shard });
                     break;
                 }
