@@ -9,9 +9,9 @@
 //!
 //! 1. spawn the workers; each builds its runtime and reports ready;
 //! 2. take the "before" readings (CPU, memory), open the start gate;
-//! 3. wait until every worker has finished opening, watching the first second (or, when no
-//!    attempt finishes within it, the first to finish) for a run in which every attempt fails
-//!    the same way (stopped early, with that reason);
+//! 3. wait until every worker has finished opening, watching the first second (or, when
+//!    fewer attempts finish within it, the first wave of them) for a run in which every
+//!    attempt fails the same way (stopped early, with that reason);
 //! 4. let the kind keep the connections open as long as it asks, take the readings at that
 //!    moment, open the release gate;
 //! 5. join the workers, merge their records, build the phase's report.
@@ -38,7 +38,7 @@ use crate::instrument::stats::Recorder;
 use crate::instrument::sysinfo::{self, KernelMemory};
 
 /// How long a phase runs before it is stopped if every attempt so far failed the same way
-/// (or, if none has finished by then, until the first finish: a timeout).
+/// (longer when fewer than a wave of attempts has finished by then: see `drive`).
 const FIRST_SECOND: Duration = Duration::from_secs(1);
 
 /// Why a run failed (as opposed to handshakes failing, which are counted in the report).
@@ -273,8 +273,8 @@ impl Shared {
         let failed = self.failed_total();
         (self.ok.load(Ordering::Relaxed) == 0 && kinds == 1).then(|| {
             format!(
-                "every attempt of the first second (or the first to finish) failed the same \
-                 way ({} attempts; {})",
+                "every attempt of the first second (or its first wave) failed the same way \
+                 ({} attempts; {})",
                 crate::instrument::report::group(failed),
                 self.first_error.get().map_or("", String::as_str)
             )

@@ -180,7 +180,7 @@ impl BalanceArgs {
                 "load must be at most {MAX_LOAD} live"
             )));
         }
-        let rate = cfg.load * cfg.servers as f64 * f64::from(cfg.workers) / (cfg.service_ms / 1e3);
+        let rate = cfg.nominal_rate();
         if rate > MAX_RATE {
             return Err(BalanceError::Invalid(format!(
                 "the options offer {rate:.0} requests/s, at most {MAX_RATE:.0} live: lower --load, \

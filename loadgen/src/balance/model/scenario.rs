@@ -456,7 +456,7 @@ impl SimConfig {
             servers
         };
         let capacity = serving * self.workers as f64 / (self.service_ms / 1e3);
-        let arrivals = self.load * servers * self.workers as f64 / (self.service_ms / 1e3);
+        let arrivals = self.nominal_rate();
         too_large(
             "requests waiting beyond capacity",
             (arrivals - capacity).max(0.0) * (self.warmup_s + self.duration_s),
@@ -465,11 +465,17 @@ impl SimConfig {
         )
     }
 
+    /// Requests offered per second, nominally: the load times every server's capacity at the
+    /// mean service time (the engines refine it for a slow or a joining server).
+    pub fn nominal_rate(&self) -> f64 {
+        self.load * self.servers as f64 * self.workers as f64 / (self.service_ms / 1e3)
+    }
+
     /// Roughly how many events a simulation of this configuration processes: arrivals and
     /// completions over warm-up and window, rover ticks, load samples.
     pub fn estimated_events(&self) -> f64 {
         let total_s = self.warmup_s + self.duration_s;
-        let rate = self.load * self.servers as f64 * self.workers as f64 / (self.service_ms / 1e3);
+        let rate = self.nominal_rate();
         let rovers = self.clients as f64 / (self.roving_interval_ms / 1e3);
         total_s * (2.0 * rate + rovers) + self.duration_s * 1e3 / self.sample_ms
     }
