@@ -1,8 +1,9 @@
 //! `callosum-loadgen`: benchmarks Callosum servers and simulates their balance (see the crate
 //! docs and docs/loadgen.md).
 //!
-//! Exit status: 0 when the run did what was asked; 1 when it could not be done at all; 2 for a
-//! command line that cannot be parsed; 3 when more handshakes failed than `--max-error-rate`
+//! Exit status: 0 when the run did what was asked; 1 when it could not be done at all or a
+//! phase measured nothing; 2 for a command line that cannot be parsed or values that do not
+//! fit together; 3 when more handshakes failed than `--max-error-rate`
 //! allows (or every attempt of the first second failed alike); 4 when an open-loop rate was
 //! not achieved; 5 when the slot invariant was violated; 130 after Ctrl-C. Every failure is
 //! one line on stderr.
@@ -138,6 +139,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
+    // Values that parse one by one but not together (a warmup as long as the run) are a
+    // command line that cannot be run: status 2, as for a value out of range.
+    if let Err(e) = load.plan.validate() {
+        eprintln!("callosum-loadgen: {e}");
+        return Ok(ExitCode::from(2));
+    }
     run_load(load)
 }
 

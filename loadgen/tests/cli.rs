@@ -281,6 +281,70 @@ fn runs_too_large_or_contradictory_are_refused_before_starting_in_one_line() {
 }
 
 #[test]
+fn a_warmup_as_long_as_the_churn_exits_2_before_starting() {
+    let out = loadgen()
+        .args(["churn", "-z", "1s", "--warmup", "1s", "--no-progress"])
+        .output()
+        .expect("run the binary");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("warmup"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_phase_that_measures_nothing_exits_1_saying_why() {
+    let server = c_server();
+    for (args, says) in [
+        // The 20 connections open long before the warmup ends.
+        (
+            &["hold", "-n", "20", "--warmup", "30s"][..],
+            "within the 30 s warmup",
+        ),
+        // Every connection is reset on purpose: none is left to hold.
+        (
+            &["hold", "-n", "20", "--reset-fraction", "1"],
+            "held none of the 20",
+        ),
+    ] {
+        let out = loadgen()
+            .args(args)
+            .args(["--no-progress", "--target"])
+            .arg(server.addr.to_string())
+            .output()
+            .expect("run the binary");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let line = last_line(&out.stderr);
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+}
+
+#[test]
+fn a_server_pid_that_serves_none_of_the_targets_is_refused() {
+    let server = c_server();
+    // A process of this network namespace that listens on nothing.
+    let mut other = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let out = loadgen()
+        .args(["churn", "-n", "10", "--no-progress", "--server-pid"])
+        .arg(other.id().to_string())
+        .arg("--target")
+        .arg(server.addr.to_string())
+        .output()
+        .expect("run the binary");
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("listens on none of the targets"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn merge_refuses_to_overwrite_its_input() {
     let dir = std::env::temp_dir().join(format!("callosum-merge-self-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

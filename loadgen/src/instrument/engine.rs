@@ -57,6 +57,15 @@ pub enum LoadgenError {
     /// A worker thread or its runtime could not be created.
     #[error("starting a worker: {0}")]
     Worker(#[source] std::io::Error),
+    /// `--server-pid` names a process that listens on none of the targets: its CPU time and
+    /// memory would be some other program's.
+    #[error("process {pid} listens on none of the targets ({targets}): not the server under load")]
+    NotTheServer {
+        /// The process.
+        pid: u32,
+        /// The targets, comma-separated.
+        targets: String,
+    },
     /// A worker thread panicked (a bug: please report it).
     #[error("a worker thread panicked")]
     WorkerPanicked,
@@ -90,7 +99,15 @@ pub(crate) fn run(
         Some(server) => vec![server.local_addr()],
         None => plan.targets.clone(),
     };
-    let server_targets = server_targets(plan.server_pid, &targets);
+    let server_targets = match server_targets(plan.server_pid, &targets) {
+        Ok(mask) => mask,
+        Err(e) => {
+            if let Some(server) = embedded {
+                let _ = server.shutdown();
+            }
+            return Err(e);
+        }
+    };
     let mut runs: Vec<RunReport> = Vec::new();
     let mut result = Ok(());
     for phase in &plan.phases {
@@ -130,13 +147,14 @@ pub(crate) fn run(
 }
 
 /// Which targets the `--server-pid` process serves, when it has several targets: its figures
-/// are divided by the connections to those only. `None` when every target counts (one
-/// target, no pid) or when it cannot be told (warned of).
-fn server_targets(pid: Option<u32>, targets: &[SocketAddr]) -> Option<Vec<bool>> {
-    let pid = pid?;
-    if targets.len() < 2 {
-        return None;
-    }
+/// are divided by the connections to those only. `None` when every target counts (one target
+/// it serves, no pid) or when it cannot be told (warned of); an error when it serves none
+/// (and shares this process's network namespace, so that its listeners are the targets').
+fn server_targets(
+    pid: Option<u32>,
+    targets: &[SocketAddr],
+) -> Result<Option<Vec<bool>>, LoadgenError> {
+    let Some(pid) = pid else { return Ok(None) };
     match sysinfo::listening(pid) {
         Ok(listening) => {
             let mask: Vec<bool> = targets
@@ -144,14 +162,26 @@ fn server_targets(pid: Option<u32>, targets: &[SocketAddr]) -> Option<Vec<bool>>
                 .map(|t| listening.iter().any(|l| sysinfo::serves(*l, *t)))
                 .collect();
             if !mask.iter().any(|&m| m) {
-                tracing::warn!(
+                if !sysinfo::same_network_namespace(pid) {
+                    // A container's server listens on its own addresses, behind a forwarded
+                    // port: what it serves cannot be told from here.
+                    tracing::warn!(
+                        pid,
+                        "process {pid} listens on none of the targets in its own network \
+                         namespace: its figures are divided by the connections to every target"
+                    );
+                    return Ok(None);
+                }
+                return Err(LoadgenError::NotTheServer {
                     pid,
-                    "process {pid} listens on none of the targets: its figures are divided by \
-                     the connections to every target"
-                );
-                return None;
+                    targets: targets
+                        .iter()
+                        .map(SocketAddr::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
             }
-            Some(mask)
+            Ok((targets.len() > 1).then_some(mask))
         }
         Err(e) => {
             tracing::warn!(
@@ -160,7 +190,7 @@ fn server_targets(pid: Option<u32>, targets: &[SocketAddr]) -> Option<Vec<bool>>
                 "cannot tell which targets process {pid} serves: its figures are divided by the \
                  connections to every target"
             );
-            None
+            Ok(None)
         }
     }
 }

@@ -204,6 +204,18 @@ pub fn listening(pid: u32) -> io::Result<Vec<SocketAddr>> {
     Ok(out)
 }
 
+/// Whether process `pid` shares this process's network namespace (so that the addresses it
+/// listens on are the ones this process connects to); false when it cannot be read.
+pub fn same_network_namespace(pid: u32) -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/net"),
+        std::fs::read_link(format!("/proc/{pid}/ns/net")),
+    ) {
+        (Ok(own), Ok(theirs)) => own == theirs,
+        _ => false,
+    }
+}
+
 /// The listening sockets of a `/proc/net/tcp` or `tcp6` table: (local address, inode).
 fn listening_sockets(text: &str) -> impl Iterator<Item = (SocketAddr, &str)> {
     const LISTEN: &str = "0A";
@@ -288,6 +300,12 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let found = listening(std::process::id()).unwrap();
         assert!(found.contains(&l.local_addr().unwrap()), "{found:?}");
+    }
+
+    #[test]
+    fn this_process_shares_its_own_network_namespace() {
+        assert!(same_network_namespace(std::process::id()));
+        assert!(!same_network_namespace(u32::MAX), "no such process");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! and the library's users get the same judgement.
 
 use crate::instrument::plan::Criteria;
-use crate::instrument::report::Report;
+use crate::instrument::report::{Report, RunReport};
 
 /// The judgement of a run, most serious failure first.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,14 @@ pub enum Verdict {
         /// Why the phase stopped early, if it did.
         stopped_early: Option<String>,
     },
+    /// A phase ran but measured nothing: no handshake was recorded after its warmup, or a
+    /// hold ended holding no connection.
+    NothingMeasured {
+        /// The phase.
+        phase: &'static str,
+        /// What is missing, and the likely cause.
+        why: String,
+    },
     /// An open-loop phase completed less than 95 % of its target rate.
     RateNotAchieved {
         /// The phase.
@@ -55,12 +63,13 @@ impl Verdict {
         matches!(self, Verdict::Pass)
     }
 
-    /// The binary's exit status: 0 pass, 3 too many errors, 4 rate not achieved, 5 slot
-    /// invariant violated, 130 interrupted. (1 is a run that could not be done at all, 2 a
-    /// command line that could not be parsed.)
+    /// The binary's exit status: 0 pass, 1 nothing measured (as a run that could not be done
+    /// at all), 3 too many errors, 4 rate not achieved, 5 slot invariant violated, 130
+    /// interrupted. (2 is a command line that could not be parsed.)
     pub fn exit_code(&self) -> u8 {
         match self {
             Verdict::Pass => 0,
+            Verdict::NothingMeasured { .. } => 1,
             Verdict::TooManyErrors { .. } => 3,
             Verdict::RateNotAchieved { .. } => 4,
             Verdict::InvariantViolated { .. } => 5,
@@ -96,6 +105,7 @@ impl std::fmt::Display for Verdict {
                 *errors as f64 * 100.0 / (*attempted).max(1) as f64,
                 allowed * 100.0
             ),
+            Verdict::NothingMeasured { phase, why } => write!(f, "{phase}: {why}"),
             Verdict::RateNotAchieved {
                 phase,
                 target,
@@ -110,7 +120,7 @@ impl std::fmt::Display for Verdict {
 
 impl Report {
     /// Judges the run against `criteria`; the most serious failure wins (a broken invariant,
-    /// then an interruption, errors, a rate not achieved).
+    /// then an interruption, errors, a phase that measured nothing, a rate not achieved).
     pub fn verdict(&self, criteria: &Criteria) -> Verdict {
         let violations: u64 = self.runs.iter().map(|r| r.invariant.violations).sum();
         if violations > 0 {
@@ -131,6 +141,13 @@ impl Report {
                 };
             }
         }
+        if let Some((phase, why)) = self
+            .runs
+            .iter()
+            .find_map(|r| Some((r.scenario, r.unmeasured()?)))
+        {
+            return Verdict::NothingMeasured { phase, why };
+        }
         for r in &self.runs {
             if let Some(rate) = r.rate.as_ref().filter(|rate| !rate.achieved) {
                 return Verdict::RateNotAchieved {
@@ -141,5 +158,45 @@ impl Report {
             }
         }
         Verdict::Pass
+    }
+}
+
+impl RunReport {
+    /// Why this phase measured nothing, if it did not: no handshake recorded after the
+    /// warmup, or a hold that ended holding no connection, with no error counted either
+    /// (errors the criteria allow are a measurement).
+    fn unmeasured(&self) -> Option<String> {
+        if self.errors.total > 0 {
+            return None;
+        }
+        if self.recorded == 0 {
+            return Some(if self.succeeded > 0 {
+                format!(
+                    "no handshake recorded: all {} succeeded within the {} s warmup; shorten \
+                     --warmup or run longer",
+                    self.succeeded, self.warmup_s
+                )
+            } else {
+                format!(
+                    "no handshake recorded: each of the {} attempts was reset on purpose \
+                     before its slot line",
+                    self.attempted
+                )
+            });
+        }
+        match &self.hold {
+            Some(hold) if hold.held == 0 => Some(format!(
+                "held none of the {} connections at the end of the hold ({} closed by the \
+                 server{})",
+                hold.requested,
+                hold.closed_by_server,
+                match &self.resets {
+                    Some(resets) if resets.total > 0 =>
+                        format!(", {} reset on purpose", resets.total),
+                    _ => String::new(),
+                }
+            )),
+            _ => None,
+        }
     }
 }

@@ -257,7 +257,13 @@ impl RunReport {
             )?;
         }
         if let Some(k) = &h.kernel_per_held_connection {
-            let bytes = |b: Option<f64>| b.map_or("?".to_owned(), |b| format!("{b:.0} B"));
+            // Host-wide growth: other sockets freeing memory meanwhile can make it negative,
+            // which says "nothing measurable" (the JSON keeps the raw figure).
+            let bytes = |b: Option<f64>| match b {
+                None => "?".to_owned(),
+                Some(b) if b < 0.5 => "~0 B".to_owned(),
+                Some(b) => format!("{b:.0} B"),
+            };
             writeln!(
                 out,
                 "kernel      {} objects + {} buffers per held connection",
