@@ -54,7 +54,7 @@ mod cli {
         #[arg(long, conflicts_with = "no_pin")]
         pin: bool,
         /// Seconds open connections get to finish after a shutdown signal (0 to 86400).
-        #[arg(long, default_value = "10", value_parser = drain_seconds)]
+        #[arg(long, default_value = "10", value_parser = drain_seconds, allow_negative_numbers = true)]
         drain_timeout: Duration,
         /// What to do with a connection after its slot line.
         #[arg(long, value_enum, default_value_t = Mode::Hold)]
@@ -115,7 +115,7 @@ mod cli {
                 // One line, naming the option and the allowed values; exit status 2.
                 let text = err.to_string();
                 let first = text.lines().next().unwrap_or("invalid arguments");
-                eprintln!("callosum-server: {first}");
+                eprintln!("callosum-server: {}", first.trim_start_matches("error: "));
                 return ExitCode::from(2);
             }
         };

@@ -115,7 +115,7 @@ impl ServerBuilder {
     pub fn start_with<H: Handler>(self, handler: H) -> Result<RunningServer, ServerError> {
         let config = self.config;
         config.validate()?;
-        let descriptors = descriptor_budget(&config, self.slot_source.is_none());
+        let (descriptors, short) = descriptor_budget(&config, self.slot_source.is_none());
         let slots = self
             .slot_source
             .unwrap_or_else(|| Arc::new(Slots::new(config.max_slots)));
@@ -196,6 +196,11 @@ impl ServerBuilder {
             let _ = running.shutdown(Duration::ZERO);
             return Err(err);
         }
+        // Only a server that started warns that it cannot hold `max_slots`: one that failed
+        // to start prints its one error and nothing else.
+        if let Some(short) = short {
+            short.warn();
+        }
         // The one line that says the server serves, and where (`RunningServer::wait` logs
         // the other end, "stopped").
         tracing::info!(
@@ -210,8 +215,9 @@ impl ServerBuilder {
 
 /// Raises the descriptor limit, grows the descriptor table up front, and sizes the server's
 /// descriptor budget: the limit less a reserve for the server's own descriptors (see
-/// [`crate::fd_budget`]). Warns when the default allocator's `max_slots` does not fit.
-fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
+/// [`crate::fd_budget`]). Also says whether the default allocator's `max_slots` does not fit,
+/// for the server to warn of once it has started.
+fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> (FdBudget, Option<ShortOfSlots>) {
     let limit = match limits::raise_nofile_limit() {
         Ok(limit) => {
             if let Err(err) = limits::grow_fd_table(limit) {
@@ -226,24 +232,39 @@ fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> FdBudget {
     };
     let Some(limit) = limit else {
         // Unknown: count on the accept path's shedding alone.
-        return FdBudget::new(u64::MAX, config.shards);
+        return (FdBudget::new(u64::MAX, config.shards), None);
     };
     // Before any listener is bound: they are part of the per-shard reserve.
     let open = limits::open_descriptors().unwrap_or(64);
     let capacity = limit.saturating_sub(fd_budget::reserve(open, config.shards, crate::accept::IN_FLIGHT));
-    if default_slots && capacity < u64::from(config.max_slots) {
+    let short = (default_slots && capacity < u64::from(config.max_slots)).then_some(ShortOfSlots {
+        limit,
+        capacity,
+        max_slots: config.max_slots,
+    });
+    (FdBudget::new(capacity, config.shards), short)
+}
+
+/// The descriptor limit holds fewer connections than `max_slots`.
+struct ShortOfSlots {
+    limit: u64,
+    capacity: u64,
+    max_slots: u32,
+}
+
+impl ShortOfSlots {
+    fn warn(&self) {
+        let Self { limit, capacity, max_slots } = *self;
         tracing::warn!(
             descriptor_limit = limit,
             capacity,
-            max_slots = config.max_slots,
+            max_slots,
             "the descriptor limit ({limit}) holds only {capacity} connections, fewer than \
-             max_slots ({}): connections beyond {capacity} are refused; raise RLIMIT_NOFILE \
-             (ulimit -n) above {} to hold them all",
-            config.max_slots,
-            u64::from(config.max_slots) + (limit - capacity),
+             max_slots ({max_slots}): connections beyond {capacity} are refused; raise \
+             RLIMIT_NOFILE (ulimit -n) above {} to hold them all",
+            u64::from(max_slots) + (limit - capacity),
         );
     }
-    FdBudget::new(capacity, config.shards)
 }
 
 /// A cloneable handle on a running server: stop it, read its counters. `Send + Sync`.

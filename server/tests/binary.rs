@@ -135,6 +135,9 @@ fn a_port_in_use_is_a_clear_startup_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already in use"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // One line: the error, not a capacity warning of a server that never started (the
+    // default max_slots is beyond the descriptor limit here).
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[test]
@@ -179,8 +182,10 @@ fn keepalive_flags_are_checked_and_reach_the_accepted_sockets() {
         let out = run(bad);
         assert!(!out.status.success(), "{bad:?} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("error:"), "{bad:?}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{bad:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.starts_with("callosum-server: "), "{bad:?}: {stderr}");
+        assert!(stderr.contains(bad[bad.len() - 2]), "{bad:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{bad:?}: {stderr}");
     }
     let server = spawn_server(&[
         "--keepalive-idle",
@@ -385,6 +390,10 @@ fn out_of_range_settings_exit_2_naming_the_option() {
         ("--keepalive-interval", "32768"),
         ("--keepalive-retries", "200"),
         ("--max-slots", "0"),
+        ("--drain-timeout", "-1"),
+        ("--drain-timeout", "86401"),
+        ("--shards", "0"),
+        ("--backlog", "0"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_callosum-server"))
             .args([
