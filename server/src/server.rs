@@ -217,7 +217,10 @@ impl ServerBuilder {
 /// descriptor budget: the limit less a reserve for the server's own descriptors (see
 /// [`crate::fd_budget`]). Also says whether the default allocator's `max_slots` does not fit,
 /// for the server to warn of once it has started.
-fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> (FdBudget, Option<ShortOfSlots>) {
+fn descriptor_budget(
+    config: &ServerConfig,
+    default_slots: bool,
+) -> (FdBudget, Option<ShortOfSlots>) {
     let limit = match limits::raise_nofile_limit() {
         Ok(limit) => {
             if let Err(err) = limits::grow_fd_table(limit) {
@@ -236,12 +239,15 @@ fn descriptor_budget(config: &ServerConfig, default_slots: bool) -> (FdBudget, O
     };
     // Before any listener is bound: they are part of the per-shard reserve.
     let open = limits::open_descriptors().unwrap_or(64);
-    let capacity = limit.saturating_sub(fd_budget::reserve(open, config.shards, crate::accept::IN_FLIGHT));
-    let short = (default_slots && capacity < u64::from(config.max_slots)).then_some(ShortOfSlots {
-        limit,
-        capacity,
-        max_slots: config.max_slots,
-    });
+    let reserve = fd_budget::reserve(open, config.shards, crate::accept::IN_FLIGHT);
+    let capacity = limit.saturating_sub(reserve);
+    let short = (default_slots && capacity < u64::from(config.max_slots)).then_some(
+        ShortOfSlots {
+            limit,
+            capacity,
+            max_slots: config.max_slots,
+        },
+    );
     (FdBudget::new(capacity, config.shards), short)
 }
 
@@ -254,7 +260,11 @@ struct ShortOfSlots {
 
 impl ShortOfSlots {
     fn warn(&self) {
-        let Self { limit, capacity, max_slots } = *self;
+        let Self {
+            limit,
+            capacity,
+            max_slots,
+        } = *self;
         tracing::warn!(
             descriptor_limit = limit,
             capacity,
