@@ -95,7 +95,9 @@ fn low_limit_server() {
 }
 
 /// How long a client of a server out of descriptors may wait for its slot line or its close.
-const PROMPT: Duration = Duration::from_secs(1);
+/// A client left in the backlog waits for as long as the served ones stay open, so a bound
+/// this generous still tells it apart, and a busy machine does not trip it.
+const PROMPT: Duration = PATIENCE;
 
 /// Connects `clients` clients to `addr` at once; each must get its slot line or its close
 /// (refused) within `prompt` of the burst, never be left waiting in a backlog. Returns the
@@ -167,8 +169,14 @@ fn server_survives_a_burst_beyond_its_descriptor_limit_and_serves_again() {
         }),
         "connections not released"
     );
-    let (_c, slot) = connect_slot(addr);
-    assert_eq!(slot, 0, "serves again once descriptors free");
+    // A connection counts as closed just before its slot is freed: wait for slot 0 itself.
+    assert!(
+        eventually(|| {
+            let mut c = connect(addr);
+            read_line(&mut c).is_ok_and(|line| line == b"0\r\n")
+        }),
+        "serves again once descriptors free"
+    );
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
