@@ -411,6 +411,29 @@ fn an_open_loop_rate_not_achieved_exits_4() {
     assert!(last_line(&out.stderr).contains("rate not achieved"));
 }
 
+/// Whether process `pid` has a handler for SIGINT (`SigCgt` in `/proc/PID/status`).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// Whether a thread of process `pid` has a name starting with `prefix`.
+fn has_thread(pid: u32, prefix: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(prefix))
+        })
+}
+
 #[test]
 fn ctrl_c_exits_130_with_the_json_marked_interrupted() {
     let server = c_server();
@@ -427,7 +450,19 @@ fn ctrl_c_exits_130_with_the_json_marked_interrupted() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run the binary");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Ctrl-C once the run is under way: its handler installed and the churn's workers
+    // started. A fixed wait could signal a slow start-up before either, killing the process
+    // or stopping it before the churn.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !(catches_sigint(child.id()) && has_thread(child.id(), "loadgen-")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the churn never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Let it run a moment (nothing below depends on how long).
+    std::thread::sleep(std::time::Duration::from_millis(500));
     // SAFETY: kill has no memory effects; the pid is our child's, not yet reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().expect("wait");
