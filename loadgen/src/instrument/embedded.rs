@@ -8,9 +8,10 @@
 //! fight them for a fixed core instead of letting the scheduler balance.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use callosum_server::{RunningServer, Server, ServerError, Stats};
+use callosum_server::{RunningServer, Server, ServerError, Slots, Stats};
 
 use crate::instrument::plan::EmbeddedConfig;
 
@@ -33,19 +34,38 @@ pub type ServerStats = Stats;
 #[derive(Debug)]
 pub struct EmbeddedServer {
     server: RunningServer,
+    /// Its allocator (the server's default, held here too), to tell when every slot is free.
+    slots: Arc<Slots>,
 }
 
 impl EmbeddedServer {
     /// Starts the server (hold mode) on 127.0.0.1 with a free port.
     pub fn start(plan: &EmbeddedConfig) -> Result<Self, EmbeddedError> {
+        let slots = Arc::new(Slots::new(plan.max_slots));
         let server = Server::builder()
             .host(IpAddr::V4(Ipv4Addr::LOCALHOST))
             .port(0)
             .shards(plan.shards)
             .max_slots(plan.max_slots)
             .pin(false)
+            .slot_source(slots.clone())
             .start()?;
-        Ok(Self { server })
+        Ok(Self { server, slots })
+    }
+
+    /// Waits, for at most `bound`, until it holds no slot: the connections of a phase that
+    /// ended are closed by the clients at once, but the server frees each slot only once it
+    /// has seen the close, so the next phase would otherwise find some slots still taken.
+    /// Whether it got there.
+    pub fn wait_idle(&self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while self.slots.in_use() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     /// The address it listens on.

@@ -41,6 +41,9 @@ use crate::instrument::sysinfo::{self, KernelMemory};
 /// (longer when fewer than a wave of attempts has finished by then: see `drive`).
 const FIRST_SECOND: Duration = Duration::from_secs(1);
 
+/// Longest wait, between phases, for the embedded server to free the previous phase's slots.
+const IDLE_BETWEEN_PHASES: Duration = Duration::from_secs(5);
+
 /// Why a run failed (as opposed to handshakes failing, which are counted in the report).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -113,6 +116,15 @@ pub(crate) fn run(
     for phase in &plan.phases {
         if shutdown.is_triggered() || runs.last().is_some_and(|r| r.stopped_early.is_some()) {
             break;
+        }
+        if let (Some(server), false) = (&embedded, runs.is_empty()) {
+            // Each phase starts on an idle server, so its slots read from 0.
+            if !server.wait_idle(IDLE_BETWEEN_PHASES) {
+                tracing::warn!(
+                    "the embedded server still held slots {IDLE_BETWEEN_PHASES:?} after the \
+                     previous phase: this phase's slots start above them"
+                );
+            }
         }
         let ctx = PhaseContext {
             plan,
