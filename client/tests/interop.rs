@@ -4,6 +4,8 @@
 //! (a rover and a dual-heap pool, as the original JavaScript libraries) against a
 //! `callosum-server`. Needs `node` on the PATH (CI installs it).
 
+#[path = "../../testing/ports.rs"]
+mod ports;
 mod support;
 
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use callosum_client::{Prefixed, RovingClient, read_handshake};
+use ports::free_port;
 use support::{BOUND, until};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
@@ -26,12 +29,6 @@ impl Drop for NodeServer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
-}
-
-/// A free loopback port: bound by the OS, then released.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// Starts the Node server and waits for its ready line on stderr.

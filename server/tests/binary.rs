@@ -4,6 +4,8 @@
 //! reaches every listener.
 #![cfg(not(loom))]
 
+#[path = "../../testing/ports.rs"]
+mod ports;
 #[path = "support/process.rs"]
 mod process;
 mod support;
@@ -16,16 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use ports::free_port;
 use process::{ServerProcess, is_log_message, log_field};
 use support::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts the binary on a free loopback port; returns once it says it listens.
 fn spawn_server(extra: &[&str]) -> ServerProcess {

@@ -2,6 +2,9 @@
 //! `benches/baselines/` (built once per test binary) and small misbehaving tokio servers.
 #![allow(dead_code)]
 
+#[path = "../../../testing/ports.rs"]
+mod ports;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -9,6 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use ports::free_port;
 
 /// Runs `f` on a thread and fails the test if it does not finish within `limit`.
 pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -49,14 +54,6 @@ fn c_binary() -> &'static PathBuf {
         assert!(status.success(), "cc failed on {}", src.display());
         out
     })
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// Starts the C server on a free port and waits until it accepts.
