@@ -15,7 +15,9 @@ pub struct Stats {
     /// Connections closed without a slot line because no slot was free, or the server's
     /// descriptor budget was spent (or, out of descriptors anyway, shed from the backlog).
     pub refused: u64,
-    /// Connections open now (accepted, not yet closed).
+    /// Connections open now (accepted, not yet closed). A connection leaves this count as its
+    /// socket is shut down, a moment before its slot is freed: to know that a slot is free
+    /// again, ask the slot source (`Slots::in_use`), not this count.
     pub active: u64,
     /// One past the highest slot handed out: the most connections held at once.
     pub high_water: u32,
