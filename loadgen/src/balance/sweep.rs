@@ -14,7 +14,7 @@
 //! the end of the run over C·P.
 //!
 //! Why this shape: the grid is a flat list of (cell, policy, seed) jobs on one work queue
-//! ([`jobs`](crate::balance::simulation::jobs)), longest first so the threads finish
+//! ([`jobs`]), longest first so the threads finish
 //! together; what a cell reports is computed once ([`CellReport`]) and printed as a text
 //! table, JSON or Markdown. The number of simulations and an estimate of their cost are
 //! printed before anything runs, so a grid too large for the machine is seen at once.

@@ -4,7 +4,7 @@
 //! Why this shape: a multi-thread runtime would move tasks and wake-ups between cores and
 //! share one timer wheel; here every handshake starts, completes and is recorded on one thread,
 //! and the only shared writes are a few relaxed counters, the count budget and the
-//! slot-uniqueness bitmap. The workers' pacing and handshakes are in [`worker`]; this module is
+//! slot-uniqueness bitmap. The workers' pacing and handshakes are in `worker`; this module is
 //! the phase's lifecycle, the same for every kind ([`crate::instrument::kind`]):
 //!
 //! 1. spawn the workers; each builds its runtime and reports ready;

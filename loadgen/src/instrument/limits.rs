@@ -175,7 +175,7 @@ impl PortPlan {
 
 /// Estimates the connects per target within one TIME_WAIT period and picks the source
 /// addresses: `plan.src_ips` when given; otherwise, for loopback targets, the fewest that
-/// keep each pair within [`PORT_BUDGET`] of the range, and 1 for other targets (which the
+/// keep each pair within `PORT_BUDGET` of the range, and 1 for other targets (which the
 /// caller warns about when it does not fit: see [`PortPlan::warning`]).
 pub fn port_plan(plan: &Plan) -> PortPlan {
     plan_for_range(plan, ephemeral_ports())

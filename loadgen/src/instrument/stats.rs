@@ -30,7 +30,7 @@ pub fn new_histogram() -> Histogram<u64> {
 pub struct ErrorCounts {
     /// Count per kind, indexed by [`ErrorKind::index`].
     pub counts: [u64; ErrorKind::ALL.len()],
-    /// Up to [`SAMPLES_PER_KIND`] distinct messages per kind, each with its count.
+    /// Up to `SAMPLES_PER_KIND` distinct messages per kind, each with its count.
     pub samples: Vec<ErrorSample>,
 }
 

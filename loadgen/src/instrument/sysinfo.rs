@@ -80,7 +80,7 @@ const TCP_SLABS: &[&str] = &[
 /// The kernel's memory for TCP connections, host-wide, at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelMemory {
-    /// Bytes of the [`TCP_SLABS`] caches' active objects (`/proc/slabinfo`, which needs root).
+    /// Bytes of the `TCP_SLABS` caches' active objects (`/proc/slabinfo`, which needs root).
     pub slab_bytes: Option<u64>,
     /// Bytes held by TCP socket buffers (`mem` of the `TCP:` line of `/proc/net/sockstat`).
     pub socket_buffer_bytes: Option<u64>,

@@ -45,7 +45,8 @@ const FULL: u64 = u64::MAX;
 
 /// The default [`SlotSource`]: the lowest free slot in `0..capacity`, lock-free.
 ///
-/// See the [module documentation](self) for the design and the exact concurrency guarantee.
+/// The design and the exact concurrency guarantee are in the documentation of its source,
+/// `server/src/slots/bitmap.rs`.
 pub struct Slots {
     /// `levels[0]` is one bit per slot; `levels[k]` has one bit per word of `levels[k - 1]`;
     /// the last level is a single word.

@@ -12,7 +12,7 @@
 //! - [`compare`]: the live-versus-simulated table and its tolerance.
 //!
 //! Why this shape: the live run fills the simulator's own [`Metrics`](crate::balance::metrics)
-//! and builds the simulator's [`SimReport`](crate::balance::SimReport), so both report the
+//! and builds the simulator's [`SimReport`], so both report the
 //! same figures by one definition, and tables, JSON and the SVG plot reuse the same code.
 //! [`BalanceArgs`] shares [`ClusterArgs`] with `simulate`; its own flags have defaults scaled
 //! so a run converges in seconds (100 ms roving interval, 5 s warm-up, 20 s measured). Both

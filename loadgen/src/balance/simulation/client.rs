@@ -27,7 +27,7 @@ pub struct Clients {
     books: Vec<Book>,
     /// Per client, requests waiting for an idle connection (request ids).
     waiting: Vec<VecDeque<u32>>,
-    /// Round-robin position per client (see [`super::router`]).
+    /// Round-robin position per client (see [`crate::balance::model::router`]).
     pub cursor: Vec<u32>,
     /// Outstanding requests per (client, server), for the routers that compare loads (P2C,
     /// P2C-peak-EWMA, least-request); empty for other policies.

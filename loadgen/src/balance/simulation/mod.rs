@@ -21,7 +21,7 @@
 //! runs several policies on the same configuration, over one seed or several ([`jobs`]: a
 //! work queue over (policy, seed) on `--workers` threads), and prints a table, JSON, a
 //! Markdown table (the shape of docs/balance.md's) or an SVG plot; over several seeds, each
-//! figure's mean, 95 % interval and range ([`summary`](crate::balance::report::summary)),
+//! figure's mean, 95 % interval and range ([`summary`]),
 //! the per-seed reports kept in the JSON.
 
 pub mod client;

@@ -1,7 +1,7 @@
 //! The results of a run: one [`RunReport`] per phase, as plain data. This module is the
 //! schema: the JSON document (schema [`SCHEMA`], described field by field in docs/loadgen.md
-//! and pinned by a test) is these types serialised. [`build`] makes them from what the engine
-//! measured; [`print`] writes the table a reader sees.
+//! and pinned by a test) is these types serialised. `build` makes them from what the engine
+//! measured; [`print`](mod@print) writes the table a reader sees.
 //!
 //! Latencies are microseconds. "Per handshake" CPU figures divide the CPU time of the whole
 //! phase (warmup included) by every handshake attempted in it; handshakes per second count the
