@@ -94,6 +94,16 @@ fn a_reset_fraction_out_of_range_exits_2_naming_the_option() {
     }
 }
 
+/// Asserts that a run was refused before it started: status `code`, one line on stderr
+/// saying `says`, nothing on stdout.
+fn assert_refused(out: &std::process::Output, code: i32, says: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(says), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
 /// The one line a failed run prints on stderr, besides any log lines.
 fn last_line(stderr: &[u8]) -> String {
     String::from_utf8_lossy(stderr)
@@ -286,11 +296,7 @@ fn a_warmup_as_long_as_the_churn_exits_2_before_starting() {
         .args(["churn", "-z", "1s", "--warmup", "1s", "--no-progress"])
         .output()
         .expect("run the binary");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("warmup"), "{err}");
-    assert!(out.stdout.is_empty());
+    assert_refused(&out, 2, "warmup");
 }
 
 #[test]
@@ -337,11 +343,7 @@ fn a_server_pid_that_serves_none_of_the_targets_is_refused() {
         .expect("run the binary");
     let _ = other.kill();
     let _ = other.wait();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("listens on none of the targets"), "{err}");
-    assert!(out.stdout.is_empty());
+    assert_refused(&out, 1, "listens on none of the targets");
 }
 
 #[test]
