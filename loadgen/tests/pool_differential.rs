@@ -64,38 +64,47 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A policy with each rule on or off, and a maximum age or none.
+/// A policy with each rule on or off, a maximum age or none, and an age for pools spread
+/// over many servers or none.
 fn policy() -> impl Strategy<Value = PoolPolicy> {
-    (1usize..6, any::<[bool; 9]>(), prop::option::of(1u64..20)).prop_map(
-        |(
-            max_slots,
-            [
-                random,
-                equal,
-                least,
-                slow,
-                spread,
-                weighted,
-                damped,
-                decay,
-                preferred,
-            ],
-            age_s,
-        )| {
-            PoolPolicy::original()
-                .max_slots(max_slots)
-                .random_tie_break(random)
-                .accept_equal(equal)
-                .least_outstanding(least)
-                .slow_penalty(slow.then(SlowPenalty::default))
-                .spread_small_pools(spread)
-                .slot_weighted_leases(weighted)
-                .latency_damped_weights(damped)
-                .outlier_decay(decay)
-                .preferred_connection(preferred)
-                .max_age(age_s.map(Duration::from_secs))
-        },
+    (
+        1usize..7,
+        any::<[bool; 9]>(),
+        prop::option::of(1u64..20),
+        prop::option::of(1u64..20),
     )
+        .prop_map(
+            |(
+                max_slots,
+                [
+                    random,
+                    equal,
+                    least,
+                    slow,
+                    spread,
+                    weighted,
+                    damped,
+                    decay,
+                    preferred,
+                ],
+                age_s,
+                rotate_s,
+            )| {
+                PoolPolicy::original()
+                    .max_slots(max_slots)
+                    .random_tie_break(random)
+                    .accept_equal(equal)
+                    .least_outstanding(least)
+                    .slow_penalty(slow.then(SlowPenalty::default))
+                    .spread_small_pools(spread)
+                    .slot_weighted_leases(weighted)
+                    .latency_damped_weights(damped)
+                    .outlier_decay(decay)
+                    .preferred_connection(preferred)
+                    .max_age(age_s.map(Duration::from_secs))
+                    .rotate_spread_pools(rotate_s.map(Duration::from_secs))
+            },
+        )
 }
 
 /// Records that the simulator's connection `sim` is connection number `k`.

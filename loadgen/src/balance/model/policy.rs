@@ -145,6 +145,11 @@ pub struct PoolRules {
     /// leases, leasing it when it is idle and no other request of the pool is at its
     /// server.
     pub preferred_connection: bool,
+    /// A full pool of more than 4 places, more than half of them on distinct servers,
+    /// replaces its lowest-slot expired connection first and gives its newcomers this age
+    /// (nanoseconds; the maximum age without its floor of one roving interval per place)
+    /// instead of `max_age_ns`; `None`: off, such pools follow `max_age_ns`.
+    pub rotate_spread_pools_ns: Option<u64>,
 }
 
 impl PoolRules {
@@ -161,6 +166,7 @@ impl PoolRules {
         latency_damped_weights: false,
         outlier_decay: false,
         preferred_connection: false,
+        rotate_spread_pools_ns: None,
     };
 
     /// The rules of the client's `policy` for a pool fed every `roving_interval`: the
@@ -181,6 +187,9 @@ impl PoolRules {
             latency_damped_weights: policy.get_latency_damped_weights(),
             outlier_decay: policy.get_outlier_decay(),
             preferred_connection: policy.get_preferred_connection(),
+            rotate_spread_pools_ns: policy
+                .rotate_spread_pools_for(roving_interval)
+                .map(|age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -203,5 +212,6 @@ impl PoolRules {
             .latency_damped_weights(self.latency_damped_weights)
             .outlier_decay(self.outlier_decay)
             .preferred_connection(self.preferred_connection)
+            .rotate_spread_pools(self.rotate_spread_pools_ns.map(Duration::from_nanos))
     }
 }

@@ -121,6 +121,11 @@ pub struct SimulateArgs {
     /// server.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub preferred_connection: bool,
+    /// Improved policy: a full pool of more than 4 places with more than half of them on
+    /// distinct servers replaces its lowest-slot expired connection first, and its
+    /// newcomers live the maximum age without its floor of one roving interval per place.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub rotate_spread_pools: bool,
     /// Network round trip added to every request (all of it on the response) and to every
     /// connect.
     #[arg(long, default_value = "0s", value_parser = duration)]
@@ -191,6 +196,9 @@ impl SimulateArgs {
             }));
         if let Some(age) = self.max_age {
             improved = improved.max_age((!age.is_zero()).then_some(age));
+        }
+        if !self.rotate_spread_pools {
+            improved = improved.rotate_spread_pools(None);
         }
         PoolRules::of_policy(&improved, self.roving_interval)
     }
