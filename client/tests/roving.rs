@@ -111,12 +111,13 @@ async fn the_builder_configures_the_servers_and_the_pool() {
     assert_eq!(got, expected);
     assert_eq!(client.pool().max_slots(), 5000);
     // The improved policy by default, its maximum age settled at one roving interval
-    // (1 s) per place.
+    // (1 s) per place, and spread pools' at 10 intervals, without that floor.
     assert_eq!(
         client.pool().policy(),
         &PoolPolicy::improved()
             .max_slots(5000)
             .max_age(Some(Duration::from_secs(5000)))
+            .rotate_spread_pools(Some(Duration::from_secs(10)))
     );
     assert!(client.drop_server(&a.to_string()));
     assert_eq!(client.servers().len(), 1);
