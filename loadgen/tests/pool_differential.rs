@@ -52,15 +52,15 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u32..3, 0u32..6).prop_map(|(server, slot)| Op::Offer(server, slot)),
+        4 => (0u32..4, 0u32..6).prop_map(|(server, slot)| Op::Offer(server, slot)),
         // Busy servers' slots: they raise the mean offered slot past the preferred
         // connection's threshold in the smaller pools, so the rule acts in some runs.
-        2 => (0u32..3, 20u32..60).prop_map(|(server, slot)| Op::Offer(server, slot)),
+        2 => (0u32..4, 20u32..60).prop_map(|(server, slot)| Op::Offer(server, slot)),
         4 => Just(Op::Lease),
         3 => any::<usize>().prop_map(Op::Return),
         3 => (0u64..4_000).prop_map(Op::Advance),
         2 => Just(Op::Retire),
-        1 => (0u32..3).prop_map(Op::EvictServer),
+        1 => (0u32..4).prop_map(Op::EvictServer),
     ]
 }
 

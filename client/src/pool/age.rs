@@ -38,8 +38,9 @@ pub fn max_age_floor(roving_interval: Duration, max_slots: usize) -> Duration {
     roving_interval.saturating_mul(u32::try_from(per_slot).unwrap_or(u32::MAX))
 }
 
-/// The maximum age before its floor: [`DEFAULT_MAX_AGE_INTERVALS`] roving intervals. Pools
-/// spread over many servers live this long ([`spreads_over_many_servers`]).
+/// The default maximum age before its floor: [`DEFAULT_MAX_AGE_INTERVALS`] roving intervals.
+/// At the default age, pools spread over many servers whose age the floor raised live this
+/// long instead ([`spreads_over_many_servers`]).
 pub fn unfloored_max_age(roving_interval: Duration) -> Duration {
     roving_interval.saturating_mul(DEFAULT_MAX_AGE_INTERVALS)
 }

@@ -104,22 +104,23 @@
 //!   (the default pools of the 100-server study) the rotation is what evens the rates and
 //!   the p99 is already below the original's, so larger pools keep replacing whatever the
 //!   slots (`docs/balance.md`, "Small pools").
-//! - rotate: under `rotate_spread_pools`, where the floor raised the maximum age (pools of
-//!   more than 10 places at the default age), a full pool with more than half its held
-//!   entries on distinct servers ([`spreads_over_many_servers`]) replaces the expired entry
-//!   with the lowest slot (then the earliest arrival) instead of the one expired longest
-//!   ago, and draws its newcomers' lifetimes under the age without the floor
-//!   ([`unfloored_max_age`], 10 intervals). The lowest slots carry most of a pool's
-//!   requests, so a server's share is remembered until they move; renewing the
-//!   longest-expired place first, at an age of one interval per place, a pool of 64 over
-//!   100 servers renewed its lowest slots about once a minute at a 1 s interval, and its
-//!   rates remembered 15 s against 5 s for a pool of 8. Rotating, every pool size remembers
-//!   as a pool of 8 does. Either change alone did little, and where no floor binds (a pool
-//!   of 8) the order alone moved the mean rate max/mean by at most 0.004 either way, within
-//!   the seeds' spread. Only pools spread over many servers: over 4 servers, where a pool
-//!   of 8 or more holds each server twice or more, it re-drew at every interval which
-//!   server carries a client's most-used connections, and 6 of 36 cells there lost the
-//!   evenness they had (`docs/balance.md`, "Large pools rotate their lowest slots first").
+//! - rotate: under `rotate_spread_pools`, where its age is below the maximum age (the floor
+//!   raised the maximum age: pools of more than 10 places at the default age), a full pool
+//!   with more than half its held entries on distinct servers
+//!   ([`spreads_over_many_servers`]) replaces the expired entry with the lowest slot (then
+//!   the earliest arrival) instead of the one expired longest ago, and draws its newcomers'
+//!   lifetimes under the age without the floor ([`unfloored_max_age`], 10 intervals). The
+//!   lowest slots carry most of a pool's requests, so a server's share is remembered until
+//!   they move; renewing the longest-expired place first, at an age of one interval per
+//!   place, a pool of 64 over 100 servers renewed its lowest slots about once a minute at a
+//!   1 s interval, and its rates remembered 15 s against 5 s for a pool of 8. Rotating,
+//!   every pool size remembers as a pool of 8 does. Either change alone did little, and
+//!   where no floor binds (a pool of 8) the order alone moved the mean rate max/mean by at
+//!   most 0.004 either way, within the seeds' spread. Only pools spread over many servers:
+//!   over 4 servers, where a pool of 8 or more holds each server twice or more, it re-drew
+//!   at every interval which server carries a client's most-used connections, and 6 of 36
+//!   cells there lost the evenness they had (`docs/balance.md`, "Large pools rotate their
+//!   lowest slots first").
 //! - the slow penalty's average: the first response time sets it, each later one moves it
 //!   by the weight `alpha` ([`fold_ewma`]).
 //! - outlier decay: under `outlier_decay`, an average above the mean of its server's other

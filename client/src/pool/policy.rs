@@ -434,6 +434,7 @@ impl PoolPolicy {
     /// The age of pools spread over many servers that rotate their lowest slots first
     /// ([`rotate_spread_pools`](Self::rotate_spread_pools)), as
     /// [`get_max_age`](Self::get_max_age) settles the maximum age; `None`: the rule is off.
+    /// The rule acts only where this age is below [`get_max_age`](Self::get_max_age).
     pub fn get_rotate_spread_pools(&self) -> Option<Duration> {
         match self.rotate_spread_pools {
             MaxAge::Off => None,

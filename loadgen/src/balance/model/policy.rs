@@ -145,10 +145,12 @@ pub struct PoolRules {
     /// leases, leasing it when it is idle and no other request of the pool is at its
     /// server.
     pub preferred_connection: bool,
-    /// A full pool of more than 4 places, more than half of them on distinct servers,
-    /// replaces its lowest-slot expired connection first and gives its newcomers this age
-    /// (nanoseconds; the maximum age without its floor of one roving interval per place)
-    /// instead of `max_age_ns`; `None`: off, such pools follow `max_age_ns`.
+    /// Where this age (nanoseconds; the maximum age without its floor of one roving
+    /// interval per place) is below `max_age_ns`, so that the floor raised the age (pools
+    /// of more than 10 places at the default age), a full pool of more than 4 places with
+    /// more than half of them on distinct servers replaces its lowest-slot expired
+    /// connection first and gives its newcomers this age instead of `max_age_ns`. `None`,
+    /// or an age not below `max_age_ns`: the rule does not act.
     pub rotate_spread_pools_ns: Option<u64>,
 }
 

@@ -121,9 +121,10 @@ pub struct SimulateArgs {
     /// server.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub preferred_connection: bool,
-    /// Improved policy: a full pool of more than 4 places with more than half of them on
-    /// distinct servers replaces its lowest-slot expired connection first, and its
-    /// newcomers live the maximum age without its floor of one roving interval per place.
+    /// Improved policy: where the floor of one roving interval per place raised the maximum
+    /// age (more than 10 places at the default age), a full pool with more than half of its
+    /// places on distinct servers replaces its lowest-slot expired connection first, and
+    /// its newcomers live the maximum age without that floor.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub rotate_spread_pools: bool,
     /// Network round trip added to every request (all of it on the response) and to every
