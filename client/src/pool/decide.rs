@@ -116,7 +116,7 @@
 //!   1 s interval, and its rates remembered 15 s against 5 s for a pool of 8. Rotating,
 //!   every pool size remembers as a pool of 8 does. Either change alone did little, and
 //!   where no floor binds (a pool of 8) the order alone moved the mean rate max/mean by at
-//!   most 0.004 either way, within the seeds' spread. Only pools spread over many servers:
+//!   most 0.004 either way, for no clear gain. Only pools spread over many servers:
 //!   over 4 servers, where a pool of 8 or more holds each server twice or more, it re-drew
 //!   at every interval which server carries a client's most-used connections, and 6 of 36
 //!   cells there lost the evenness they had (`docs/balance.md`, "Large pools rotate their

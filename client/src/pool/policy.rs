@@ -367,7 +367,7 @@ impl PoolPolicy {
     /// more holds each server several times, the same rule re-drew which server carries a
     /// client's most-used connections at every interval, and 6 of 36 cells lost the
     /// evenness they had. Only where the floor binds: in pools of 8 the order alone moved
-    /// the mean rate max/mean by at most 0.004 either way, within the seeds' spread
+    /// the mean rate max/mean by at most 0.004 either way, for no clear gain
     /// (`docs/balance.md`, "Large pools rotate their lowest slots first"). Costs a scan of
     /// the held connections per offer to a full spread pool. Off in the original, on in the
     /// improved policy.
