@@ -54,8 +54,8 @@ pub fn default_max_age(roving_interval: Duration, max_slots: usize) -> Duration 
 /// Whether a pool of `max_slots` places, `held` of them held on `servers` distinct servers,
 /// is spread over many servers, where it rotates its lowest slots first: more than
 /// [`SLOT_KEEPING_MAX_SLOTS`] places, and more than half of the held ones on distinct
-/// servers. Over 100 servers a pool of 64 holds about 48 distinct ones; over 4 servers a
-/// pool of 8 or more holds each server twice on average and never qualifies.
+/// servers. Over 4 servers a pool of 8 or more holds each server twice on average and never
+/// qualifies.
 pub fn spreads_over_many_servers(max_slots: usize, held: usize, servers: usize) -> bool {
     !keeps_slots_on_expiry(max_slots) && servers.saturating_mul(2) > held
 }

@@ -114,7 +114,7 @@
 //!   they move; renewing the longest-expired place first, at an age of one interval per
 //!   place, a pool of 64 over 100 servers renewed its lowest slots about once a minute at a
 //!   1 s interval, and its rates remembered 15 s against 5 s for a pool of 8. Rotating,
-//!   every pool size remembers as a pool of 8 does. Either change alone did little, and
+//!   large pools remember about as briefly as pools of 8. Either change alone did little, and
 //!   where no floor binds (a pool of 8) the order alone moved the mean rate max/mean by at
 //!   most 0.004 either way, for no clear gain. Only pools spread over many servers:
 //!   over 4 servers, where a pool of 8 or more holds each server twice or more, it re-drew

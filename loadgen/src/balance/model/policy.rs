@@ -154,6 +154,11 @@ pub struct PoolRules {
     pub rotate_spread_pools_ns: Option<u64>,
 }
 
+/// `age` in nanoseconds, saturating.
+fn nanos(age: Duration) -> u64 {
+    u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl PoolRules {
     /// The original Boxcar rules.
     pub const ORIGINAL: PoolRules = PoolRules {
@@ -178,9 +183,7 @@ impl PoolRules {
         PoolRules {
             random_ties: policy.get_random_tie_break(),
             accept_equal: policy.get_accept_equal(),
-            max_age_ns: policy
-                .max_age_for(roving_interval)
-                .map(|age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
+            max_age_ns: policy.max_age_for(roving_interval).map(nanos),
             least_outstanding: policy.get_least_outstanding(),
             latency_alpha: penalty.map(|p| p.get_alpha()),
             slow_threshold: penalty.map_or(f32::INFINITY, |p| p.get_threshold()),
@@ -189,9 +192,7 @@ impl PoolRules {
             latency_damped_weights: policy.get_latency_damped_weights(),
             outlier_decay: policy.get_outlier_decay(),
             preferred_connection: policy.get_preferred_connection(),
-            rotate_spread_pools_ns: policy
-                .rotate_spread_pools_for(roving_interval)
-                .map(|age| u64::try_from(age.as_nanos()).unwrap_or(u64::MAX)),
+            rotate_spread_pools_ns: policy.rotate_spread_pools_for(roving_interval).map(nanos),
         }
     }
 
