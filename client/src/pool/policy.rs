@@ -363,7 +363,8 @@ impl PoolPolicy {
     /// no sooner than the rest, so over 100 servers its busiest server's rate stayed 1.29 ×
     /// the mean over a minute at 50 % load, against 1.13 for pools of 8. Rotating the
     /// lowest slots first, at the unfloored age, brings large pools near the memory of a
-    /// pool of 8 (pools of 64 at a 1 s interval: 22.5 s to 5.0 s, as pools of 8). Only pools spread over many servers: over 4 servers, where a pool of 8 or
+    /// pool of 8 (pools of 64 at a 1 s interval: 22.5 s to 5.0 s, pools of 8 5.1 s). Only
+    /// pools spread over many servers: over 4 servers, where a pool of 8 or
     /// more holds each server several times, the same rule re-drew which server carries a
     /// client's most-used connections at every interval, and 6 of 36 cells lost the
     /// evenness they had. Only where the floor binds: in pools of 8 the order alone moved
