@@ -314,7 +314,7 @@ pub fn run(args: &SweepArgs, out: &mut dyn Write) -> Result<Vec<CellReport>, Swe
     // Longest first: the threads then finish close together.
     jobs.sort_by(|a, b| b.2.estimated_events().total_cmp(&a.2.estimated_events()));
     let total_events: f64 = jobs.iter().map(|j| j.2.estimated_events()).sum();
-    let threads = args.workers.clamp(1, jobs.len());
+    let threads = jobs::threads(args.workers, jobs.len());
     eprintln!(
         "sweep: {} cells × 2 policies × {} seeds = {} simulations, about {:.0} M events: \
          about {:.0} s on {threads} worker(s) at {:.0} M events/s each",

@@ -9,6 +9,11 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The threads [`run_all`] starts for `workers` and `jobs`: at least one, at most one per job.
+pub fn threads(workers: usize, jobs: usize) -> usize {
+    workers.clamp(1, jobs.max(1))
+}
+
 /// Runs `run` on every job on `workers` threads (at least one, at most one per job) and
 /// returns the results in the jobs' order; `done(finished, total, result)` is called as each
 /// finishes (from the thread that ran it).
@@ -22,7 +27,7 @@ pub fn run_all<J: Sync, R: Send>(
     let finished = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, jobs.len().max(1)) {
+        for _ in 0..threads(workers, jobs.len()) {
             scope.spawn(|| {
                 // Relaxed: the counters only hand out indices and count; the results are
                 // published through the mutex and read after the scope joins the threads.
@@ -65,5 +70,13 @@ mod tests {
         assert_eq!(out, jobs.iter().map(|j| j * 2).collect::<Vec<_>>());
         assert_eq!(calls.load(Ordering::Relaxed), 50);
         assert!(run_all(&[] as &[u64], 2, |&j| j, |_, _, _| {}).is_empty());
+    }
+
+    #[test]
+    fn threads_are_at_least_one_and_at_most_one_per_job() {
+        assert_eq!(threads(2, 10), 2);
+        assert_eq!(threads(8, 3), 3);
+        assert_eq!(threads(0, 3), 1);
+        assert_eq!(threads(4, 0), 1);
     }
 }
